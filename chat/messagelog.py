@@ -1,0 +1,403 @@
+"""The durable message log on Redis.
+
+Everything Kaiwa keeps in Redis about messages goes through this module:
+
+* ``append``: one Lua script assigns the room's next ``seq``, appends the
+  message to the room's stream, remembers its ``client_id`` for dedup and
+  publishes it to every server process. Because it is one atomic step, a room's
+  sequence has no gaps and no reuse, and the publish order is the seq order.
+* ``read_range``: re-read messages by seq (resume after reconnect, gap repair).
+* the ``persist`` consumer group on each room stream, which the worker reads,
+  acknowledges after the database commit, and reclaims from crashed consumers.
+* ``trim``: room streams are trimmed only below what the group has persisted.
+* the control channel, which carries session revocations to every process.
+
+Layout: every key of a room carries the hash tag ``{r:<room id>}`` so that one
+room lives in one Redis Cluster slot. A stream entry's id is ``0-<seq>``,
+which turns "messages after seq N" into a plain ``XRANGE``.
+
+Only Redis 6.2 commands are used (the bundled server is 6.2).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+GROUP = "persist"
+ROOMS_KEY = "kaiwa:rooms"
+CONTROL_CHANNEL = "kaiwa:control"
+
+
+def room_tag(room_id: int) -> str:
+    return f"kaiwa:{{r:{room_id}}}"
+
+
+def seq_key(room_id: int) -> str:
+    return f"{room_tag(room_id)}:seq"
+
+
+def stream_key(room_id: int) -> str:
+    return f"{room_tag(room_id)}:log"
+
+
+def channel(room_id: int) -> str:
+    """The pub/sub channel that carries a room's live events."""
+    return f"{room_tag(room_id)}:live"
+
+
+def dedup_key(room_id: int, user_id: int, token: str) -> str:
+    return f"{room_tag(room_id)}:dedup:{user_id}:{token}"
+
+
+def room_id_from_stream_key(key: str) -> int:
+    # "kaiwa:{r:42}:log" -> 42
+    return int(key.split("{r:", 1)[1].split("}", 1)[0])
+
+
+def format_ts(ts_ms: int) -> str:
+    """ISO-8601 UTC with milliseconds, as the wire contract prescribes."""
+    moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+
+
+def parse_ts(ts_ms: int) -> datetime:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One message as the log holds it."""
+
+    room_id: int
+    room: str  # slug
+    seq: int
+    ts_ms: int
+    user_id: int
+    username: str
+    body: str
+    client_id: str | None
+
+    @property
+    def ts(self) -> str:
+        return format_ts(self.ts_ms)
+
+    def frame(self) -> dict[str, Any]:
+        """The ``message`` frame of the wire contract."""
+        return {
+            "type": "message",
+            "room": self.room,
+            "seq": self.seq,
+            "ts": self.ts,
+            "user": {"id": self.user_id, "username": self.username},
+            "body": self.body,
+            "client_id": self.client_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    seq: int
+    ts_ms: int
+    duplicate: bool  # True: the client_id was seen before, this is the original
+
+
+class FloorNeeded(Exception):
+    """The room has no sequence in Redis (new room, or Redis lost its data)."""
+
+
+# KEYS: seq, stream, dedup   ARGV: floor, ttl, has_dedup, room_id, slug, uid, username, body, cid
+_APPEND = """
+if ARGV[3] == '1' then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    local sep = string.find(seen, ':', 1, true)
+    return {0, tonumber(string.sub(seen, 1, sep - 1)), tonumber(string.sub(seen, sep + 1))}
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[1] == '' then
+    return {-1, 0, 0}
+  end
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[2], 'persist', '0', 'MKSTREAM')
+end
+local seq = redis.call('INCR', KEYS[1])
+local t = redis.call('TIME')
+local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[2], '0-' .. seq,
+  'ts', ts, 'uid', ARGV[6], 'un', ARGV[7], 'body', ARGV[8], 'cid', ARGV[9])
+if ARGV[3] == '1' then
+  redis.call('SET', KEYS[3], seq .. ':' .. ts, 'EX', ARGV[2])
+end
+redis.call('PUBLISH', KEYS[4], cjson.encode({k = 'm', rid = tonumber(ARGV[4]), room = ARGV[5], seq = seq,
+  ts = ts, uid = tonumber(ARGV[6]), un = ARGV[7], body = ARGV[8], cid = ARGV[9]}))
+return {1, seq, ts}
+"""
+
+# KEYS: stream, seq   ARGV: keep
+# Trims below the oldest entry the persist group has not acknowledged, and
+# keeps at most ``keep`` persisted entries for fast resumes.
+_TRIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok then return 0 end
+local delivered = nil
+for _, g in ipairs(groups) do
+  local name, last = nil, nil
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then last = g[i + 1] end
+  end
+  if name == 'persist' then delivered = last end
+end
+if not delivered then return 0 end
+local safe = tonumber(string.sub(delivered, string.find(delivered, '-', 1, true) + 1)) + 1
+local pending = redis.call('XPENDING', KEYS[1], 'persist')
+if pending[2] then
+  local lo = pending[2]
+  local p = tonumber(string.sub(lo, string.find(lo, '-', 1, true) + 1))
+  if p < safe then safe = p end
+end
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local keep_from = last - tonumber(ARGV[1]) + 1
+if keep_from < safe then safe = keep_from end
+if safe <= 1 then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', '0-' .. safe)
+"""
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entry_from_fields(room_id: int, slug: str, entry_id: bytes | str, fields: dict[Any, Any]) -> Entry:
+    f = {_decode(k): _decode(v) for k, v in fields.items()}
+    seq = int(_decode(entry_id).split("-", 1)[1])
+    return Entry(
+        room_id=room_id,
+        room=slug,
+        seq=seq,
+        ts_ms=int(f["ts"]),
+        user_id=int(f["uid"]),
+        username=f["un"],
+        body=f["body"],
+        client_id=f["cid"] or None,
+    )
+
+
+def entry_from_event(event: dict[str, Any]) -> Entry:
+    """Turn a published message event (``k == "m"``) into an Entry."""
+    return Entry(
+        room_id=int(event["rid"]),
+        room=str(event["room"]),
+        seq=int(event["seq"]),
+        ts_ms=int(event["ts"]),
+        user_id=int(event["uid"]),
+        username=str(event["un"]),
+        body=str(event["body"]),
+        client_id=str(event["cid"]) or None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEntry:
+    """An entry handed to a persistence consumer, with its stream coordinates."""
+
+    entry: Entry
+    stream: str
+    entry_id: str
+
+
+class MessageLog:
+    """The Redis side of the message history. One per process, sharing a pool."""
+
+    def __init__(self, client: aioredis.Redis, *, dedup_seconds: int, stream_keep: int) -> None:
+        self.client = client
+        self.dedup_seconds = dedup_seconds
+        self.stream_keep = stream_keep
+        self._append = client.register_script(_APPEND)
+        self._trim = client.register_script(_TRIM)
+
+    # -- writes -------------------------------------------------------------
+
+    async def append(
+        self,
+        *,
+        room_id: int,
+        slug: str,
+        user_id: int,
+        username: str,
+        body: str,
+        client_id: str | None,
+        token: str,
+        token_seconds: int | None = None,
+        floor: int | None = None,
+    ) -> AppendResult:
+        """Append a message; raise ``FloorNeeded`` when the room's seq is unknown.
+
+        ``token`` identifies the attempt for dedup: the client's ``client_id``
+        when it gave one, else a server-made one (kept ``token_seconds``) so a
+        retry after a lost reply cannot create a second message.
+        """
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.sadd(ROOMS_KEY, room_id)
+            await self._append(
+                keys=[seq_key(room_id), stream_key(room_id), dedup_key(room_id, user_id, token), channel(room_id)],
+                args=[
+                    "" if floor is None else str(floor),
+                    token_seconds or self.dedup_seconds,
+                    "1",
+                    room_id,
+                    slug,
+                    user_id,
+                    username,
+                    body,
+                    client_id or "",
+                ],
+                client=pipe,
+            )
+            _, result = await pipe.execute()
+        status, seq, ts = (int(x) for x in result)
+        if status == -1:
+            raise FloorNeeded(room_id)
+        return AppendResult(seq=seq, ts_ms=ts, duplicate=status == 0)
+
+    # -- reads --------------------------------------------------------------
+
+    async def last_seq(self, room_id: int) -> int | None:
+        """The room's latest assigned seq, or None if Redis has no sequence for it."""
+        raw = await self.client.get(seq_key(room_id))
+        return None if raw is None else int(raw)
+
+    async def read_range(self, *, room_id: int, slug: str, after: int, upto: int | None = None) -> list[Entry]:
+        """Entries with ``after < seq <= upto`` still in the stream, oldest first.
+
+        The stream may have been trimmed: if the first entry's seq is above
+        ``after + 1``, the missing prefix is in the database.
+        """
+        end = "+" if upto is None else f"0-{upto}"
+        if upto is not None and upto <= after:
+            return []
+        rows: list[Any] = (await self.client.xrange(stream_key(room_id), min=f"0-{after + 1}", max=end)) or []
+        return [_entry_from_fields(room_id, slug, entry_id, fields) for entry_id, fields in rows]
+
+    # -- persistence consumer group ---------------------------------------------
+
+    async def active_rooms(self) -> list[int]:
+        return sorted(int(x) for x in await self.client.smembers(ROOMS_KEY))
+
+    async def ensure_group(self, room_id: int) -> None:
+        try:
+            await self.client.xgroup_create(stream_key(room_id), GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def persist_read(
+        self, *, consumer: str, room_ids: Sequence[int], count: int, block_ms: int | None, slugs: dict[int, str]
+    ) -> list[PendingEntry]:
+        """New entries for this consumer across ``room_ids`` (XREADGROUP ``>``)."""
+        if not room_ids:
+            return []
+        streams: dict[Any, Any] = {stream_key(rid): ">" for rid in room_ids}
+        try:
+            reply = await self.client.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            for rid in room_ids:
+                await self.ensure_group(rid)
+            return []
+        return self._pending_entries(reply, slugs)
+
+    async def persist_claim(
+        self, *, consumer: str, room_id: int, min_idle_ms: int, count: int, slugs: dict[int, str]
+    ) -> list[PendingEntry]:
+        """Take over entries another consumer read but never acknowledged."""
+        key = stream_key(room_id)
+        try:
+            reply = await self.client.xautoclaim(key, GROUP, consumer, min_idle_time=min_idle_ms, count=count)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return []
+            raise
+        messages: list[Any] = reply[1]
+        slug = slugs.get(room_id, "")
+        return [
+            PendingEntry(_entry_from_fields(room_id, slug, eid, fields), key, _decode(eid))
+            for eid, fields in messages
+            if fields is not None  # deleted entries come back as None
+        ]
+
+    async def persist_ack(self, entries: Iterable[PendingEntry]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for item in entries:
+            by_stream.setdefault(item.stream, []).append(item.entry_id)
+        if not by_stream:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, GROUP, *ids)
+            await pipe.execute()
+
+    async def trim(self, room_id: int) -> int:
+        """Trim a room stream below what is persisted; returns entries removed."""
+        return int(await self._trim(keys=[stream_key(room_id), seq_key(room_id)], args=[self.stream_keep]))
+
+    async def backlog(self, room_ids: Sequence[int]) -> tuple[int, int | None]:
+        """(entries not yet persisted, age in ms of the oldest one) across rooms."""
+        total = 0
+        oldest: int | None = None
+        now_s, now_us = await self.client.time()
+        now_ms = int(now_s) * 1000 + int(now_us) // 1000
+        for rid in room_ids:
+            key = stream_key(rid)
+            try:
+                groups = await self.client.xinfo_groups(key)
+            except ResponseError:
+                continue
+            group = next((g for g in groups if _decode(g["name"]) == GROUP), None)
+            if group is None:
+                continue
+            delivered = int(_decode(group["last-delivered-id"]).split("-", 1)[1])
+            last = int(await self.client.get(seq_key(rid)) or 0)
+            summary = await self.client.xpending(key, GROUP)
+            pending = int(summary["pending"])
+            total += pending + max(0, last - delivered)
+            first: int | None = None
+            if pending:
+                first = int(_decode(summary["min"]).split("-", 1)[1])
+            elif last > delivered:
+                first = delivered + 1
+            if first is not None:
+                rows: list[Any] = (await self.client.xrange(key, min=f"0-{first}", max=f"0-{first}")) or []
+                if rows:
+                    fields = {_decode(k): _decode(v) for k, v in rows[0][1].items()}
+                    ts = int(fields["ts"])
+                    age = now_ms - ts
+                    oldest = age if oldest is None else max(oldest, age)
+        return total, oldest
+
+    def _pending_entries(self, reply: Any, slugs: dict[int, str]) -> list[PendingEntry]:
+        out: list[PendingEntry] = []
+        for stream, messages in reply or []:
+            key = _decode(stream)
+            rid = room_id_from_stream_key(key)
+            slug = slugs.get(rid, "")
+            for eid, fields in messages:
+                out.append(PendingEntry(_entry_from_fields(rid, slug, eid, fields), key, _decode(eid)))
+        return out
+
+    # -- control channel ----------------------------------------------------------
+
+    async def publish_control(self, event: dict[str, Any]) -> None:
+        await self.client.publish(CONTROL_CHANNEL, json.dumps(event))

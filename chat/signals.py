@@ -1,0 +1,1 @@
+"""Django signal handlers: tell every server process when a session ends."""

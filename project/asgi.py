@@ -1,0 +1,47 @@
+"""The one ASGI entrypoint: ``uvicorn project.asgi:application``.
+
+* ``lifespan`` goes to the FastAPI app: Django's handler refuses it, and a
+  mounted sub-app would never see it, so the dispatcher hands it over itself.
+* ``websocket`` (``/ws``) and ``/healthz`` go to the FastAPI app.
+* ``STATIC_URL`` is served asynchronously by Starlette.
+* everything else is Django: pages, auth, the history API, the admin.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+from django.core.asgi import get_asgi_application
+
+# Must run before anything that imports models.
+django_application = get_asgi_application()
+
+from django.conf import settings  # noqa: E402
+from starlette.types import Receive, Scope, Send  # noqa: E402
+
+from wsapp.app import create_app  # noqa: E402
+from wsapp.staticfiles import create_static_app  # noqa: E402
+
+# Django's handler is typed with narrower ASGI types than Starlette's.
+_django: Any = django_application
+fastapi_application = create_app()
+static_application = create_static_app()
+_static_prefix = settings.STATIC_URL if settings.STATIC_URL.startswith("/") else "/" + settings.STATIC_URL
+
+
+async def application(scope: Scope, receive: Receive, send: Send) -> None:
+    kind = scope["type"]
+    if kind == "http":
+        path: str = scope["path"]
+        if path.startswith(_static_prefix):
+            await static_application(scope, receive, send)
+        elif path == "/healthz":
+            await fastapi_application(scope, receive, send)
+        else:
+            await _django(scope, receive, send)
+    else:
+        # "websocket" and "lifespan"
+        await fastapi_application(scope, receive, send)

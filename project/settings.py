@@ -1,0 +1,283 @@
+"""Kaiwa settings: every value is read from the environment here, once.
+
+Production is the default. ``DEBUG=1`` switches on development conveniences
+(a generated secret key, local hosts, an embedded Redis); nothing else in the
+code base reads the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+STATE_DIR = BASE_DIR / ".kaiwa"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean: use 1/true/yes/on or 0/false/no/off.")
+
+
+def _env_int(name: str, default: int, *, minimum: int = 1) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a whole number; set it to e.g. {default}.") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} is too small: it must be at least {minimum} (default {default}).")
+    return value
+
+
+def _env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number; set it to e.g. {default}.") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} is too small: it must be at least {minimum} (default {default}).")
+    return value
+
+
+def _env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+DEBUG = _env_bool("DEBUG", False)
+
+_secret = os.environ.get("SECRET_KEY", "")
+if not _secret:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Production mode (the default) needs a long random secret: "
+            "export SECRET_KEY=\"$(python -c 'import secrets; print(secrets.token_urlsafe(50))')\", "
+            "or set DEBUG=1 for local development."
+        )
+    # A development key that is stable per checkout, so sessions survive restarts.
+    _secret = "django-insecure-dev-" + hashlib.sha256(str(BASE_DIR).encode()).hexdigest()
+SECRET_KEY = _secret
+SECRET_KEY_FALLBACKS = _env_list("SECRET_KEY_FALLBACKS", [])
+
+ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = _env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "chat.middleware.ContentSecurityPolicyMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database -----------------------------------------------------------------
+
+_default_db_url = f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+DATABASE_URL = os.environ.get("DATABASE_URL") or _default_db_url
+try:
+    _db: dict[str, Any] = dict(dj_database_url.parse(DATABASE_URL, conn_max_age=0))
+except ValueError as exc:
+    raise ImproperlyConfigured(
+        f"DATABASE_URL={DATABASE_URL!r} is not understood ({exc}). "
+        "Use e.g. sqlite:////abs/path/db.sqlite3 or postgres://user@host:5432/dbname."
+    ) from None
+
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL plus IMMEDIATE transactions: concurrent writers wait for the lock
+    # instead of failing at once with "database is locked".
+    _db["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 5,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+elif _db["ENGINE"] == "django.db.backends.postgresql":
+    _db["OPTIONS"] = {
+        "pool": {
+            "min_size": 1,
+            "max_size": _env_int("KAIWA_DB_POOL_MAX", 10),
+            "timeout": 10,
+            # Django adds check=ConnectionPool.check_connection: every connection
+            # is checked on checkout, so a restarted PostgreSQL heals by itself.
+        }
+    }
+# Under ASGI every request runs in a different thread; persistent connections
+# would leak. The PostgreSQL pool above does the reuse instead.
+_db["CONN_MAX_AGE"] = 0
+_db["CONN_HEALTH_CHECKS"] = False
+DATABASES = {"default": _db}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Redis ----------------------------------------------------------------------
+
+
+def _embedded_redis_socket() -> Path:
+    path = STATE_DIR / "redis.sock"
+    if len(str(path)) < 100:
+        return path
+    # Unix socket paths are limited to ~107 bytes; deep checkouts use /tmp.
+    digest = hashlib.sha256(str(BASE_DIR).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"kaiwa-{digest}" / "redis.sock"
+
+
+REDIS_URL = os.environ.get("REDIS_URL", "").strip()
+KAIWA_EMBEDDED_REDIS_SOCKET: Path | None = None
+if not REDIS_URL:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "REDIS_URL is not set. Kaiwa relays and stores messages through Redis: "
+            "export REDIS_URL=redis://host:6379/0 (a Redis with appendonly yes), "
+            "or set DEBUG=1 to start an embedded Redis for development."
+        )
+    KAIWA_EMBEDDED_REDIS_SOCKET = _embedded_redis_socket()
+    REDIS_URL = f"unix://{KAIWA_EMBEDDED_REDIS_SOCKET}"
+KAIWA_EMBEDDED_REDIS_DIR = KAIWA_EMBEDDED_REDIS_SOCKET.parent if KAIWA_EMBEDDED_REDIS_SOCKET else None
+
+# Sessions live in the database and are cached in Redis: fast to check on every
+# WebSocket handshake, and deleting a session (logout) takes effect at once.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "kaiwa:cache",
+    }
+}
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+SESSION_COOKIE_AGE = _env_int("SESSION_COOKIE_AGE", 60 * 60 * 24 * 14)
+
+# Auth -----------------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat:room_list"
+LOGOUT_REDIRECT_URL = "login"
+
+# Internationalisation --------------------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# Static files -----------------------------------------------------------------
+
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# Security -----------------------------------------------------------------------
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if not DEBUG:
+    SECURE_SSL_REDIRECT = _env_bool("SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = _env_bool("SESSION_COOKIE_SECURE", True)
+    CSRF_COOKIE_SECURE = _env_bool("CSRF_COOKIE_SECURE", True)
+    SECURE_HSTS_SECONDS = _env_int("SECURE_HSTS_SECONDS", 60 * 60 * 24 * 365, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = _env_bool("SECURE_HSTS_PRELOAD", False)
+    # Behind a TLS-terminating proxy that sets X-Forwarded-Proto.
+    if _env_bool("SECURE_PROXY_SSL_HEADER", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "kaiwa": {"handlers": ["console"], "level": os.environ.get("KAIWA_LOG_LEVEL", "INFO"), "propagate": False},
+    },
+}
+
+# Kaiwa limits (protocol.md section 6, plus the ones the contract leaves open) --
+
+KAIWA_MAX_BODY_CHARS = _env_int("KAIWA_MAX_BODY_CHARS", 4000)
+KAIWA_MAX_FRAME_BYTES = _env_int("KAIWA_MAX_FRAME_BYTES", 65536, minimum=256)
+KAIWA_RATE_BURST = _env_int("KAIWA_RATE_BURST", 20)
+KAIWA_RATE_PER_SECOND = _env_float("KAIWA_RATE_PER_SECOND", 10.0, minimum=0.001)
+KAIWA_MAX_ROOMS_PER_CONNECTION = _env_int("KAIWA_MAX_ROOMS_PER_CONNECTION", 100)
+KAIWA_BACKLOG_LIMIT = _env_int("KAIWA_BACKLOG_LIMIT", 1000)
+KAIWA_SESSION_RECHECK_SECONDS = _env_float("KAIWA_SESSION_RECHECK_SECONDS", 60.0, minimum=0.1)
+KAIWA_SEND_QUEUE_MAX_MESSAGES = _env_int("KAIWA_SEND_QUEUE_MAX_MESSAGES", 1000)
+KAIWA_SEND_QUEUE_MAX_BYTES = _env_int("KAIWA_SEND_QUEUE_MAX_BYTES", 4 * 1024 * 1024, minimum=1024)
+
+# Beyond the contract: each has a safe default and is documented in README.md.
+KAIWA_DEDUP_SECONDS = _env_int("KAIWA_DEDUP_SECONDS", 600)
+KAIWA_STREAM_KEEP = _env_int("KAIWA_STREAM_KEEP", 10000)
+KAIWA_BAD_FRAMES_PER_MINUTE = _env_int("KAIWA_BAD_FRAMES_PER_MINUTE", 30)
+KAIWA_FRAME_RATE_BURST = _env_int("KAIWA_FRAME_RATE_BURST", 200)
+KAIWA_FRAME_RATE_PER_SECOND = _env_float("KAIWA_FRAME_RATE_PER_SECOND", 100.0, minimum=0.001)
+KAIWA_TYPING_INTERVAL_MS = _env_int("KAIWA_TYPING_INTERVAL_MS", 1000, minimum=0)
+KAIWA_PRESENCE_TTL_SECONDS = _env_float("KAIWA_PRESENCE_TTL_SECONDS", 30.0, minimum=1.0)
+KAIWA_UNAVAILABLE_RETRY_MS = _env_int("KAIWA_UNAVAILABLE_RETRY_MS", 1000)
+KAIWA_SHUTDOWN_GRACE_SECONDS = _env_float("KAIWA_SHUTDOWN_GRACE_SECONDS", 5.0)
+KAIWA_REDIS_POOL_SIZE = _env_int("KAIWA_REDIS_POOL_SIZE", 64)
+KAIWA_HISTORY_PAGE_SIZE = _env_int("KAIWA_HISTORY_PAGE_SIZE", 50)
+
+KAIWA_WORKER_EMBEDDED = _env_bool("KAIWA_WORKER_EMBEDDED", True)
+KAIWA_WORKER_BATCH_SIZE = _env_int("KAIWA_WORKER_BATCH_SIZE", 500)
+KAIWA_WORKER_BATCH_MS = _env_int("KAIWA_WORKER_BATCH_MS", 50, minimum=0)
+KAIWA_WORKER_CLAIM_IDLE_MS = _env_int("KAIWA_WORKER_CLAIM_IDLE_MS", 30000)
+KAIWA_WORKER_BACKLOG_WARN = _env_int("KAIWA_WORKER_BACKLOG_WARN", 10000)

@@ -1,0 +1,86 @@
+"""The FastAPI app: ``/ws``, ``/healthz``, and the process lifespan.
+
+The lifespan owns every long-lived resource of a server process: the embedded
+development Redis (if any), the Redis clients, the hub that fans messages out
+to this process's sockets, and the embedded persistence worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from django.conf import settings
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from chat import embedded_redis
+from chat.messagelog import MessageLog
+from chat.redisclient import make_async_client
+
+logger = logging.getLogger("kaiwa.app")
+
+
+@dataclass
+class Runtime:
+    """What one server process holds while it runs."""
+
+    redis: aioredis.Redis
+    log: MessageLog
+    started_at: float = field(default_factory=time.time)
+    components: dict[str, Any] = field(default_factory=dict)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    embedded = None
+    if settings.KAIWA_EMBEDDED_REDIS_SOCKET is not None:
+        embedded = embedded_redis.ensure_running(settings.KAIWA_EMBEDDED_REDIS_SOCKET)
+    client = make_async_client()
+    log = MessageLog(client, dedup_seconds=settings.KAIWA_DEDUP_SECONDS, stream_keep=settings.KAIWA_STREAM_KEEP)
+    runtime = Runtime(redis=client, log=log)
+    app.state.runtime = runtime
+    try:
+        logger.info("startup complete (pid %s)", os.getpid())
+        yield
+    finally:
+        app.state.runtime = None
+        await client.aclose()
+        embedded_redis.stop(embedded)
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.runtime = None
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        """For load balancers: 200 once this process is up and reaches Redis."""
+        runtime: Runtime | None = app.state.runtime
+        if runtime is None:
+            return JSONResponse(
+                {"status": "starting", "lifespan": False, "detail": "the ASGI lifespan startup has not run"},
+                status_code=503,
+            )
+        try:
+            redis_ok = bool(await runtime.redis.ping())
+        except RedisError:
+            redis_ok = False
+        body = {
+            "status": "ok" if redis_ok else "degraded",
+            "lifespan": True,
+            "pid": os.getpid(),
+            "redis": redis_ok,
+            "components": sorted(runtime.components),
+            "uptime_seconds": round(time.time() - runtime.started_at, 1),
+        }
+        return JSONResponse(body, status_code=200 if redis_ok else 503)
+
+    return app
