@@ -1,0 +1,159 @@
+"""Reads: every query about rooms and stored messages goes through here.
+
+Views, the history API, the admin, ``wsapp`` and the worker call these
+functions; nothing else builds chat querysets. Functions take keyword-only
+arguments; async twins carry Django's ``a`` prefix.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from django.db.models import Max, Q, QuerySet
+
+from chat.messagelog import Entry
+from chat.models import Membership, Message, Room
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+
+    AnyUser = AbstractBaseUser | AnonymousUser
+
+# A message whose author account was deleted keeps its author_username; the
+# wire contract's user id is an int, so such messages carry id 0 (no real user
+# has primary key 0).
+DELETED_USER_ID = 0
+
+
+def _visible_rooms(user: AnyUser) -> QuerySet[Room]:
+    """Public rooms, plus the private rooms ``user`` is a member of."""
+    if not user.is_authenticated or user.pk is None:
+        return Room.objects.filter(private=False)
+    return Room.objects.filter(Q(private=False) | Q(private=True, memberships__user_id=user.pk)).distinct()
+
+
+def room_get_for_user(*, user: AnyUser, slug: str) -> Room | None:
+    """The room ``slug`` if ``user`` may see it, else None.
+
+    An unknown slug and a private room the user is not a member of both give
+    None: callers must not be able to tell the two apart (protocol.md §4).
+    """
+    room = Room.objects.filter(slug=slug).first()
+    if room is None:
+        return None
+    if not room.private:
+        return room
+    if not user.is_authenticated or user.pk is None:
+        return None
+    if Membership.objects.filter(room=room, user_id=user.pk).exists():
+        return room
+    return None
+
+
+async def aroom_get_for_user(*, user: AnyUser, slug: str) -> Room | None:
+    """Async twin of :func:`room_get_for_user`."""
+    room = await Room.objects.filter(slug=slug).afirst()
+    if room is None:
+        return None
+    if not room.private:
+        return room
+    if not user.is_authenticated or user.pk is None:
+        return None
+    if await Membership.objects.filter(room=room, user_id=user.pk).aexists():
+        return room
+    return None
+
+
+def room_list_for_user(*, user: AnyUser) -> list[Room]:
+    """Every room ``user`` may see, by name: public ones and private ones they belong to."""
+    return list(_visible_rooms(user).order_by("name", "slug"))
+
+
+def room_members(*, room: Room) -> list[Any]:
+    """The members of a room (meaningful for private rooms), by username."""
+    return [m.user for m in room.memberships.select_related("user").order_by("user__username")]
+
+
+def room_last_seqs(*, room_ids: list[int]) -> dict[int, int]:
+    """The highest stored seq per room (rooms without messages are absent).
+
+    This is the database's view: the live sequence in Redis may be ahead
+    until the worker has persisted the newest messages.
+    """
+    if not room_ids:
+        return {}
+    rows = Message.objects.filter(room_id__in=room_ids).values("room_id").annotate(last=Max("seq")).order_by("room_id")
+    return {row["room_id"]: row["last"] for row in rows}
+
+
+def message_page(*, room: Room, before: int | None, limit: int) -> tuple[list[Message], bool]:
+    """The latest ``limit`` stored messages with ``seq < before`` (all when None), oldest first.
+
+    Returns ``(messages, has_more)``; ``has_more`` is True when older messages
+    exist. One indexed range scan on ``(room, seq)``, whatever the table size.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    qs = Message.objects.filter(room=room)
+    if before is not None:
+        qs = qs.filter(seq__lt=before)
+    # One extra row tells whether older messages exist, without a COUNT.
+    rows = list(qs.order_by("-seq")[: limit + 1])
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    rows.reverse()
+    return rows, has_more
+
+
+async def amessage_range(*, room: Room, after: int, upto: int) -> list[Entry]:
+    """Stored messages with ``after < seq <= upto`` as log entries, oldest first.
+
+    Used to resume a client when the Redis stream was already trimmed below
+    ``after``: the missing prefix is read from the database.
+    """
+    if upto <= after:
+        return []
+    qs = Message.objects.filter(room=room, seq__gt=after, seq__lte=upto).order_by("seq")
+    return [message_entry(message, slug=room.slug) async for message in qs]
+
+
+def message_max_seq(*, room_id: int) -> int:
+    """The highest stored seq of a room, 0 if it has no stored message."""
+    value = Message.objects.filter(room_id=room_id).aggregate(last=Max("seq"))["last"]
+    return int(value or 0)
+
+
+async def amessage_max_seq(*, room_id: int) -> int:
+    """Async twin of :func:`message_max_seq`."""
+    value = (await Message.objects.filter(room_id=room_id).aaggregate(last=Max("seq")))["last"]
+    return int(value or 0)
+
+
+def _ts_ms(moment: datetime) -> int:
+    moment = moment.astimezone(UTC)
+    # Whole milliseconds, truncated as chat.messagelog.format_ts does.
+    return int(moment.replace(microsecond=0).timestamp()) * 1000 + moment.microsecond // 1000
+
+
+def message_entry(message: Message, *, slug: str) -> Entry:
+    """A stored message as a :class:`chat.messagelog.Entry`."""
+    return Entry(
+        room_id=message.room_id,
+        room=slug,
+        seq=message.seq,
+        ts_ms=_ts_ms(message.created_at),
+        user_id=message.author_id if message.author_id is not None else DELETED_USER_ID,
+        username=message.author_username,
+        body=message.body,
+        client_id=message.client_id or None,
+    )
+
+
+def message_frame(message: Message, *, slug: str | None = None) -> dict[str, Any]:
+    """The wire ``message`` frame of a stored message (protocol.md §2).
+
+    Pass ``slug`` when the caller already has it, to avoid loading ``message.room``.
+    """
+    return message_entry(message, slug=slug if slug is not None else message.room.slug).frame()
