@@ -7,7 +7,7 @@ fix the problem; async twins carry Django's ``a`` prefix.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -17,7 +17,8 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
-from chat.models import Membership, Room, slug_validator
+from chat.messagelog import Entry, parse_ts
+from chat.models import Membership, Message, Room, slug_validator
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -154,3 +155,53 @@ def user_signup(*, username: str, password: str) -> User:
     except IntegrityError:
         raise ValidationError({"username": f"The username {username!r} is taken; choose another one."}) from None
     return user
+
+
+# Messages ---------------------------------------------------------------------
+
+_ID_CHUNK = 500  # stays under every backend's limit on query parameters
+_USERNAME_MAX = Message._meta.get_field("author_username").max_length or 150
+_CLIENT_ID_MAX = Message._meta.get_field("client_id").max_length or 64
+
+
+def _existing_ids(model: Any, ids: set[int]) -> set[int]:
+    found: set[int] = set()
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), _ID_CHUNK):
+        chunk = ordered[start : start + _ID_CHUNK]
+        found.update(model._default_manager.filter(pk__in=chunk).values_list("pk", flat=True))
+    return found
+
+
+@transaction.atomic
+def message_bulk_persist(*, entries: Sequence[Entry]) -> int:
+    """Store messages from the Redis log in one transaction; returns how many are now stored.
+
+    Idempotent on ``(room, seq)``: an entry already in the database (written
+    by a worker that crashed before it could acknowledge it to Redis) is left
+    as it is, so replaying a batch never duplicates a row. The author becomes
+    ``None`` when the account no longer exists (``author_username`` keeps the
+    name); entries of rooms deleted since are skipped, as the room's messages
+    would have been deleted with it. ``created_at`` is the time Redis accepted
+    the message, not the time of this write.
+    """
+    if not entries:
+        return 0
+    rooms = _existing_ids(Room, {e.room_id for e in entries})
+    users = _existing_ids(get_user_model(), {e.user_id for e in entries})
+    rows = [
+        Message(
+            room_id=e.room_id,
+            seq=e.seq,
+            author_id=e.user_id if e.user_id in users else None,
+            author_username=e.username[:_USERNAME_MAX],
+            # PostgreSQL text cannot hold NUL; one such message must not block the queue.
+            body=e.body.replace("\x00", "\ufffd"),
+            client_id=(e.client_id or "")[:_CLIENT_ID_MAX],
+            created_at=parse_ts(e.ts_ms),
+        )
+        for e in entries
+        if e.room_id in rooms
+    ]
+    Message.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(rows)
