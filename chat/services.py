@@ -7,6 +7,7 @@ fix the problem; async twins carry Django's ``a`` prefix.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,11 +15,14 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils.text import slugify
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chat.messagelog import Entry, parse_ts
+from chat.messagelog import AppendResult, Entry, FloorNeeded, MessageLog, parse_ts
 from chat.models import Membership, Message, Room, slug_validator
+from chat.selectors import amessage_max_seq
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -205,3 +209,89 @@ def message_bulk_persist(*, entries: Sequence[Entry]) -> int:
     ]
     Message.objects.bulk_create(rows, ignore_conflicts=True)
     return len(rows)
+
+
+# Live messages (the real-time path) -------------------------------------------
+
+
+class MessageBodyEmpty(ValueError):
+    """The body is empty or only whitespace."""
+
+
+class MessageBodyTooLong(ValueError):
+    """The body has more characters than ``KAIWA_MAX_BODY_CHARS``."""
+
+
+class MessageUnavailable(Exception):
+    """The message could not be accepted now (Redis unreachable); nothing was stored."""
+
+
+# Redis errors that mean "the append may not have run": retried with the same
+# dedup token, so a retry of an append that did run returns the original seq.
+_APPEND_RETRIES = 2
+_SERVER_TOKEN_SECONDS = 30
+
+
+def message_body_validate(*, body: str) -> None:
+    """Raise ``MessageBodyEmpty`` / ``MessageBodyTooLong`` for a body the server refuses."""
+    if not body.strip():
+        raise MessageBodyEmpty("The message is empty: type some text before sending.")
+    limit = settings.KAIWA_MAX_BODY_CHARS
+    if len(body) > limit:
+        raise MessageBodyTooLong(
+            f"The message has {len(body)} characters; the limit is {limit}. Split it into several messages."
+        )
+
+
+async def amessage_send(
+    *,
+    log: MessageLog,
+    room_id: int,
+    slug: str,
+    user_id: int,
+    username: str,
+    body: str,
+    client_id: str | None,
+    known_last: int | None = None,
+) -> AppendResult:
+    """Accept one message: append it to the room's Redis log (durable, ordered, published).
+
+    ``client_id`` (when given) is the dedup token for ``KAIWA_DEDUP_SECONDS``:
+    re-sending returns the original seq. Without it a server-made token guards
+    this call's own retries. When Redis has no sequence for the room (new
+    room, or a Redis that lost its data) the sequence resumes above
+    ``max(highest stored seq, known_last)``, ``known_last`` being the highest
+    seq this process has delivered. Raises ``MessageUnavailable`` when Redis
+    cannot be reached.
+    """
+    message_body_validate(body=body)
+    token = client_id or uuid.uuid4().hex
+    token_seconds = None if client_id else _SERVER_TOKEN_SECONDS
+    floor: int | None = None
+    failures = 0
+    while True:
+        try:
+            return await log.append(
+                room_id=room_id,
+                slug=slug,
+                user_id=user_id,
+                username=username,
+                body=body,
+                client_id=client_id,
+                token=token,
+                token_seconds=token_seconds,
+                floor=floor,
+            )
+        except FloorNeeded:
+            if floor is not None:
+                # The sequence vanished again between two calls: Redis is being flushed.
+                raise MessageUnavailable("Redis lost the room's sequence twice in a row.") from None
+            try:
+                stored = await amessage_max_seq(room_id=room_id)
+            except DatabaseError as exc:
+                raise MessageUnavailable(f"the database is unreachable ({exc})") from exc
+            floor = max(stored, known_last or 0)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            failures += 1
+            if failures > _APPEND_RETRIES:
+                raise MessageUnavailable(f"Redis is unreachable ({exc})") from exc
