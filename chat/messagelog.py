@@ -217,6 +217,27 @@ class PendingEntry:
     entry_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class RoomBacklog:
+    """A room's entries the persist group has not acknowledged yet."""
+
+    room_id: int
+    pending: int  # read by a consumer, not yet acknowledged (being written, or its consumer died)
+    undelivered: int  # not read by any consumer yet
+    oldest_age_ms: int | None  # age of the oldest of them
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.undelivered
+
+
+_BACKLOG_CHUNK = 500
+
+
+def _seq_of(entry_id: bytes | str) -> int:
+    return int(_decode(entry_id).split("-", 1)[1])
+
+
 class MessageLog:
     """The Redis side of the message history. One per process, sharing a pool."""
 
@@ -355,37 +376,65 @@ class MessageLog:
 
     async def backlog(self, room_ids: Sequence[int]) -> tuple[int, int | None]:
         """(entries not yet persisted, age in ms of the oldest one) across rooms."""
-        total = 0
-        oldest: int | None = None
+        rooms = await self.backlog_by_room(room_ids)
+        ages = [r.oldest_age_ms for r in rooms if r.oldest_age_ms is not None]
+        return sum(r.total for r in rooms), (max(ages) if ages else None)
+
+    async def backlog_by_room(self, room_ids: Sequence[int]) -> list[RoomBacklog]:
+        """What the persist group has not acknowledged yet, per room (rooms with none left out).
+
+        Two pipelined round trips per chunk of rooms, so the worker can afford
+        to look regularly. Undelivered entries are counted from the stream's
+        first entry, not from seq 1: a room whose sequence resumed above a
+        floor has no entries below it.
+        """
+        out: list[RoomBacklog] = []
         now_s, now_us = await self.client.time()
         now_ms = int(now_s) * 1000 + int(now_us) // 1000
-        for rid in room_ids:
-            key = stream_key(rid)
-            try:
-                groups = await self.client.xinfo_groups(key)
-            except ResponseError:
+        ids = list(room_ids)
+        for start in range(0, len(ids), _BACKLOG_CHUNK):
+            chunk = ids[start : start + _BACKLOG_CHUNK]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for rid in chunk:
+                    key = stream_key(rid)
+                    pipe.xinfo_groups(key)
+                    pipe.get(seq_key(rid))
+                    pipe.xpending(key, GROUP)
+                    pipe.xrange(key, min="-", max="+", count=1)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+            found: list[tuple[int, int, int, int | None]] = []  # room, pending, undelivered, first unpersisted
+            for i, rid in enumerate(chunk):
+                groups, last_raw, summary, head = replies[4 * i : 4 * i + 4]
+                if isinstance(groups, Exception) or isinstance(summary, Exception):
+                    continue  # no stream or no group: nothing was ever appended
+                group = next((g for g in groups if _decode(g["name"]) == GROUP), None)
+                if group is None:
+                    continue
+                delivered = _seq_of(group["last-delivered-id"])
+                last = int(last_raw or 0)
+                first_in_stream = _seq_of(head[0][0]) if head else last + 1
+                undelivered = max(0, last - max(delivered, first_in_stream - 1))
+                pending = int(summary["pending"])
+                first: int | None = None
+                if pending:
+                    first = _seq_of(summary["min"])
+                elif undelivered:
+                    first = max(delivered + 1, first_in_stream)
+                if pending or undelivered:
+                    found.append((rid, pending, undelivered, first))
+            if not found:
                 continue
-            group = next((g for g in groups if _decode(g["name"]) == GROUP), None)
-            if group is None:
-                continue
-            delivered = int(_decode(group["last-delivered-id"]).split("-", 1)[1])
-            last = int(await self.client.get(seq_key(rid)) or 0)
-            summary = await self.client.xpending(key, GROUP)
-            pending = int(summary["pending"])
-            total += pending + max(0, last - delivered)
-            first: int | None = None
-            if pending:
-                first = int(_decode(summary["min"]).split("-", 1)[1])
-            elif last > delivered:
-                first = delivered + 1
-            if first is not None:
-                rows: list[Any] = (await self.client.xrange(key, min=f"0-{first}", max=f"0-{first}")) or []
-                if rows:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for rid, _, _, first in found:
+                    pipe.xrange(stream_key(rid), min=f"0-{first}", max=f"0-{first}")
+                heads: list[Any] = await pipe.execute(raise_on_error=False)
+            for (rid, pending, undelivered, _), rows in zip(found, heads, strict=True):
+                age: int | None = None
+                if rows and not isinstance(rows, Exception):
                     fields = {_decode(k): _decode(v) for k, v in rows[0][1].items()}
-                    ts = int(fields["ts"])
-                    age = now_ms - ts
-                    oldest = age if oldest is None else max(oldest, age)
-        return total, oldest
+                    age = max(0, now_ms - int(fields["ts"]))
+                out.append(RoomBacklog(room_id=rid, pending=pending, undelivered=undelivered, oldest_age_ms=age))
+        return out
 
     def _pending_entries(self, reply: Any, slugs: dict[int, str]) -> list[PendingEntry]:
         out: list[PendingEntry] = []

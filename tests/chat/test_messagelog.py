@@ -1,0 +1,149 @@
+"""The Redis message log's persistence side (consumer group, trim, backlog), against the suite's real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+
+from chat.messagelog import GROUP, MessageLog, stream_key
+from tests import redis_server
+
+T = TypeVar("T")
+
+
+def run(test: Callable[[MessageLog], Awaitable[T]], *, keep: int = 10000) -> T:
+    async def main() -> T:
+        assert redis_server.SERVER is not None
+        client = aioredis.Redis.from_url(redis_server.SERVER.url)
+        try:
+            log = MessageLog(client, dedup_seconds=600, stream_keep=keep)
+            return await asyncio.wait_for(test(log), timeout=30)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+async def append(log: MessageLog, room_id: int, count: int, *, start: int = 0, floor: int = 0) -> None:
+    for i in range(start, start + count):
+        await log.append(
+            room_id=room_id,
+            slug=f"room-{room_id}",
+            user_id=7,
+            username="ann",
+            body=f"m{i}",
+            client_id=None,
+            token=f"t{room_id}-{i}",
+            floor=floor,
+        )
+
+
+async def stream_seqs(log: MessageLog, room_id: int) -> list[int]:
+    rows: list[Any] = await log.client.xrange(stream_key(room_id))
+    return [int(eid.decode().split("-")[1]) for eid, _ in rows]
+
+
+def test_append_creates_group_and_registers_room():
+    """The first append creates the room's stream with the persist group and lists the room as active."""
+
+    async def scenario(log: MessageLog) -> None:
+        await append(log, 3, 2)
+        assert await log.active_rooms() == [3]
+        groups = await log.client.xinfo_groups(stream_key(3))
+        assert [g["name"].decode() for g in groups] == [GROUP]
+        got = await log.persist_read(consumer="c1", room_ids=[3], count=10, block_ms=None, slugs={3: "lobby"})
+        assert [(p.entry.seq, p.entry.body, p.entry.room) for p in got] == [(1, "m0", "lobby"), (2, "m1", "lobby")]
+
+    run(scenario)
+
+
+def test_trim_keeps_everything_not_acknowledged():
+    """Trim never removes an entry that is pending (read, not acked) or not read yet, whatever ``keep`` is."""
+
+    async def scenario(log: MessageLog) -> None:
+        await append(log, 1, 10)
+        first = await log.persist_read(consumer="a", room_ids=[1], count=4, block_ms=None, slugs={})
+        assert [p.entry.seq for p in first] == [1, 2, 3, 4]
+        # Read but not acknowledged (1-4), never read (5-10): nothing may go.
+        await log.trim(1)
+        assert await stream_seqs(log, 1) == list(range(1, 11))
+        # Acknowledge 1-2 only: 3 is still pending, so only 1-2 may go.
+        await log.persist_ack(first[:2])
+        await log.trim(1)
+        assert await stream_seqs(log, 1) == list(range(3, 11))
+        await log.persist_ack(first[2:])
+        await log.trim(1)
+        # 1-4 persisted; 5-10 never read by the group.
+        assert await stream_seqs(log, 1) == list(range(5, 11))
+
+    run(scenario, keep=1)
+
+
+def test_trim_keeps_the_last_persisted_entries_for_resumes():
+    """With everything acknowledged, trim keeps the ``stream_keep`` latest entries."""
+
+    async def scenario(log: MessageLog) -> None:
+        await append(log, 1, 20)
+        got = await log.persist_read(consumer="a", room_ids=[1], count=100, block_ms=None, slugs={})
+        await log.persist_ack(got)
+        removed = await log.trim(1)
+        assert removed == 15
+        assert await stream_seqs(log, 1) == list(range(16, 21))
+
+    run(scenario, keep=5)
+
+
+def test_claim_takes_over_idle_entries_of_another_consumer():
+    """XAUTOCLAIM hands entries read but never acknowledged by a dead consumer to a live one."""
+
+    async def scenario(log: MessageLog) -> None:
+        await append(log, 2, 5)
+        await log.persist_read(consumer="dead", room_ids=[2], count=3, block_ms=None, slugs={})
+        assert await log.persist_claim(consumer="live", room_id=2, min_idle_ms=60_000, count=10, slugs={}) == []
+        taken = await log.persist_claim(consumer="live", room_id=2, min_idle_ms=0, count=10, slugs={})
+        assert [p.entry.seq for p in taken] == [1, 2, 3]
+        pending: list[Any] = await log.client.xpending_range(stream_key(2), GROUP, min="-", max="+", count=10)
+        assert {p["consumer"].decode() for p in pending} == {"live"}
+
+    run(scenario)
+
+
+def test_backlog_counts_pending_and_unread_entries_per_room():
+    """backlog_by_room reports pending (read, not acked) and unread entries and the oldest one's age."""
+
+    async def scenario(log: MessageLog) -> None:
+        await append(log, 1, 6)
+        await append(log, 2, 2)
+        assert await log.backlog([]) == (0, None)
+        got = await log.persist_read(consumer="a", room_ids=[1], count=4, block_ms=None, slugs={})
+        await log.persist_ack(got[:1])
+        rooms = {r.room_id: r for r in await log.backlog_by_room([1, 2, 99])}
+        assert set(rooms) == {1, 2}  # room 99 has no stream
+        assert (rooms[1].pending, rooms[1].undelivered) == (3, 2)
+        assert (rooms[2].pending, rooms[2].undelivered) == (0, 2)
+        assert rooms[1].oldest_age_ms is not None and rooms[1].oldest_age_ms >= 0
+        total, oldest = await log.backlog([1, 2])
+        assert total == 7
+        assert oldest is not None
+        await log.persist_ack(got[1:])
+        rest = await log.persist_read(consumer="a", room_ids=[1, 2], count=10, block_ms=None, slugs={})
+        await log.persist_ack(rest)
+        assert await log.backlog([1, 2]) == (0, None)
+
+    run(scenario)
+
+
+def test_backlog_of_a_room_resumed_above_a_floor():
+    """A room whose sequence resumed above a floor (Redis lost its data) counts only its real entries."""
+
+    async def scenario(log: MessageLog) -> None:
+        await append(log, 5, 3, floor=1000)
+        assert await stream_seqs(log, 5) == [1001, 1002, 1003]
+        [room] = await log.backlog_by_room([5])
+        assert (room.pending, room.undelivered) == (0, 3)
+        assert room.oldest_age_ms is not None
+
+    run(scenario)
