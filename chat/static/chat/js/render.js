@@ -1,0 +1,174 @@
+// DOM building. Everything a user typed goes in through textContent or a
+// Text node, never innerHTML: a body of `<img src=x onerror=...>` is shown as
+// those characters. Links become <a> only for http(s) URLs, opened in a new
+// tab with rel="noopener noreferrer".
+
+const URL_PATTERN = /\bhttps?:\/\/[^\s<>"]+/gi;
+// Punctuation that ends a sentence rather than a URL ("see https://x.org.").
+const TRAILING_PUNCTUATION = /[.,:;!?'"\u2019\u201d]+$/;
+// Messages by one author closer together than this are grouped under one header.
+const GROUP_WINDOW_MS = 5 * 60 * 1000;
+const AVATAR_COLOURS = 8;
+
+/** createElement with classes, attributes and children in one call. */
+export function el(tag, { cls = null, attrs = {}, text = null } = {}, ...children) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    node.setAttribute(name, value === true ? "" : String(value));
+  }
+  if (text !== null) node.textContent = text;
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+/** A safe absolute http(s) URL, or null. */
+export function safeHref(candidate) {
+  let url;
+  try {
+    url = new URL(candidate);
+  } catch (err) {
+    return null;
+  }
+  return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+}
+
+/** The body as text nodes and safe links, in a fragment. */
+export function renderBody(body) {
+  const fragment = document.createDocumentFragment();
+  let last = 0;
+  for (const match of body.matchAll(URL_PATTERN)) {
+    let raw = match[0];
+    // Keep a closing parenthesis only if the URL opened one (Wikipedia links).
+    const trailing = raw.match(TRAILING_PUNCTUATION);
+    if (trailing) raw = raw.slice(0, -trailing[0].length);
+    while (raw.endsWith(")") && (raw.match(/\(/g) || []).length < (raw.match(/\)/g) || []).length) {
+      raw = raw.slice(0, -1);
+    }
+    const href = safeHref(raw);
+    if (href === null) continue;
+    const start = match.index;
+    if (start > last) fragment.append(document.createTextNode(body.slice(last, start)));
+    fragment.append(
+      el("a", { attrs: { href, target: "_blank", rel: "noopener noreferrer" }, text: raw }),
+    );
+    last = start + raw.length;
+  }
+  if (last < body.length) fragment.append(document.createTextNode(body.slice(last)));
+  return fragment;
+}
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
+const dayTimeFormat = new Intl.DateTimeFormat(undefined, {
+  month: "short",
+  day: "numeric",
+  hour: "numeric",
+  minute: "2-digit",
+});
+const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "medium" });
+
+/** Short local time ("14:05", or "Nov 20, 14:05" if not today) and the full form for the tooltip. */
+export function formatTimestamp(ts, now = new Date()) {
+  const date = new Date(ts);
+  if (Number.isNaN(date.getTime())) return { short: "", full: "" };
+  const sameDay = date.toDateString() === now.toDateString();
+  return { short: (sameDay ? timeFormat : dayTimeFormat).format(date), full: fullFormat.format(date) };
+}
+
+function colourIndex(name) {
+  let hash = 0;
+  for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+  return hash % AVATAR_COLOURS;
+}
+
+export function avatar(user, extra = "") {
+  const name = user.username || "?";
+  const initial = Array.from(name)[0].toUpperCase();
+  return el("span", {
+    cls: `avatar avatar--c${colourIndex(name)} ${extra}`.trim(),
+    attrs: { "aria-hidden": "true" },
+    text: initial,
+  });
+}
+
+/**
+ * One message as an <li>. `kind` is "sent", "pending" or "failed".
+ * The element carries data-seq (sent) or data-client-id (pending, failed).
+ */
+export function messageElement(msg, { own, kind = "sent", error = null, onRetry = null, onDiscard = null }) {
+  const user = msg.user || { id: null, username: "?" };
+  const classes = ["msg"];
+  if (own) classes.push("msg--own");
+  if (kind !== "sent") classes.push(`msg--${kind}`);
+  const li = el("li", { cls: classes.join(" ") });
+  if (kind === "sent") li.dataset.seq = String(msg.seq);
+  if (msg.client_id) li.dataset.clientId = msg.client_id;
+  if (user.id !== null && user.id !== undefined) li.dataset.userId = String(user.id);
+  li.dataset.ts = msg.ts || "";
+
+  const when = formatTimestamp(msg.ts || new Date().toISOString());
+  const header = el(
+    "div",
+    { cls: "msg__header" },
+    el("span", { cls: "msg__author", text: user.username }),
+    own ? el("span", { cls: "msg__you", text: "you" }) : null,
+    msg.ts ? el("time", { cls: "msg__time", attrs: { datetime: msg.ts, title: when.full }, text: when.short }) : null,
+  );
+  const body = el("div", { cls: "msg__body" });
+  body.append(renderBody(msg.body || ""));
+  const content = el("div", { cls: "msg__content" }, header, body);
+
+  if (kind === "pending") {
+    content.append(el("div", { cls: "msg__status", text: "Sending…" }));
+  } else if (kind === "failed") {
+    const status = el("div", { cls: "msg__status msg__status--failed", attrs: { role: "alert" } });
+    status.append(el("span", { cls: "msg__error", text: error || "Not sent." }));
+    if (onRetry) {
+      const retry = el("button", { cls: "btn btn--small msg__retry", attrs: { type: "button" }, text: "Retry" });
+      retry.addEventListener("click", onRetry);
+      status.append(retry);
+    }
+    if (onDiscard) {
+      const discard = el("button", {
+        cls: "btn btn--small btn--quiet msg__discard",
+        attrs: { type: "button" },
+        text: "Discard",
+      });
+      discard.addEventListener("click", onDiscard);
+      status.append(discard);
+    }
+    content.append(status);
+  }
+  li.append(avatar(user, "msg__avatar"), content);
+  return li;
+}
+
+/** Mark `li` as a continuation of `prev` (same author, within a few minutes) so its header hides. */
+export function updateGrouping(li, prev) {
+  if (!li || !li.classList.contains("msg")) return;
+  let grouped = false;
+  if (prev && prev.classList.contains("msg") && prev.dataset.userId && prev.dataset.userId === li.dataset.userId) {
+    const a = Date.parse(prev.dataset.ts);
+    const b = Date.parse(li.dataset.ts);
+    grouped = Number.isNaN(a) || Number.isNaN(b) || Math.abs(b - a) < GROUP_WINDOW_MS;
+  }
+  li.classList.toggle("msg--continued", grouped);
+}
+
+/** Replace a list's children with one <li> per user, sorted by name. */
+export function renderPresence(list, users, myId) {
+  const sorted = Array.from(users).sort((a, b) => a.username.localeCompare(b.username));
+  list.replaceChildren(
+    ...sorted.map((user) =>
+      el(
+        "li",
+        { cls: "presence__user", attrs: { "data-user-id": user.id } },
+        avatar(user, "avatar--small"),
+        el("span", { cls: "presence__name", text: user.username }),
+        user.id === myId ? el("span", { cls: "presence__you", text: "(you)" }) : null,
+        el("span", { cls: "presence__dot", attrs: { "aria-hidden": "true" } }),
+      ),
+    ),
+  );
+}
