@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from chat import embedded_redis
 from chat.messagelog import MessageLog
 from chat.redisclient import make_async_client
+from chat.worker import Worker
 
 logger = logging.getLogger("kaiwa.app")
 
@@ -47,10 +48,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     log = MessageLog(client, dedup_seconds=settings.KAIWA_DEDUP_SECONDS, stream_keep=settings.KAIWA_STREAM_KEEP)
     runtime = Runtime(redis=client, log=log)
     app.state.runtime = runtime
+    # The embedded persistence worker; KAIWA_WORKER_EMBEDDED=0 leaves it to `manage.py chatworker`.
+    worker = Worker() if settings.KAIWA_WORKER_EMBEDDED else None
+    if worker is not None:
+        worker.start()
+        runtime.components["worker"] = worker
     try:
         logger.info("startup complete (pid %s)", os.getpid())
         yield
     finally:
+        if worker is not None:
+            await worker.close()  # writes and acknowledges its current batch first
         app.state.runtime = None
         await client.aclose()
         embedded_redis.stop(embedded)

@@ -1,0 +1,94 @@
+"""``python manage.py chatworker``: the persistence worker as a process of its own.
+
+Server processes run a worker each by default (``KAIWA_WORKER_EMBEDDED``);
+this command adds one more, or replaces them when the embedded ones are off.
+SIGTERM or SIGINT writes and acknowledges the current batch, then exits 0.
+``--status`` prints what is waiting to be persisted and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from argparse import ArgumentParser
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from redis.exceptions import RedisError
+
+from chat import embedded_redis
+from chat.messagelog import MessageLog, RoomBacklog
+from chat.models import Room
+from chat.redisclient import make_async_client
+from chat.worker import Worker
+
+logger = logging.getLogger("kaiwa.worker")
+
+
+def _age(ms: int | None) -> str:
+    return "-" if ms is None else f"{ms / 1000:.1f} s"
+
+
+class Command(BaseCommand):
+    help = "Run the persistence worker (Redis -> database), or print its backlog with --status."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument(
+            "--status",
+            action="store_true",
+            help="Print the backlog (entries not yet in the database, age of the oldest) and exit.",
+        )
+        parser.add_argument("--rooms", action="store_true", help="With --status: one line per room that has a backlog.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["rooms"] and not options["status"]:
+            raise CommandError("--rooms goes with --status: python manage.py chatworker --status --rooms")
+        embedded = None
+        if settings.KAIWA_EMBEDDED_REDIS_SOCKET is not None:
+            embedded = embedded_redis.ensure_running(settings.KAIWA_EMBEDDED_REDIS_SOCKET)
+        try:
+            if options["status"]:
+                try:
+                    asyncio.run(self._status(per_room=options["rooms"]))
+                except RedisError as exc:
+                    raise CommandError(f"Redis at REDIS_URL is not reachable ({exc}); check REDIS_URL.") from None
+            else:
+                asyncio.run(self._run())
+        finally:
+            embedded_redis.stop(embedded)
+
+    async def _run(self) -> None:
+        worker = Worker()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+
+    async def _status(self, *, per_room: bool) -> None:
+        client = make_async_client()
+        try:
+            log = MessageLog(client, dedup_seconds=settings.KAIWA_DEDUP_SECONDS, stream_keep=settings.KAIWA_STREAM_KEEP)
+            rooms = await log.backlog_by_room(await log.active_rooms())
+        finally:
+            await client.aclose()
+        total = sum(r.total for r in rooms)
+        pending = sum(r.pending for r in rooms)
+        ages = [r.oldest_age_ms for r in rooms if r.oldest_age_ms is not None]
+        self.stdout.write(
+            f"backlog: {total} entries not yet in the database ({pending} being written or held by a "
+            f"stopped worker, {total - pending} not read yet); oldest {_age(max(ages) if ages else None)} old"
+        )
+        if per_room:
+            slugs = await self._slugs(rooms)
+            for r in sorted(rooms, key=lambda r: -r.total):
+                name = slugs.get(r.room_id, "(deleted)")
+                self.stdout.write(
+                    f"room {name} (id {r.room_id}): {r.total} entries ({r.pending} pending, "
+                    f"{r.undelivered} not read), oldest {_age(r.oldest_age_ms)} old"
+                )
+
+    async def _slugs(self, rooms: list[RoomBacklog]) -> dict[int, str]:
+        ids = [r.room_id for r in rooms]
+        return {pk: slug async for pk, slug in Room.objects.filter(pk__in=ids).values_list("pk", "slug")}

@@ -1,0 +1,437 @@
+"""The persistence worker: moves acknowledged messages from Redis into the database.
+
+An ``ack`` means "this message will be in the database". The worker is what
+keeps that promise, whatever fails:
+
+* It is one consumer of the ``persist`` consumer group on every room stream
+  (see ``chat.messagelog``). Every server process runs one (embedded, unless
+  ``KAIWA_WORKER_EMBEDDED=0``) and ``manage.py chatworker`` runs one alone; all
+  of them share the group, so each entry goes to one of them and adding
+  processes adds throughput.
+* It batches entries by size and time, writes each batch with ONE bulk insert
+  that ignores rows already there (unique ``(room, seq)``), and acknowledges
+  the entries to Redis only after the database committed. A crash between
+  the commit and the acknowledgement replays the batch, which writes nothing
+  twice.
+* Entries a crashed consumer read but never acknowledged are claimed
+  (XAUTOCLAIM) once idle for ``KAIWA_WORKER_CLAIM_IDLE_MS``.
+* Database work runs on the worker's own thread, with Django's connection
+  cleanup around every batch, so a restarted database (or a broken pooled
+  connection) heals by itself. While the database is away, entries wait in
+  Redis unacknowledged and the worker retries with backoff; streams are
+  trimmed only below what is acknowledged, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from django.conf import settings
+from django.db import close_old_connections, connections
+from redis.exceptions import RedisError
+
+from chat import services
+from chat.messagelog import Entry, MessageLog, PendingEntry
+from chat.redisclient import make_async_client
+
+logger = logging.getLogger("kaiwa.worker")
+
+IDLE_BLOCK_MS = 500  # how long one XREADGROUP waits when there is nothing to do
+ROOMS_REFRESH_SECONDS = 0.5  # new rooms are noticed within this (plus IDLE_BLOCK_MS)
+BACKLOG_CHECK_SECONDS = 10.0
+BACKOFF_FIRST_SECONDS = 0.1
+BACKOFF_MAX_SECONDS = 5.0
+
+
+def consumer_name() -> str:
+    """Unique per process and per start, so a restarted worker never takes over a dead one's name."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _persist_batch(entries: Sequence[Entry]) -> int:
+    # Runs on the worker's DB thread. Closing around the batch is what lets a
+    # long-lived thread survive a database restart: a broken connection is
+    # dropped (PostgreSQL: returned to the pool, which checks it on checkout).
+    close_old_connections()
+    try:
+        return services.message_bulk_persist(entries=entries)
+    finally:
+        close_old_connections()
+
+
+def _close_db() -> None:
+    connections.close_all()
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    entries: int = 0  # entries written (or found already written) and acknowledged
+    claimed: int = 0  # entries taken over from other consumers
+    skipped: int = 0  # entries of rooms deleted from the database
+
+
+class _Outage:
+    """Log an outage once when it starts and once when it ends, never per attempt."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since: float | None = None
+        self.delay = BACKOFF_FIRST_SECONDS
+
+    def failed(self, exc: BaseException, detail: str) -> float:
+        if self.since is None:
+            self.since = time.monotonic()
+            logger.warning(
+                "%s unavailable (%s: %s); %s; retrying with backoff",
+                self.what,
+                type(exc).__name__,
+                str(exc).strip() or "no detail",
+                detail,
+            )
+        else:
+            logger.debug("%s still unavailable: %s", self.what, exc)
+        delay = self.delay
+        self.delay = min(self.delay * 2, BACKOFF_MAX_SECONDS)
+        return delay
+
+    def ok(self) -> None:
+        if self.since is not None:
+            logger.warning("%s is back after %.1f s", self.what, time.monotonic() - self.since)
+        self.since = None
+        self.delay = BACKOFF_FIRST_SECONDS
+
+
+class Worker:
+    """One persistence consumer. ``await run()`` until ``stop()``; or ``start()`` / ``await close()``.
+
+    Options default to the ``KAIWA_WORKER_*`` settings, read when the worker
+    is made.
+    """
+
+    def __init__(
+        self,
+        *,
+        consumer: str | None = None,
+        batch_size: int | None = None,
+        batch_ms: int | None = None,
+        claim_idle_ms: int | None = None,
+        backlog_warn: int | None = None,
+        stop_grace_seconds: float | None = None,
+    ) -> None:
+        self.consumer = consumer or consumer_name()
+        self.batch_size = batch_size or settings.KAIWA_WORKER_BATCH_SIZE
+        self.batch_ms = settings.KAIWA_WORKER_BATCH_MS if batch_ms is None else batch_ms
+        self.claim_idle_ms = claim_idle_ms or settings.KAIWA_WORKER_CLAIM_IDLE_MS
+        self.backlog_warn = backlog_warn or settings.KAIWA_WORKER_BACKLOG_WARN
+        self.stop_grace_seconds = (
+            settings.KAIWA_SHUTDOWN_GRACE_SECONDS if stop_grace_seconds is None else stop_grace_seconds
+        )
+        self.stats = WorkerStats()
+        self._stopping = asyncio.Event()
+        self._stop_deadline: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._client: aioredis.Redis | None = None
+        self._log: MessageLog | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._rooms: list[int] = []
+        self._rooms_at = 0.0
+        self._claim_at = 0.0
+        self._backlog_at = 0.0
+        self._backlog_high = False
+        self._db = _Outage("database")
+        self._redis = _Outage("Redis")
+        # (stream, entry id) -> entry: a claim may hand back an entry already held.
+        self._batch: dict[tuple[str, str], PendingEntry] = {}
+        self._batch_started: float | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        """Run in the background of the current event loop (the embedded worker)."""
+        self._task = asyncio.create_task(self.run(), name=f"kaiwa-worker {self.consumer}")
+        return self._task
+
+    def stop(self) -> None:
+        """Ask for a clean stop: the current batch is written and acknowledged, then ``run`` returns.
+
+        If the database stays unreachable for ``stop_grace_seconds``, the worker
+        returns without acknowledging: the entries stay pending in Redis and
+        another worker claims them.
+        """
+        if not self._stopping.is_set():
+            self._stop_deadline = time.monotonic() + self.stop_grace_seconds
+            self._stopping.set()
+
+    async def close(self) -> None:
+        """Stop and wait for the background task started by ``start()``."""
+        self.stop()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=self.stop_grace_seconds + 15)
+            except TimeoutError:
+                logger.error("persistence worker did not stop in time; cancelling it (its entries stay in Redis)")
+                self._task.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> None:
+        self._client = make_async_client(blocking_reads=True)
+        self._log = MessageLog(
+            self._client, dedup_seconds=settings.KAIWA_DEDUP_SECONDS, stream_keep=settings.KAIWA_STREAM_KEEP
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaiwa-worker-db")
+        logger.info(
+            "persistence worker started: consumer %s, batches of %d entries or %d ms",
+            self.consumer,
+            self.batch_size,
+            self.batch_ms,
+        )
+        try:
+            while not self.stopping:
+                try:
+                    await self._step()
+                    self._redis.ok()
+                except RedisError as exc:
+                    await self._sleep(self._redis.failed(exc, "messages wait in Redis until it is back"))
+                except Exception:
+                    # A bug must not silently end persistence for this process.
+                    logger.exception("persistence worker step failed; retrying in %.0f s", BACKOFF_MAX_SECONDS)
+                    await self._sleep(BACKOFF_MAX_SECONDS)
+            await self._flush()
+        except asyncio.CancelledError:
+            logger.warning("persistence worker cancelled; unacknowledged entries stay pending in Redis")
+            raise
+        finally:
+            left = len(self._batch)
+            if left:
+                logger.warning(
+                    "persistence worker stopping with %d entries not written; they stay pending in Redis "
+                    "and another worker claims them after %d ms",
+                    left,
+                    self.claim_idle_ms,
+                )
+            await self._shutdown_resources()
+            logger.info(
+                "persistence worker stopped: consumer %s, %d entries persisted in %d batches (%d claimed, %d skipped)",
+                self.consumer,
+                self.stats.entries,
+                self.stats.batches,
+                self.stats.claimed,
+                self.stats.skipped,
+            )
+
+    async def _shutdown_resources(self) -> None:
+        if self._executor is not None:
+            executor = self._executor
+            try:
+                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(executor, _close_db), timeout=5)
+            except (Exception, asyncio.CancelledError):
+                logger.debug("closing the worker's database connection failed", exc_info=True)
+            executor.shutdown(wait=False)
+        if self._client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._client.aclose()
+
+    # -- the loop ------------------------------------------------------------------
+
+    async def _step(self) -> None:
+        log = self._require_log()
+        now = time.monotonic()
+        if now - self._rooms_at >= ROOMS_REFRESH_SECONDS:
+            self._rooms = await log.active_rooms()
+            self._rooms_at = now
+        if self._rooms and now - self._claim_at >= self._claim_interval():
+            self._claim_at = now
+            await self._claim()
+        if now - self._backlog_at >= BACKLOG_CHECK_SECONDS:
+            self._backlog_at = now
+            await self._check_backlog()
+
+        if self._batch_full():
+            await self._flush()
+            return
+        block: int | None
+        if not self._batch:
+            block = IDLE_BLOCK_MS
+        else:
+            remaining_ms = self._batch_remaining_ms()
+            if remaining_ms <= 0:
+                await self._flush()
+                return
+            # Capped, so a stop request is noticed quickly even with long batches.
+            block = min(remaining_ms, IDLE_BLOCK_MS)
+        if not self._rooms:
+            await self._sleep(IDLE_BLOCK_MS / 1000)
+            return
+        got = await log.persist_read(
+            consumer=self.consumer,
+            room_ids=self._rooms,
+            count=max(1, self.batch_size - len(self._batch)),
+            block_ms=block,
+            slugs={},
+        )
+        if got:
+            self._add(got)
+            logger.debug("read %d entries, batch now %d", len(got), len(self._batch))
+        if self._batch_full() or (self._batch and self._batch_remaining_ms() <= 0):
+            await self._flush()
+
+    def _claim_interval(self) -> float:
+        return max(0.1, min(self.claim_idle_ms / 2000, 10.0))
+
+    def _batch_full(self) -> bool:
+        return len(self._batch) >= self.batch_size
+
+    def _batch_remaining_ms(self) -> int:
+        if self._batch_started is None:
+            return self.batch_ms
+        return int(self.batch_ms - (time.monotonic() - self._batch_started) * 1000)
+
+    def _add(self, items: Sequence[PendingEntry]) -> None:
+        if not self._batch:
+            self._batch_started = time.monotonic()
+        for item in items:
+            self._batch[(item.stream, item.entry_id)] = item
+
+    async def _claim(self) -> None:
+        log = self._require_log()
+        for room_id in list(self._rooms):
+            while True:
+                taken = await log.persist_claim(
+                    consumer=self.consumer,
+                    room_id=room_id,
+                    min_idle_ms=self.claim_idle_ms,
+                    count=self.batch_size,
+                    slugs={},
+                )
+                if not taken:
+                    break
+                fresh = [t for t in taken if (t.stream, t.entry_id) not in self._batch]
+                self.stats.claimed += len(fresh)
+                if fresh:
+                    logger.info(
+                        "claimed %d entries of room %d left unacknowledged by another consumer", len(fresh), room_id
+                    )
+                self._add(taken)
+                if self._batch_full():
+                    await self._flush()
+                if len(taken) < self.batch_size or self.stopping:
+                    break
+
+    async def _check_backlog(self) -> None:
+        log = self._require_log()
+        total, oldest_ms = await log.backlog(self._rooms)
+        oldest = "-" if oldest_ms is None else f"{oldest_ms / 1000:.1f} s"
+        if total > self.backlog_warn:
+            logger.warning(
+                "persistence backlog: %d entries not yet in the database, oldest %s old (warning above %d, "
+                "KAIWA_WORKER_BACKLOG_WARN); add workers or check the database",
+                total,
+                oldest,
+                self.backlog_warn,
+            )
+            self._backlog_high = True
+        elif self._backlog_high:
+            logger.warning("persistence backlog back to %d entries (oldest %s old)", total, oldest)
+            self._backlog_high = False
+
+    # -- one batch -----------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        """Write the batch, then acknowledge it, then trim its rooms."""
+        if not self._batch:
+            return
+        items = list(self._batch.values())
+        entries = [item.entry for item in items]
+        logger.debug("writing a batch of %d entries", len(entries))
+        written = await self._write(entries)
+        if written is None:
+            return  # stopping while the database is away: leave them pending in Redis
+        if not await self._ack(items):
+            return  # written but not acknowledged: a replay writes nothing twice
+        skipped = len(entries) - written
+        if skipped:
+            logger.warning("skipped %d entries of rooms deleted from the database", skipped)
+        self.stats.batches += 1
+        self.stats.entries += written
+        self.stats.skipped += skipped
+        rooms = sorted({item.entry.room_id for item in items})
+        self._batch.clear()
+        self._batch_started = None
+        logger.debug("persisted a batch of %d entries (rooms %s)", written, rooms)
+        log = self._require_log()
+        for room_id in rooms:
+            try:
+                await log.trim(room_id)
+            except RedisError as exc:
+                logger.debug("trim of room %d failed (the next batch trims it): %s", room_id, exc)
+
+    async def _write(self, entries: list[Entry]) -> int | None:
+        """One transaction, retried until it commits; None if stopping ran out of time first."""
+        assert self._executor is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                written = await loop.run_in_executor(self._executor, _persist_batch, entries)
+            except Exception as exc:
+                # Any failure: an outage, a lock timeout, a row that raced with
+                # a deletion. Nothing was committed; the entries stay pending.
+                if self._past_stop_deadline():
+                    return None
+                delay = self._db.failed(exc, f"{len(entries)} entries wait in Redis, unacknowledged")
+                await self._check_backlog_during_outage()
+                await self._sleep(delay, until_stop=False)
+                continue
+            self._db.ok()
+            return written
+
+    async def _ack(self, items: list[PendingEntry]) -> bool:
+        log = self._require_log()
+        while True:
+            try:
+                await log.persist_ack(items)
+            except (RedisError, OSError) as exc:
+                if self._past_stop_deadline():
+                    return False
+                delay = self._redis.failed(exc, f"{len(items)} written entries wait for their acknowledgement")
+                await self._sleep(delay, until_stop=False)
+                continue
+            self._redis.ok()
+            return True
+
+    async def _check_backlog_during_outage(self) -> None:
+        if time.monotonic() - self._backlog_at < BACKLOG_CHECK_SECONDS:
+            return
+        self._backlog_at = time.monotonic()
+        with contextlib.suppress(RedisError):
+            await self._check_backlog()
+
+    def _past_stop_deadline(self) -> bool:
+        return self._stop_deadline is not None and time.monotonic() >= self._stop_deadline
+
+    async def _sleep(self, seconds: float, *, until_stop: bool = True) -> None:
+        """Sleep; a stop request wakes it early (unless we are retrying a batch we must finish)."""
+        if until_stop:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+            return
+        if self._stop_deadline is not None:
+            seconds = max(0.0, min(seconds, self._stop_deadline - time.monotonic()))
+        await asyncio.sleep(seconds)
+
+    def _require_log(self) -> MessageLog:
+        assert self._log is not None, "the worker is not running"
+        return self._log
