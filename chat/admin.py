@@ -1,0 +1,144 @@
+"""Django admin: rooms with their members, and the (read-only) message history.
+
+The message list must stay fast at millions of rows, so it never runs a full
+``COUNT(*)``: the paginator counts at most ``LargeTablePaginator.count_cap``
+rows and estimates beyond that (see below).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.core.paginator import Paginator
+from django.db import connections
+from django.db.models import Max, QuerySet
+from django.http import HttpRequest
+from django.utils.functional import cached_property
+from django.utils.text import Truncator
+
+from chat.models import Membership, Message, Room
+
+
+class LargeTablePaginator(Paginator):
+    """A paginator that never counts more than ``count_cap`` rows.
+
+    Up to the cap the count is exact (a bounded ``COUNT`` over a ``LIMIT``
+    subquery). Beyond it, an unfiltered list uses the table estimate
+    (``pg_class.reltuples`` on PostgreSQL, the highest primary key elsewhere)
+    and a filtered list reports the cap; ``count_is_estimate`` tells the
+    template to say "about" or "more than". Filters, search and the date
+    hierarchy narrow big lists down to exact counts.
+    """
+
+    count_cap = 10_000
+
+    count_is_estimate = False
+    count_is_lower_bound = False
+
+    @cached_property
+    def count(self) -> int:
+        qs = self.object_list
+        if not isinstance(qs, QuerySet):
+            return super().count
+        capped = qs.order_by()[: self.count_cap + 1].count()
+        if capped <= self.count_cap:
+            return capped
+        if not qs.query.where:
+            estimate = self._table_estimate(qs)
+            if estimate > capped:
+                self.count_is_estimate = True
+                return estimate
+        self.count_is_lower_bound = True
+        return self.count_cap
+
+    @staticmethod
+    def _table_estimate(qs: QuerySet[Any]) -> int:
+        connection = connections[qs.db]
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [qs.model._meta.db_table]
+                )
+                row = cursor.fetchone()
+            # -1 (never analysed) or 0 fall back to the capped count.
+            return int(row[0]) if row and row[0] and row[0] > 0 else 0
+        # An index lookup; an over-estimate only when rows were deleted.
+        return int(qs.aggregate(top=Max("pk"))["top"] or 0)
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+    readonly_fields = ["added_at"]
+    verbose_name = "member"
+    verbose_name_plural = "members (private rooms only)"
+
+
+@admin.register(Room)
+class RoomAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "private", "created_by", "created_at"]
+    list_filter = ["private", "created_at"]
+    list_select_related = ["created_by"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ("name",)}
+    autocomplete_fields = ["created_by"]
+    readonly_fields = ["created_at"]
+    inlines = [MembershipInline]
+
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+        # Django's default lists every related row on the confirmation page:
+        # millions of messages would make it unusable. Summarise instead.
+        rooms = list(objs)
+        room_ids = [room.pk for room in rooms]
+        counts = {
+            "rooms": len(rooms),
+            "members": Membership.objects.filter(room_id__in=room_ids).count(),
+            "messages": Message.objects.filter(room_id__in=room_ids).count(),
+        }
+        summary = [f"{room} (/rooms/{room.slug}/) with all its members and messages" for room in rooms]
+        return summary, {k: v for k, v in counts.items() if v}, set(), []
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ["seq", "room", "author_name", "created_at", "excerpt"]
+    list_display_links = ["seq", "excerpt"]
+    list_filter = ["room", "created_at"]
+    list_select_related = ["room"]
+    search_fields = ["body", "author_username"]
+    date_hierarchy = "created_at"
+    # Newest first on the primary key: an index walk however big the table is.
+    ordering = ["-pk"]
+    raw_id_fields = ["room", "author"]
+    fields = ["room", "seq", "author", "author_username", "created_at", "persisted_at", "client_id", "body"]
+    readonly_fields = ["room", "seq", "author", "author_username", "created_at", "persisted_at", "client_id", "body"]
+    paginator = LargeTablePaginator
+    show_full_result_count = False
+    # Facet counts run one COUNT per filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
+    list_per_page = 100
+
+    @admin.display(description="author", ordering="author_username")
+    def author_name(self, obj: Message) -> str:
+        # The name stored with the message: no join, and it survives account deletion.
+        return obj.author_username
+
+    @admin.display(description="message")
+    def excerpt(self, obj: Message) -> str:
+        return Truncator(" ".join(obj.body.split())).chars(80)
+
+    # History is a record: every accepted message stays exactly once in the
+    # database (protocol.md §3), so admins read it but do not add, edit or
+    # delete single messages. Deleting a room removes its history with it.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
+        return False

@@ -1,0 +1,159 @@
+"""HTML pages: sign up, the room list, a room's page and its members page."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import get_user_model, login
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods
+
+from chat import selectors, services
+from chat.api import BadParameter, parse_before
+from chat.forms import MemberAddForm, RoomCreateForm, SignupForm
+from chat.models import Room
+
+# The path the FastAPI app answers WebSockets on (project/asgi.py).
+WS_PATH = "/ws"
+
+
+def _visible_room_or_404(request: HttpRequest, slug: str) -> Room:
+    room = selectors.room_get_for_user(user=request.user, slug=slug)
+    if room is None:
+        # Unknown and not-visible private rooms look the same.
+        raise Http404(f"No room {slug!r} that you can see.")
+    return room
+
+
+def _bad_request(request: HttpRequest, reason: str) -> HttpResponse:
+    # Django's own 400 handler renders without the request; this keeps the nav and says what was wrong.
+    return render(request, "400.html", {"reason": reason}, status=400)
+
+
+@login_required
+@require_http_methods(["GET", "HEAD", "POST"])
+def room_list(request: HttpRequest) -> HttpResponse:
+    form = RoomCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            room = services.room_create(
+                name=data["name"],
+                slug=data["slug"] or None,
+                private=data["private"],
+                creator=request.user if request.user.is_authenticated else None,
+                members=data["members"],
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, f"Room “{room.name}” created.")
+            return redirect("chat:room_detail", slug=room.slug)
+    rooms = selectors.room_list_for_user(user=request.user)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "chat/room_list.html", {"rooms": rooms, "form": form}, status=status)
+
+
+@login_required
+@require_http_methods(["GET", "HEAD"])
+def room_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    room = _visible_room_or_404(request, slug)
+    try:
+        before = parse_before(request.GET)
+    except BadParameter as exc:
+        return _bad_request(request, str(exc))
+    history, has_more = selectors.message_page(room=room, before=before, limit=settings.KAIWA_HISTORY_PAGE_SIZE)
+    frames = [selectors.message_frame(m, slug=room.slug) for m in history]
+    context = {
+        "room": room,
+        "history": list(zip(history, frames, strict=True)),
+        "has_more": has_more,
+        "oldest_seq": history[0].seq if history else None,
+        # With ?before= the page is a look at older history, not the live view.
+        "archive": before is not None,
+        "last_seq": history[-1].seq if history else 0,
+        "ws_path": WS_PATH,
+        "history_url": reverse("chat:api_message_list", kwargs={"slug": room.slug}),
+        "max_body_chars": settings.KAIWA_MAX_BODY_CHARS,
+        "can_manage": room.private and room.created_by_id == request.user.pk,
+    }
+    return render(request, "chat/room_detail.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "HEAD", "POST"])
+def room_members(request: HttpRequest, slug: str) -> HttpResponse:
+    room = _visible_room_or_404(request, slug)
+    if not room.private:
+        raise Http404("Public rooms have no member list: everyone can join them.")
+    if room.created_by_id != request.user.pk:
+        raise PermissionDenied("Only the room's creator can manage its members.")
+    form = MemberAddForm(request.POST if request.method == "POST" and "add" in request.POST else None)
+    status = 200
+    if request.method == "POST":
+        if "remove" in request.POST:
+            raw = request.POST.get("remove", "").strip()
+            user = (
+                get_user_model()._default_manager.filter(pk=int(raw)).first()
+                if raw.isascii() and raw.isdigit() and len(raw) <= 18
+                else None
+            )
+            if user is None:
+                return _bad_request(request, "That account does not exist any more; reload the page.")
+            try:
+                removed = services.room_member_remove(room=room, user=user)
+            except ValidationError as exc:
+                messages.error(request, " ".join(exc.messages))
+            else:
+                if removed:
+                    messages.success(request, f"{user.username} is no longer a member.")
+            return redirect("chat:room_members", slug=room.slug)
+        if form.is_valid():
+            user = form.cleaned_data["username"]
+            services.room_member_add(room=room, user=user)
+            messages.success(request, f"{user.username} is now a member.")
+            return redirect("chat:room_members", slug=room.slug)
+        status = 400
+    context = {"room": room, "members": selectors.room_members(room=room), "form": form}
+    return render(request, "chat/room_members.html", context, status=status)
+
+
+def _next_url(request: HttpRequest) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return reverse(settings.LOGIN_REDIRECT_URL)
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect(_next_url(request))
+    form = SignupForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                user = services.user_signup(
+                    username=form.cleaned_data["username"], password=form.cleaned_data["password"]
+                )
+            except ValidationError as exc:
+                form.add_error(None, exc)
+            else:
+                login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+                if user.is_superuser:
+                    messages.info(request, "Welcome! As the first account in development mode you are an admin.")
+                else:
+                    messages.success(request, f"Welcome, {user.username}!")
+                return redirect(_next_url(request))
+        status = 400
+    first_account_admin = settings.DEBUG and not get_user_model()._default_manager.exists()
+    context = {"form": form, "first_account_admin": first_account_admin, "next": _next_url(request)}
+    return render(request, "registration/signup.html", context, status=status)
