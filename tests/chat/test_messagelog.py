@@ -42,7 +42,7 @@ async def append(log: MessageLog, room_id: int, count: int, *, start: int = 0, f
 
 
 async def stream_seqs(log: MessageLog, room_id: int) -> list[int]:
-    rows: list[Any] = await log.client.xrange(stream_key(room_id))
+    rows: Any = await log.client.xrange(stream_key(room_id))
     return [int(eid.decode().split("-")[1]) for eid, _ in rows]
 
 

@@ -158,13 +158,13 @@ def database_locked() -> Iterator[None]:
             finally:
                 conn.rollback()
     else:
-        conn = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None, timeout=5)
+        lite = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None, timeout=5)
         try:
-            conn.execute("BEGIN EXCLUSIVE")
+            lite.execute("BEGIN EXCLUSIVE")
             yield
-            conn.execute("ROLLBACK")
+            lite.execute("ROLLBACK")
         finally:
-            conn.close()
+            lite.close()
 
 
 class TcpProxy:
@@ -298,7 +298,8 @@ def test_worker_persists_appended_messages_and_trims_streams(start_worker, make_
     try:
         # Trimmed after the acknowledgement, down to KAIWA_STREAM_KEEP entries.
         wait_until(lambda: client.xlen(stream_key(lobby.pk)) == 5, "trim")
-        assert [eid.decode() for eid, _ in client.xrange(stream_key(lobby.pk))] == [f"0-{n}" for n in range(116, 121)]
+        rows: Any = client.xrange(stream_key(lobby.pk))
+        assert [eid.decode() for eid, _ in rows] == [f"0-{n}" for n in range(116, 121)]
     finally:
         client.close()
 
