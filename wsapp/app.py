@@ -20,11 +20,14 @@ from django.conf import settings
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
+from starlette.routing import WebSocketRoute
 
 from chat import embedded_redis
 from chat.messagelog import MessageLog
 from chat.redisclient import make_async_client
 from chat.worker import Worker
+from wsapp.endpoint import Endpoint
+from wsapp.hub import Hub
 
 logger = logging.getLogger("kaiwa.app")
 
@@ -37,6 +40,7 @@ class Runtime:
     log: MessageLog
     started_at: float = field(default_factory=time.time)
     components: dict[str, Any] = field(default_factory=dict)
+    hub: Hub | None = None
 
 
 @asynccontextmanager
@@ -47,6 +51,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     client = make_async_client()
     log = MessageLog(client, dedup_seconds=settings.KAIWA_DEDUP_SECONDS, stream_keep=settings.KAIWA_STREAM_KEEP)
     runtime = Runtime(redis=client, log=log)
+    # The hub: this process's pub/sub reader and sockets (stopped first: it drains sends, closes sockets with 1012).
+    hub = Hub(client=client, log=log)
+    await hub.start()
+    runtime.hub = hub
+    runtime.components["hub"] = hub
     app.state.runtime = runtime
     # The embedded persistence worker; KAIWA_WORKER_EMBEDDED=0 leaves it to `manage.py chatworker`.
     worker = Worker() if settings.KAIWA_WORKER_EMBEDDED else None
@@ -57,6 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("startup complete (pid %s)", os.getpid())
         yield
     finally:
+        await hub.stop()
         if worker is not None:
             await worker.close()  # writes and acknowledges its current batch first
         app.state.runtime = None
@@ -67,6 +77,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app() -> FastAPI:
     app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.runtime = None
+    app.router.routes.append(WebSocketRoute("/ws", Endpoint(app)))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -1,0 +1,142 @@
+"""Who is on the other end of a WebSocket: the Origin check and the Django session.
+
+The handshake is a GET that CSRF middleware never sees and browsers send with
+cookies and no preflight, so the Origin check is the only defence against
+cross-site WebSocket hijacking: scheme, host and port are compared exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from importlib import import_module
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
+from django.core.exceptions import ValidationError
+from django.http.request import split_domain_port, validate_host
+from django.utils.crypto import constant_time_compare
+from django.utils.http import is_same_domain
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def header(scope: Mapping[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def cookies(scope: Mapping[str, Any]) -> dict[str, str]:
+    raw = header(scope, b"cookie")
+    if not raw:
+        return {}
+    from django.http import parse_cookie
+
+    return parse_cookie(raw)
+
+
+def _request_scheme(scope: Mapping[str, Any]) -> str:
+    secure = scope.get("scheme") in ("wss", "https")
+    proxy = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if proxy:
+        name, expected = proxy
+        # "HTTP_X_FORWARDED_PROTO" -> b"x-forwarded-proto"
+        value = header(scope, name.removeprefix("HTTP_").replace("_", "-").lower().encode("latin-1"))
+        if value is not None:
+            secure = value.split(",", 1)[0].strip() == expected
+    return "https" if secure else "http"
+
+
+def _origin_tuple(scheme: str, netloc: str) -> tuple[str, str, int] | None:
+    try:
+        parts = urlsplit(f"{scheme}://{netloc}")
+        host = parts.hostname
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        return None
+    if not host or port is None:
+        return None
+    return scheme, host.lower(), port
+
+
+def _trusted(origin: str, trusted: Iterable[str]) -> bool:
+    """Django's CsrfViewMiddleware rule: exact origins, or ``scheme://*.domain`` wildcards."""
+    parsed = urlsplit(origin)
+    for candidate in trusted:
+        if "*" not in candidate:
+            if candidate == origin:
+                return True
+            continue
+        scheme, _, netloc = candidate.partition("://")
+        if parsed.scheme == scheme and is_same_domain(parsed.netloc, netloc.lstrip("*")):
+            return True
+    return False
+
+
+def origin_allowed(scope: Mapping[str, Any]) -> bool:
+    """True when the Origin header is absent or one Django would trust for this request."""
+    origin = header(scope, b"origin")
+    if origin is None:
+        return True  # not a browser: no cross-site risk
+    origin = origin.strip()
+    if _trusted(origin, settings.CSRF_TRUSTED_ORIGINS):
+        return True
+    parts = urlsplit(origin)
+    if parts.scheme not in _DEFAULT_PORTS or parts.path not in ("", "/") or parts.query or parts.username:
+        return False  # includes the opaque origin "null"
+    host_header = header(scope, b"host")
+    if not host_header:
+        return False
+    domain, _ = split_domain_port(host_header.strip().lower())
+    if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
+        return False
+    mine = _origin_tuple(_request_scheme(scope), host_header.strip())
+    theirs = _origin_tuple(parts.scheme, parts.netloc)
+    return mine is not None and mine == theirs
+
+
+def session_store(session_key: str) -> Any:
+    engine = import_module(settings.SESSION_ENGINE)
+    return engine.SessionStore(session_key=session_key)
+
+
+async def session_user(session_key: str | None) -> Any | None:
+    """The active user of a session, or None: Django's ``aget_user`` rules, read-only.
+
+    Same checks as ``django.contrib.auth.aget_user`` (session exists and is
+    unexpired, backend configured, ``is_active`` through the backend, session
+    auth hash matching the current secret or a ``SECRET_KEY_FALLBACKS`` one),
+    but it never writes the session: ``aget_user`` flushes a session whose hash
+    does not match (racing with ``update_session_auth_hash`` right after a
+    password change, which would log out the browser that changed it) and
+    cycles the key on a fallback match (a WebSocket cannot hand the browser the
+    new cookie, so its session would be orphaned).
+    """
+    if not session_key:
+        return None
+    store = session_store(session_key)
+    raw_id = await store.aget(SESSION_KEY)
+    backend_path = await store.aget(BACKEND_SESSION_KEY)
+    if raw_id is None or backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return None
+    try:
+        user_id = get_user_model()._meta.pk.to_python(raw_id)
+    except ValidationError:
+        return None
+    backend = load_backend(backend_path)
+    user = await backend.aget_user(user_id)
+    if user is None:
+        return None
+    if hasattr(user, "get_session_auth_hash"):
+        session_hash = await store.aget(HASH_SESSION_KEY)
+        if not session_hash:
+            return None
+        if constant_time_compare(session_hash, user.get_session_auth_hash()):
+            return user
+        if any(constant_time_compare(session_hash, h) for h in user.get_session_auth_fallback_hash()):
+            return user
+        return None
+    return user

@@ -1,0 +1,201 @@
+"""``/ws``: the handshake (Origin, session) and the one reader loop of each connection.
+
+A raw ASGI endpoint rather than Starlette's ``WebSocket`` wrapper: the reader
+and the writer task share the socket, and a close may have to be sent while
+the writer is blocked on a client that stopped reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from django.conf import settings
+from starlette.types import Receive, Scope, Send
+
+from chat import selectors, services
+from chat.messagelog import format_ts
+from wsapp import auth, schemas
+from wsapp.connection import Connection, FrameBudget
+from wsapp.errors import (
+    BAD_REQUEST,
+    LIMIT,
+    NOT_FOUND,
+    NOT_JOINED,
+    RATE_LIMITED,
+    Close,
+    Refused,
+    error_frame,
+    refusal_for,
+)
+from wsapp.hub import Hub, db_ready
+
+logger = logging.getLogger("kaiwa.ws")
+
+
+class Endpoint:
+    """The ASGI app mounted at ``/ws``; finds the hub on the FastAPI app's state."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        if not auth.origin_allowed(scope):
+            logger.info("refused a WebSocket from foreign origin %r", auth.header(scope, b"origin"))
+            # A close before accept is an HTTP 403 at the handshake.
+            await send({"type": "websocket.close", "code": Close.POLICY})
+            return
+        runtime = getattr(self.app.state, "runtime", None)
+        hub: Hub | None = getattr(runtime, "hub", None)
+        if hub is None or not hub.accepting:
+            await send({"type": "websocket.accept"})
+            code = Close.RESTART if hub is not None else Close.SERVER_ERROR
+            await send({"type": "websocket.close", "code": code, "reason": "server not ready"})
+            return
+        session_key = auth.cookies(scope).get(settings.SESSION_COOKIE_NAME)
+        try:
+            await db_ready()
+            user = await auth.session_user(session_key)
+        except Exception:
+            logger.exception("session check failed at the handshake")
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": Close.SERVER_ERROR, "reason": "server error"})
+            return
+        await send({"type": "websocket.accept"})
+        if user is None or session_key is None:
+            await send({"type": "websocket.close", "code": Close.UNAUTHENTICATED, "reason": "unauthenticated"})
+            return
+        conn = Connection(
+            send=send, user_id=int(user.pk), username=user.get_username(), session_key=session_key, user=user
+        )
+        conn.reader = asyncio.current_task()
+        hub.add(conn)
+        conn.start()
+        try:
+            await self._read_loop(hub, conn, receive)
+        except asyncio.CancelledError:
+            if not conn.abandoned:
+                raise
+        finally:
+            try:
+                await hub.remove(conn)
+            finally:
+                await conn.finish()
+
+    async def _read_loop(self, hub: Hub, conn: Connection, receive: Receive) -> None:
+        budget = FrameBudget()
+        limit = settings.KAIWA_MAX_FRAME_BYTES
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                return
+            if kind != "websocket.receive" or not conn.open:
+                continue
+            if not budget.take_frame():
+                logger.warning("connection %s (user %s) floods frames; closing with 1008", conn.id, conn.user_id)
+                conn.close(Close.POLICY, "too many frames per second")
+                continue
+            text = message.get("text")
+            if text is None:
+                data = message.get("bytes") or b""
+                if len(data) > limit:
+                    conn.close(Close.TOO_BIG)
+                    continue
+                self._refuse_bad(conn, budget, "Binary frames are not accepted: send JSON in a text frame.", None, None)
+                continue
+            if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
+                conn.close(Close.TOO_BIG, f"frame larger than {limit} bytes")
+                continue
+            await self._handle(hub, conn, budget, text)
+
+    def _refuse_bad(
+        self, conn: Connection, budget: FrameBudget, message: str, ref: str | None, room: str | None
+    ) -> None:
+        if not budget.bad_frame():
+            logger.warning("connection %s (user %s) sends too many bad frames; closing 1008", conn.id, conn.user_id)
+            conn.close(Close.POLICY, "too many bad frames")
+            return
+        conn.put_frame(error_frame(Refused(BAD_REQUEST, message), ref=ref, room=room))
+
+    async def _handle(self, hub: Hub, conn: Connection, budget: FrameBudget, text: str) -> None:
+        try:
+            request = schemas.parse(text)
+        except schemas.BadFrame as bad:
+            self._refuse_bad(conn, budget, bad.message, bad.ref, bad.room)
+            return
+        room = getattr(request, "room", None)
+        try:
+            if isinstance(request, schemas.Ping):
+                conn.put_frame({"type": "pong"})
+            elif isinstance(request, schemas.Join):
+                await self._join(hub, conn, request)
+            elif isinstance(request, schemas.Leave):
+                await hub.leave(conn, request.room)
+                conn.put_frame({"type": "left", "room": request.room})
+            elif isinstance(request, schemas.Send):
+                await self._send(hub, conn, request)
+            elif isinstance(request, schemas.Typing):
+                if request.room not in conn.rooms:
+                    raise Refused(NOT_JOINED, f"Join the room {request.room!r} before sending typing notices.")
+                await hub.typing(conn, request.room)
+        except Exception as exc:
+            refusal = refusal_for(exc)
+            if refusal is None:
+                logger.exception("unexpected error handling %s from user %s", type(request).__name__, conn.user_id)
+                conn.close(Close.SERVER_ERROR)
+                return
+            if refusal.code == BAD_REQUEST and not budget.bad_frame():
+                conn.close(Close.POLICY, "too many bad frames")
+                return
+            conn.put_frame(error_frame(refusal, ref=request.ref, room=room))
+
+    async def _join(self, hub: Hub, conn: Connection, request: schemas.Join) -> None:
+        limit = settings.KAIWA_MAX_ROOMS_PER_CONNECTION
+        if request.room not in conn.rooms and len(conn.rooms) >= limit:
+            raise Refused(LIMIT, f"A connection may join at most {limit} rooms; leave one first.")
+        await db_ready()
+        room = await selectors.aroom_get_for_user(user=conn.user, slug=request.room)
+        if room is None:
+            raise Refused(NOT_FOUND, f"There is no room {request.room!r} you can join.")
+        await hub.join(conn, room, request.since)
+
+    async def _send(self, hub: Hub, conn: Connection, request: schemas.Send) -> None:
+        membership = conn.rooms.get(request.room)
+        if membership is None:
+            raise Refused(NOT_JOINED, f"Join the room {request.room!r} before sending to it.")
+        with hub.send_slot():
+            services.message_body_validate(body=request.body)
+            verdict = await hub.rate.take(
+                user_id=conn.user_id, burst=settings.KAIWA_RATE_BURST, per_second=settings.KAIWA_RATE_PER_SECOND
+            )
+            if not verdict.allowed:
+                raise Refused(
+                    RATE_LIMITED,
+                    f"You are sending too fast (at most {settings.KAIWA_RATE_PER_SECOND:g} messages per second); "
+                    "wait and re-send.",
+                    retry_after_ms=verdict.retry_after_ms,
+                )
+            result = await services.amessage_send(
+                log=hub.log,
+                room_id=membership.room_id,
+                slug=membership.slug,
+                user_id=conn.user_id,
+                username=conn.username,
+                body=request.body,
+                client_id=request.client_id,
+                known_last=hub.known_last(membership.room_id),
+            )
+            conn.put_frame(
+                {
+                    "type": "ack",
+                    "room": membership.slug,
+                    "client_id": request.client_id,
+                    "seq": result.seq,
+                    "ts": format_ts(result.ts_ms),
+                }
+            )

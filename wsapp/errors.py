@@ -1,0 +1,103 @@
+"""The one place where failures become error codes and close codes (protocol.md section 4).
+
+A refused request gets an ``error`` frame and the connection stays open; a
+connection-level failure closes the socket with one of the ``Close`` codes.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import IntEnum
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError
+from redis.exceptions import RedisError
+
+from chat.services import MessageBodyEmpty, MessageBodyTooLong, MessageUnavailable
+
+logger = logging.getLogger("kaiwa.ws")
+
+
+class Close(IntEnum):
+    """WebSocket close codes of the wire contract."""
+
+    NORMAL = 1000
+    POLICY = 1008  # flood of bad frames, inbound frame flood
+    TOO_BIG = 1009  # frame larger than KAIWA_MAX_FRAME_BYTES
+    SERVER_ERROR = 1011
+    RESTART = 1012  # graceful shutdown
+    TRY_AGAIN = 1013  # outgoing queue overflowed: the client reads too slowly
+    UNAUTHENTICATED = 4401
+
+
+CLOSE_REASONS: dict[int, str] = {
+    Close.POLICY: "policy violation",
+    Close.TOO_BIG: "frame too large",
+    Close.SERVER_ERROR: "server error",
+    Close.RESTART: "server restarting",
+    Close.TRY_AGAIN: "too slow: outgoing queue overflowed",
+    Close.UNAUTHENTICATED: "unauthenticated",
+}
+
+BAD_REQUEST = "bad_request"
+NOT_FOUND = "not_found"
+NOT_JOINED = "not_joined"
+TOO_LONG = "too_long"
+RATE_LIMITED = "rate_limited"
+LIMIT = "limit"
+UNAVAILABLE = "unavailable"
+
+
+class Refused(Exception):
+    """A request the server refuses; the connection stays open."""
+
+    def __init__(self, code: str, message: str, *, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_ms = retry_after_ms
+
+
+class CloseConnection(Exception):
+    """End the whole connection with ``code``."""
+
+    def __init__(self, code: Close, detail: str = "") -> None:
+        super().__init__(detail or CLOSE_REASONS.get(code, ""))
+        self.code = code
+
+
+def unavailable(message: str = "") -> Refused:
+    return Refused(
+        UNAVAILABLE,
+        message or "The server cannot accept this now (Redis is unreachable); re-send with the same client_id.",
+        retry_after_ms=settings.KAIWA_UNAVAILABLE_RETRY_MS,
+    )
+
+
+def refusal_for(exc: BaseException) -> Refused | None:
+    """The refusal an exception means, or None for a bug (the connection then closes with 1011)."""
+    if isinstance(exc, Refused):
+        return exc
+    if isinstance(exc, MessageBodyEmpty):
+        return Refused(BAD_REQUEST, str(exc))
+    if isinstance(exc, MessageBodyTooLong):
+        return Refused(TOO_LONG, str(exc))
+    if isinstance(exc, MessageUnavailable):
+        return unavailable()
+    if isinstance(exc, RedisError | OSError | TimeoutError):
+        logger.warning("request refused as unavailable: %r", exc)
+        return unavailable()
+    if isinstance(exc, DatabaseError):
+        logger.warning("request refused as unavailable (database): %r", exc)
+        return unavailable("The server cannot reach its database right now; try again shortly.")
+    return None
+
+
+def error_frame(refusal: Refused, *, ref: str | None, room: str | None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": refusal.code, "message": refusal.message, "ref": ref}
+    if room is not None:
+        frame["room"] = room
+    if refusal.retry_after_ms is not None:
+        frame["retry_after_ms"] = refusal.retry_after_ms
+    return frame

@@ -1,0 +1,167 @@
+"""Who is in a room, across every server process.
+
+Each room has a sorted set of ``<process id>|<user id>|<username>`` members
+scored by their expiry time (ms, Redis clock). Every process refreshes its own
+entries every third of ``KAIWA_PRESENCE_TTL_SECONDS``; entries of a process
+that crashed expire, and whoever sweeps first publishes the ``leave``. The
+scripts publish ``join`` only for a user's first entry in the room and
+``leave`` only when their last one goes, atomically, so two processes can
+never both announce the same user.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from chat.messagelog import channel, room_tag
+
+# Shared Lua: does any live member other than ARGV-member belong to uid?
+_HELPERS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function uid_of(member)
+  local first = string.find(member, '|', 1, true)
+  local second = string.find(member, '|', first + 1, true)
+  return string.sub(member, first + 1, second - 1)
+end
+local function others_live(key, except, uid, now)
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, '(' .. now, '+inf')) do
+    if m ~= except and uid_of(m) == uid then return true end
+  end
+  return false
+end
+"""
+
+# KEYS: zset, channel   ARGV: member, ttl_ms, uid, event
+_JOIN = (
+    _HELPERS
+    + """
+local now = now_ms()
+local first = not others_live(KEYS[1], ARGV[1], ARGV[3], now)
+local previous = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+if first and (not previous or tonumber(previous) <= now) then
+  redis.call('PUBLISH', KEYS[2], ARGV[4])
+  return 1
+end
+return 0
+"""
+)
+
+# KEYS: zset, channel   ARGV: member, uid, event
+_LEAVE = (
+    _HELPERS
+    + """
+local now = now_ms()
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+if removed == 1 and not others_live(KEYS[1], ARGV[1], ARGV[2], now) then
+  redis.call('PUBLISH', KEYS[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+)
+
+# KEYS: zset, channel   ARGV: -    Removes expired members, publishes leave for users now gone.
+_SWEEP = (
+    _HELPERS
+    + """
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #expired == 0 then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local announced = {}
+local n = 0
+for _, m in ipairs(expired) do
+  local uid = uid_of(m)
+  if not announced[uid] and not others_live(KEYS[1], m, uid, now) then
+    announced[uid] = true
+    local second = string.find(m, '|', string.find(m, '|', 1, true) + 1, true)
+    redis.call('PUBLISH', KEYS[2], cjson.encode({k = 'p', event = 'leave', uid = tonumber(uid),
+      un = string.sub(m, second + 1)}))
+    n = n + 1
+  end
+end
+return n
+"""
+)
+
+# KEYS: zset   ARGV: -
+_LIST = (
+    _HELPERS
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now_ms(), '+inf')
+"""
+)
+
+
+def presence_key(room_id: int) -> str:
+    return f"{room_tag(room_id)}:presence"
+
+
+def event(kind: str, user_id: int, username: str) -> str:
+    return json.dumps({"k": "p", "event": kind, "uid": user_id, "un": username}, ensure_ascii=False)
+
+
+class Presence:
+    def __init__(self, client: aioredis.Redis, *, process_id: str, ttl_seconds: float) -> None:
+        self.client = client
+        self.process_id = process_id
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self._join = client.register_script(_JOIN)
+        self._leave = client.register_script(_LEAVE)
+        self._sweep = client.register_script(_SWEEP)
+        self._list = client.register_script(_LIST)
+
+    def _member(self, user_id: int, username: str) -> str:
+        return f"{self.process_id}|{user_id}|{username}"
+
+    async def join(self, *, room_id: int, user_id: int, username: str) -> bool:
+        """Record this process's user in the room; publishes ``join`` if they were nowhere else."""
+        keys = [presence_key(room_id), channel(room_id)]
+        args: list[Any] = [self._member(user_id, username), self.ttl_ms, user_id, event("join", user_id, username)]
+        return bool(await self._join(keys=keys, args=args))
+
+    async def leave(self, *, room_id: int, user_id: int, username: str) -> bool:
+        keys = [presence_key(room_id), channel(room_id)]
+        args: list[Any] = [self._member(user_id, username), user_id, event("leave", user_id, username)]
+        return bool(await self._leave(keys=keys, args=args))
+
+    async def members(self, *, room_id: int) -> list[dict[str, Any]]:
+        """The users present in the room on any process, by username, each once."""
+        users: dict[int, str] = {}
+        for raw in await self._list(keys=[presence_key(room_id)]):
+            _, uid, username = (raw.decode() if isinstance(raw, bytes) else raw).split("|", 2)
+            users[int(uid)] = username
+        return [{"id": uid, "username": name} for uid, name in sorted(users.items(), key=lambda u: (u[1], u[0]))]
+
+    async def refresh(self, entries: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+        """Push the expiry of this process's ``(room_id, user_id, username)`` entries forward.
+
+        Only existing entries are updated (``XX``), so a leave racing with the
+        refresh is not undone; the entries that were missing (swept during an
+        outage, or a Redis that lost its data) are returned for a fresh ``join``.
+        """
+        if not entries:
+            return []
+        now_s, now_us = await self.client.time()
+        expiry = int(now_s) * 1000 + int(now_us) // 1000 + self.ttl_ms
+        async with self.client.pipeline(transaction=False) as pipe:
+            for room_id, user_id, username in entries:
+                pipe.zadd(presence_key(room_id), {self._member(user_id, username): expiry}, xx=True, ch=True)
+                pipe.pexpire(presence_key(room_id), self.ttl_ms * 2)
+            replies = await pipe.execute()
+        return [entry for entry, changed in zip(entries, replies[::2], strict=True) if not int(changed)]
+
+    async def sweep(self, room_ids: list[int]) -> int:
+        """Drop expired entries (crashed processes) and announce the users who are gone."""
+        total = 0
+        for room_id in room_ids:
+            total += int(await self._sweep(keys=[presence_key(room_id), channel(room_id)]))
+        return total

@@ -1,0 +1,133 @@
+"""Client frames: parse and validate one text frame into a typed request.
+
+``parse`` never raises anything but ``BadFrame``, which carries the ``ref``
+and ``room`` the error frame must echo (protocol.md section 2: the request's
+``client_id`` if it carried a valid one, else its ``type`` if that was a
+string, else ``null``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from chat.models import SLUG_PATTERN
+
+_SLUG = re.compile(SLUG_PATTERN)
+CLIENT_ID_MAX = 64
+
+
+class BadFrame(Exception):
+    def __init__(self, message: str, *, ref: str | None = None, room: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.ref = ref
+        self.room = room
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+    since: int | None
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    room: str
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    room: str
+    body: str
+    client_id: str | None
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    room: str
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    ref: str
+
+
+Request = Join | Leave | Send | Typing | Ping
+
+
+def _encodable(value: str) -> bool:
+    # JSON "\ud800" escapes decode to lone surrogates, which cannot be stored
+    # or sent on as UTF-8.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _valid_client_id(value: Any) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= CLIENT_ID_MAX and _encodable(value)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse(text: str) -> Request:
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise BadFrame("The frame is not valid JSON: send one JSON object per text frame.") from None
+    if not isinstance(data, dict):
+        raise BadFrame('The frame must be a JSON object like {"type": "ping"}.')
+    kind = data.get("type")
+    client_id = data.get("client_id")
+    ref: str | None = None
+    if _valid_client_id(client_id):
+        ref = client_id
+    elif isinstance(kind, str) and _encodable(kind):
+        ref = kind
+    raw_room = data.get("room")
+    room = raw_room if isinstance(raw_room, str) and _SLUG.match(raw_room) else None
+
+    def bad(message: str) -> BadFrame:
+        return BadFrame(message, ref=ref, room=room)
+
+    if not isinstance(kind, str):
+        raise bad('The frame needs a string field "type": join, leave, send, typing or ping.')
+    if kind == "ping":
+        return Ping(ref=kind if ref is None else ref)
+    if kind not in ("join", "leave", "send", "typing"):
+        raise bad(f"Unknown frame type {kind!r}: use join, leave, send, typing or ping.")
+    assert ref is not None
+    if not isinstance(raw_room, str):
+        raise bad(f'"{kind}" needs a string field "room" (the room\'s slug).')
+    if room is None:
+        raise bad("The room is not a valid slug: 1 to 64 lowercase letters, digits or hyphens.")
+    if kind == "join":
+        since = data.get("since")
+        if since is not None and (isinstance(since, bool) or not isinstance(since, int)):
+            raise bad('"since" must be an integer: the last seq you received in this room.')
+        if since is not None and since < 0:
+            raise bad('"since" must be 0 or more.')
+        return Join(room=room, since=since, ref=ref)
+    if kind == "leave":
+        return Leave(room=room, ref=ref)
+    if kind == "typing":
+        return Typing(room=room, ref=ref)
+    # send
+    if client_id is not None and not _valid_client_id(client_id):
+        raise bad('"client_id" must be a string of 1 to 64 characters.')
+    body = data.get("body")
+    if not isinstance(body, str):
+        raise bad('"send" needs a string field "body".')
+    if not _encodable(body):
+        raise bad('"body" contains an unpaired surrogate (invalid Unicode); send valid UTF-8 text.')
+    return Send(room=room, body=body, client_id=client_id, ref=ref)
