@@ -1,1 +1,98 @@
-"""Django signal handlers: tell every server process when a session ends."""
+"""Django signal handlers: tell every server process when a session ends.
+
+Open WebSockets authenticated once at the handshake; these handlers publish on
+the Redis control channel (``chat.messagelog.CONTROL_CHANNEL``) so that every
+server process re-checks, or closes with 4401, the affected sockets at once:
+
+* a session deleted (logout flushes it, the admin or ``clearsessions``
+  deletes it): ``{"kind": "session", "user_id": N, "session_key": K}``;
+  sockets on that session close without further checks;
+* a user whose password hash or ``is_active`` changed:
+  ``{"kind": "user", "user_id": N}``; that user's sockets re-check their
+  session (the new hash no longer matches old sessions).
+
+Signals run in sync code (a request, the admin, a shell). A Redis error must
+never break a logout or a password change: it is logged, and the periodic
+re-check (``KAIWA_SESSION_RECHECK_SECONDS``) catches up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_logged_out
+from django.contrib.sessions.models import Session
+from django.db.models.signals import post_delete, post_init, post_save
+from django.dispatch import receiver
+
+from chat.messagelog import CONTROL_CHANNEL
+from chat.redisclient import sync_client
+
+logger = logging.getLogger("kaiwa.signals")
+
+_WATCHED = "_kaiwa_auth_state"
+
+
+def publish_revocation(event: dict[str, Any]) -> None:
+    try:
+        sync_client().publish(CONTROL_CHANNEL, json.dumps(event))
+    except Exception as exc:
+        logger.warning(
+            "could not publish session revocation %s (%r); open sockets re-check within KAIWA_SESSION_RECHECK_SECONDS",
+            event,
+            exc,
+        )
+
+
+@receiver(user_logged_out)
+def on_logout(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    if user is None or user.pk is None:
+        return
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    # Sent before the session is flushed: name the session, do not ask for a re-check.
+    event: dict[str, Any] = {"kind": "session", "user_id": user.pk}
+    if session_key:
+        event["session_key"] = session_key
+    publish_revocation(event)
+
+
+@receiver(post_delete, sender=Session)
+def on_session_deleted(sender: Any, instance: Session, **kwargs: Any) -> None:
+    try:
+        user_id = instance.get_decoded().get("_auth_user_id")
+    except Exception:
+        return  # undecodable (old secret): no socket can be using it
+    if user_id is None:
+        return
+    try:
+        uid = int(user_id)
+    except (TypeError, ValueError):
+        return
+    publish_revocation({"kind": "session", "user_id": uid, "session_key": instance.session_key})
+
+
+def _auth_state(instance: Any) -> tuple[Any, Any]:
+    # __dict__, not getattr: a deferred field must not cost a query per instance.
+    fields = instance.__dict__
+    return (fields.get("password"), fields.get("is_active"))
+
+
+def _on_user_init(sender: Any, instance: Any, **kwargs: Any) -> None:
+    setattr(instance, _WATCHED, _auth_state(instance))
+
+
+def _on_user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+    before = getattr(instance, _WATCHED, None)
+    now = _auth_state(instance)
+    setattr(instance, _WATCHED, now)
+    if created or instance.pk is None or before == now:
+        return
+    publish_revocation({"kind": "user", "user_id": instance.pk})
+
+
+_user_model = get_user_model()
+post_init.connect(_on_user_init, sender=_user_model, dispatch_uid="kaiwa_user_init")
+post_save.connect(_on_user_saved, sender=_user_model, dispatch_uid="kaiwa_user_saved")

@@ -86,3 +86,10 @@ def room(db: Any) -> Room:
 @pytest.fixture
 def login() -> Callable[..., str]:
     return session_cookie
+
+
+@pytest.fixture
+def aio() -> Any:
+    """One event loop for the whole test: ``aio(coroutine)`` runs it there (sync DB work stays outside)."""
+    with asyncio.Runner() as runner:
+        yield runner.run
