@@ -23,6 +23,43 @@ export function el(tag, { cls = null, attrs = {}, text = null } = {}, ...childre
   return node;
 }
 
+const SVG_NS = "http://www.w3.org/2000/svg";
+// Stroke icons drawn with paths: no icon font, and no emoji (many Linux
+// machines have no emoji font and show a box).
+const ICONS = {
+  lock: ["M7 11V8a5 5 0 0 1 10 0v3", "M5 11h14v10H5z"],
+  menu: ["M4 6h16", "M4 12h16", "M4 18h16"],
+  people: [
+    "M16 21v-2a4 4 0 0 0-4-4H6a4 4 0 0 0-4 4v2",
+    "M9 11a4 4 0 1 0 0-8 4 4 0 0 0 0 8z",
+    "M22 21v-2a4 4 0 0 0-3-3.87",
+    "M16 3.13a4 4 0 0 1 0 7.75",
+  ],
+};
+
+export function icon(name, cls = "") {
+  const svg = document.createElementNS(SVG_NS, "svg");
+  for (const [attr, value] of Object.entries({
+    viewBox: "0 0 24 24",
+    fill: "none",
+    stroke: "currentColor",
+    "stroke-width": "2",
+    "stroke-linecap": "round",
+    "stroke-linejoin": "round",
+    "aria-hidden": "true",
+    focusable: "false",
+    class: `icon icon--${name} ${cls}`.trim(),
+  })) {
+    svg.setAttribute(attr, value);
+  }
+  for (const d of ICONS[name] || []) {
+    const path = document.createElementNS(SVG_NS, "path");
+    path.setAttribute("d", d);
+    svg.append(path);
+  }
+  return svg;
+}
+
 /** A safe absolute http(s) URL, or null. */
 export function safeHref(candidate) {
   let url;

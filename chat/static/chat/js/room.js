@@ -8,7 +8,7 @@
 
 import { Socket, socketUrl, loginUrl } from "./socket.js";
 import { RoomState, PendingSends, ReadMarks, typingText } from "./store.js";
-import { el, messageElement, updateGrouping, renderPresence } from "./render.js";
+import { el, icon, messageElement, updateGrouping, renderPresence } from "./render.js";
 
 const PAGE_SIZE = 50;
 const TYPING_THROTTLE_MS = 3000;
@@ -97,11 +97,15 @@ class RoomPage {
       this.roomList,
     );
 
-    this.roomsToggle = el("button", {
-      cls: "btn btn--icon chat__rooms-toggle",
-      attrs: { type: "button", "aria-controls": "kaiwa-rooms", "aria-expanded": "false" },
-      text: "Rooms",
-    });
+    this.roomsToggle = el(
+      "button",
+      {
+        cls: "btn btn--icon chat__rooms-toggle",
+        attrs: { type: "button", "aria-controls": "kaiwa-rooms", "aria-expanded": "false" },
+      },
+      icon("menu"),
+      el("span", { text: "Rooms" }),
+    );
     this.roomsBadge = el("span", { cls: "badge badge--toggle", attrs: { hidden: true } });
     this.roomsToggle.append(this.roomsBadge);
 
@@ -127,14 +131,14 @@ class RoomPage {
         attrs: { type: "button", "aria-controls": "kaiwa-people", "aria-expanded": "false" },
       },
       el("span", { cls: "sr-only", text: "People online: " }),
-      el("span", { cls: "presence__dot", attrs: { "aria-hidden": "true" } }),
+      icon("people"),
       this.peopleCount,
     );
 
     const title = el(
       "div",
       { cls: "chat__title" },
-      el("h1", { cls: "chat__name", attrs: { id: "room-title" } }, el("span", { cls: "chat__hash", attrs: { "aria-hidden": "true" }, text: this.active.private ? "🔒" : "#" }), roomLabel),
+      el("h1", { cls: "chat__name", attrs: { id: "room-title" } }, this.active.private ? icon("lock", "chat__hash") : el("span", { cls: "chat__hash", attrs: { "aria-hidden": "true" }, text: "#" }), roomLabel),
     );
     const tools = el("div", { cls: "chat__tools" }, ...this.config.tools.map((a) => {
       a.className = "btn btn--small btn--quiet";
@@ -168,7 +172,7 @@ class RoomPage {
     this.typing = el("div", { cls: "chat__typing" });
 
     this.textarea = el("textarea", {
-      cls: "composer__input",
+      cls: "chat-composer__input",
       attrs: {
         id: "kaiwa-composer",
         name: "body",
@@ -178,15 +182,15 @@ class RoomPage {
         "aria-describedby": "kaiwa-composer-hint",
       },
     });
-    this.composerError = el("p", { cls: "composer__error", attrs: { role: "alert", hidden: true } });
-    this.sendButton = el("button", { cls: "btn btn--primary composer__send", attrs: { type: "submit" }, text: "Send" });
+    this.composerError = el("p", { cls: "chat-composer__error", attrs: { role: "alert", hidden: true } });
+    this.sendButton = el("button", { cls: "btn btn--primary chat-composer__send", attrs: { type: "submit" }, text: "Send" });
     this.form = el(
       "form",
-      { cls: "composer", attrs: { "aria-label": "Send a message" } },
+      { cls: "chat-composer", attrs: { "aria-label": "Send a message" } },
       el("label", { cls: "sr-only", attrs: { for: "kaiwa-composer" }, text: `Message #${roomLabel}` }),
-      el("div", { cls: "composer__row" }, this.textarea, this.sendButton),
+      el("div", { cls: "chat-composer__row" }, this.textarea, this.sendButton),
       el("p", {
-        cls: "composer__hint",
+        cls: "chat-composer__hint",
         attrs: { id: "kaiwa-composer-hint" },
         text: "Enter to send · Shift+Enter for a new line",
       }),
@@ -753,7 +757,9 @@ class RoomPage {
           cls: "rooms__link",
           attrs: { href: this.roomUrl(info.slug), "aria-current": isActive ? "page" : null },
         },
-        el("span", { cls: "rooms__hash", attrs: { "aria-hidden": "true" }, text: info.private ? "🔒" : "#" }),
+        info.private
+          ? icon("lock", "rooms__hash")
+          : el("span", { cls: "rooms__hash", attrs: { "aria-hidden": "true" }, text: "#" }),
         el("span", { cls: "rooms__name", text: info.name || info.slug }),
         badge,
       );
