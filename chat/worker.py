@@ -96,11 +96,11 @@ class _Outage:
                 "%s unavailable (%s: %s); %s; retrying with backoff",
                 self.what,
                 type(exc).__name__,
-                str(exc).strip() or "no detail",
+                " ".join(str(exc).split()) or "no detail",
                 detail,
             )
         else:
-            logger.debug("%s still unavailable: %s", self.what, exc)
+            logger.debug("%s still unavailable: %s", self.what, " ".join(str(exc).split()))
         delay = self.delay
         self.delay = min(self.delay * 2, BACKOFF_MAX_SECONDS)
         return delay
