@@ -469,3 +469,23 @@ def test_embedded_worker_can_be_turned_off(start_server):
     server = start_server(env={"KAIWA_WORKER_EMBEDDED": "0"})
     assert "worker" not in httpx.get(server.http + "/healthz", timeout=10).json()["components"]
     assert not any("persistence worker started" in line for line in server.lines)
+
+
+def test_redis_outage_then_recovery(start_worker, make_user, redis_server_process):
+    """The worker survives Redis going away: it logs the outage once, and persists again when Redis is back."""
+    ann = make_user("ann")
+    before, after = make_room("before"), make_room("after")
+    worker = start_worker()
+    append(before, ann, 20)
+    wait_until(all_stored((before, 20)), "20 rows")
+    redis_server_process.stop()
+    try:
+        worker.wait_for_line("Redis unavailable")
+    finally:
+        redis_server_process.start()
+    worker.wait_for_line("Redis is back", timeout=60)
+    append(after, ann, 30)
+    wait_until(all_stored((after, 30)), "30 rows after the outage")
+    assert_exactly_once(after, 30)
+    assert lines_with(worker, "Redis unavailable") == 1
+    assert worker.terminate() == 0
