@@ -1,0 +1,662 @@
+"""Turn one run's results into terminal tables, JSON, PNG plots and docs/performance.md.
+
+Every figure written here is read from the results of the run being reported;
+nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bench.procs import ROOT
+from bench.servers import KINDS
+
+RESULTS_DIR = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "performance.md"
+IMG_DIR = ROOT / "docs" / "img"
+ORDER = ["kaiwa", "channels", "relay", "echo"]
+KB = 1024
+MB = 1024 * 1024
+
+
+# -- small formatting helpers ----------------------------------------------------------
+
+
+def label(kind: str) -> str:
+    return KINDS[kind].label if kind in KINDS else kind
+
+
+def n(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and digits:
+        return f"{value:,.{digits}f}"
+    if isinstance(value, (int, float)):
+        return f"{round(value):,}"
+    return str(value)
+
+
+def ms(value: Any) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def size(b: int) -> str:
+    if b >= MB:
+        return f"{b // MB} MB"
+    if b >= KB:
+        return f"{b // KB} KB"
+    return f"{b} B"
+
+
+def mib(b: Any) -> str:
+    return "-" if not b else f"{b / MB:,.1f} MiB"
+
+
+def codes(d: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(d.items())) or "-"
+
+
+def text_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def entries(results: dict[str, Any], scenario: str) -> Iterable[tuple[str, dict[str, Any]]]:
+    per = results["scenarios"].get(scenario, {})
+    for kind in ORDER:
+        if kind in per:
+            yield kind, per[kind]
+
+
+# -- tables -------------------------------------------------------------------------------
+
+
+def _rising_tables(results: dict[str, Any], scenario: str) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    head = ["server", "sustained deliveries/s", "at msg/s", "first failure", "p99 ms at best", "loadgen CPU at best"]
+    rows, steps = [], []
+    for kind, entry in entries(results, scenario):
+        if "error" in entry:
+            rows.append([label(kind), "error", "-", entry["error"][:80], "-", "-"])
+            continue
+        r = entry["result"]
+        best = next((s for s in reversed(r["steps"]) if s["sustainable"]), None)
+        rows.append(
+            [
+                label(kind),
+                n(r["max_sustainable_deliveries_per_s"]),
+                n(r["max_sustainable_rate_msgs"]),
+                r["first_failure"] or "none up to the highest rate tried",
+                ms(best["latency_ms"]["normal"]["p99"]) if best else "-",
+                f"{best['loadgen_cpu_percent']}%" if best else "-",
+            ]
+        )
+        for s in r["steps"]:
+            d = s["deliveries"]["normal"]
+            res = s["resources"]
+            steps.append(
+                [
+                    label(kind),
+                    n(s["rate_msgs"]),
+                    n(s["offered_deliveries_per_s"]),
+                    n(s["delivered_per_s"]),
+                    ms(s["latency_ms"]["normal"]["p50"]),
+                    ms(s["latency_ms"]["normal"]["p99"]),
+                    n(d["lost"]),
+                    codes(s["refused"]),
+                    n(s["out_of_order"]),
+                    f"{res.get('server_cpu_mean', '-')}%",
+                    f"{res.get('redis_cpu_mean', '-')}%",
+                    f"{s['loadgen_cpu_percent']}%",
+                    "yes" if s["sustainable"] else "NO",
+                ]
+            )
+    return head, rows, steps
+
+
+STEP_HEAD = [
+    "server",
+    "msg/s",
+    "offered deliv/s",
+    "delivered/s",
+    "p50 ms",
+    "p99 ms",
+    "lost",
+    "refused",
+    "out of order",
+    "server CPU",
+    "Redis CPU",
+    "loadgen CPU",
+    "ok",
+]
+
+
+def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, headers, rows) for every scenario that ran."""
+    out: list[tuple[str, list[str], list[list[str]]]] = []
+    for scenario, title in (
+        ("calibration", "Calibration: the load generator against the echo server"),
+        ("fanout", "Fan-out: 1 room, senders + receivers, rate rising until p99 > 100 ms or any loss"),
+        ("many_rooms", "Many rooms"),
+    ):
+        if scenario not in results["scenarios"]:
+            continue
+        head, rows, steps = _rising_tables(results, scenario)
+        out.append((title, head, rows))
+        out.append((title + " (every step)", STEP_HEAD, steps))
+
+    if "idle" in results["scenarios"]:
+        rows = []
+        for kind, e in entries(results, "idle"):
+            if "error" in e:
+                rows.append([label(kind), "error: " + e["error"][:80], "-", "-", "-", "-"])
+                continue
+            r = e["result"]
+            rows.append(
+                [
+                    label(kind),
+                    f"{r['opened']:,} / {r['connections']:,}",
+                    n(r["still_open_after_settle"]),
+                    n(r["server_bytes_per_connection"]),
+                    n(r["redis_bytes_per_connection"]),
+                    ms(r["open_seconds"]),
+                ]
+            )
+        out.append(
+            (
+                "Idle connections (connected, authenticated, joined to a room of 10)",
+                ["server", "opened", "still open", "server bytes/conn", "Redis bytes/conn", "seconds to open"],
+                rows,
+            )
+        )
+
+    if "storm" in results["scenarios"]:
+        rows = []
+        for kind, e in entries(results, "storm"):
+            if "error" in e:
+                rows.append([label(kind), "error: " + e["error"][:80], "-", "-", "-", "-"])
+                continue
+            r = e["result"]
+            lat = r["connect_to_joined_ms"]
+            rows.append(
+                [
+                    label(kind),
+                    f"{r['succeeded']:,} / {r['clients']:,}",
+                    n(r["handshakes_per_s"]),
+                    ms(lat["p50"]),
+                    ms(lat["p99"]),
+                    codes(r["failures"]),
+                ]
+            )
+        out.append(
+            (
+                "Connect storm: every client at once (handshake, session check, join)",
+                ["server", "joined", "handshakes/s", "p50 ms", "p99 ms", "failures"],
+                rows,
+            )
+        )
+
+    for scenario, title in (
+        ("payload_default", "Payload sweep, default limits (per receiver: delivered / refused / lost)"),
+        ("payload_large", "Payload sweep, raised limits (per receiver: delivered / refused / lost)"),
+    ):
+        if scenario not in results["scenarios"]:
+            continue
+        rows = []
+        for kind, e in entries(results, scenario):
+            if "error" in e:
+                rows.append([label(kind), "error: " + e["error"][:80], *["-"] * 8])
+                continue
+            for p in e["result"]:
+                d = p["deliveries"]["normal"]
+                rows.append(
+                    [
+                        label(kind),
+                        size(p["size"]),
+                        f"{p['acked']}/{p['messages']}",
+                        codes(p["refused"]),
+                        f"{d['delivered']} / {d['refused']} / {d['lost']}",
+                        ms(p["latency_ms"]["normal"]["p50"]),
+                        ms(p["latency_ms"]["normal"]["p99"]),
+                        n(p["delivered_mb_per_s"], 1),
+                        mib(p["resources"].get("server_rss_max")),
+                    ]
+                )
+        out.append(
+            (
+                title,
+                [
+                    "server",
+                    "body",
+                    "acked",
+                    "refused (code)",
+                    "deliveries d/r/l",
+                    "p50 ms",
+                    "p99 ms",
+                    "MB/s",
+                    "server RSS max",
+                ],
+                rows,
+            )
+        )
+
+    for scenario, title in (
+        ("slow", "Slow readers, 1 KB messages: 10% of receivers stop reading"),
+        ("slow_large", "Slow readers, 1 MB messages: 10% of receivers stop reading"),
+    ):
+        if scenario not in results["scenarios"]:
+            continue
+        rows = []
+        for kind, e in entries(results, scenario):
+            if "error" in e:
+                rows.append([label(kind), "error: " + e["error"][:80], *["-"] * 7])
+                continue
+            r = e["result"]
+            dn, ds = r["deliveries"]["normal"], r["deliveries"]["slow"]
+            rows.append(
+                [
+                    label(kind),
+                    f"{r['rate_msgs']} msg/s",
+                    ms(r["latency_ms"]["normal"]["p99"]),
+                    f"{dn['delivered']}/{dn['expected']}, lost {dn['lost']}",
+                    ", ".join(str(c) for c in r["slow_close_codes"]) or "none",
+                    n(r["slow_reconnects"]),
+                    f"{ds['delivered']}/{ds['expected']}, lost {ds['lost']}",
+                    n(dn["lost"] + ds["lost"]),
+                ]
+            )
+        out.append(
+            (
+                title,
+                [
+                    "server",
+                    "rate",
+                    "others' p99 ms",
+                    "others delivered",
+                    "slow: close codes",
+                    "slow: reconnects",
+                    "slow delivered",
+                    "total lost",
+                ],
+                rows,
+            )
+        )
+
+    rows = []
+    for scenario, db in (("persist_sqlite", "SQLite"), ("persist_postgres", "PostgreSQL")):
+        for kind, e in entries(results, scenario):
+            if "error" in e:
+                rows.append([label(kind), db, "error: " + e["error"][:80], *["-"] * 5])
+                continue
+            r = e["result"]
+            rows.append(
+                [
+                    label(kind),
+                    db,
+                    f"{r['acked']}/{r['sent']}",
+                    n(r["db"]["rows"]),
+                    n(r["acked_missing_from_db"]),
+                    ms(r["db"]["lag_ms_p50"]),
+                    ms(r["db"]["lag_ms_p99"]),
+                    n(r["db"]["rows_per_s_insert_window"]),
+                ]
+            )
+    if rows:
+        out.append(
+            (
+                "Persistence: acked messages reaching the database",
+                ["server", "database", "acked/sent", "rows", "acked but missing", "lag p50 ms", "lag p99 ms", "rows/s"],
+                rows,
+            )
+        )
+    return out
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    for title, head, rows in tables(results):
+        if not rows:
+            continue
+        print(f"\n== {title}")
+        print(text_table(head, rows))
+    if results["errors"]:
+        print("\n== Harness errors")
+        for err in results["errors"]:
+            print(" - " + err.splitlines()[0][:300])
+
+
+# -- JSON -----------------------------------------------------------------------------------
+
+
+def save_json(results: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = results["meta"]["started"].replace(":", "").replace("-", "").replace("+0000", "Z")
+    path = RESULTS_DIR / f"{stamp}-{results['meta']['mode']}.json"
+    text = json.dumps(results, indent=1, default=str)
+    path.write_text(text)
+    (RESULTS_DIR / "latest.json").write_text(text)
+    return path
+
+
+# -- plots ----------------------------------------------------------------------------------
+
+
+COLORS = {"kaiwa": "#1b7f3b", "channels": "#c0392b", "relay": "#2c6fbb", "echo": "#888888"}
+
+
+def plots(results: dict[str, Any]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    IMG_DIR.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    panels = [s for s in ("fanout", "many_rooms") if s in results["scenarios"]]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+        for ax, scenario in zip(axes[0], panels, strict=True):
+            series = list(entries(results, scenario))
+            if scenario == "fanout":
+                series += list(entries(results, "calibration"))
+            for kind, e in series:
+                if "error" in e:
+                    continue
+                steps = e["result"]["steps"]
+                xs = [s["offered_deliveries_per_s"] for s in steps]
+                for pct, style in (("p50", ":"), ("p90", "--"), ("p99", "-")):
+                    ys = [s["latency_ms"]["normal"][pct] or float("nan") for s in steps]
+                    ax.plot(
+                        xs, ys, style, color=COLORS.get(kind), marker="o" if pct == "p99" else None, markersize=3,
+                        label=f"{label(kind)} {pct}",
+                    )  # fmt: skip
+                bad = [s for s in steps if not s["sustainable"]]
+                ax.scatter(
+                    [s["offered_deliveries_per_s"] for s in bad],
+                    [s["latency_ms"]["normal"]["p99"] or 1 for s in bad],
+                    marker="x", s=80, color=COLORS.get(kind), zorder=5,
+                )  # fmt: skip
+            ax.axhline(100, color="black", linewidth=0.8, linestyle="-.")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("offered deliveries/s")
+            ax.set_ylabel("latency, ms (send to receive)")
+            ax.set_title(
+                "fan-out: 1 room" if scenario == "fanout" else "many rooms" + " (x = loss or p99 > 100 ms)", fontsize=10
+            )
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = IMG_DIR / "bench-latency.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    panels = [s for s in ("payload_default", "payload_large") if s in results["scenarios"]]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+        for ax, scenario in zip(axes[0], panels, strict=True):
+            series = [(k, e) for k, e in entries(results, scenario) if "error" not in e]
+            sizes = sorted({p["size"] for _, e in series for p in e["result"]})
+            width = 0.8 / max(1, len(series))
+            for i, (kind, e) in enumerate(series):
+                by = {p["size"]: p["deliveries"]["normal"] for p in e["result"]}
+                xs = [j + i * width for j in range(len(sizes))]
+                tot = [max(1, by[s]["expected"]) if s in by else 1 for s in sizes]
+                dv = [100 * by[s]["delivered"] / t if s in by else 0 for s, t in zip(sizes, tot, strict=True)]
+                rf = [100 * by[s]["refused"] / t if s in by else 0 for s, t in zip(sizes, tot, strict=True)]
+                ls = [100 * by[s]["lost"] / t if s in by else 0 for s, t in zip(sizes, tot, strict=True)]
+                c = COLORS.get(kind)
+                ax.bar(xs, dv, width, color=c, label=f"{label(kind)} delivered")
+                ax.bar(xs, rf, width, bottom=dv, color=c, alpha=0.4, hatch="//", label=f"{label(kind)} refused")
+                ax.bar(
+                    xs, ls, width, bottom=[a + b for a, b in zip(dv, rf, strict=True)], color="black",
+                    label=f"{label(kind)} lost" if i == 0 else None,
+                )  # fmt: skip
+            ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(sizes))])
+            ax.set_xticklabels([size(s) for s in sizes])
+            ax.set_ylabel("% of expected deliveries")
+            ax.set_title("default limits" if scenario == "payload_default" else "raised limits", fontsize=10)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = IMG_DIR / "bench-payload.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# -- the plain-language answer -------------------------------------------------------------------
+
+
+def _resource_verdict(res: dict[str, Any], loadgen_cpu: float, cores_server: int) -> str:
+    """Which measured resource was exhausted in a step, from the sampler's figures."""
+    found = []
+    scpu = res.get("server_cpu_mean") or 0
+    rcpu = res.get("redis_cpu_mean") or 0
+    if scpu >= 85:
+        found.append(f"server CPU ({scpu}% of a core)")
+    if rcpu >= 85:
+        found.append(f"Redis CPU ({rcpu}%)")
+    if (res.get("redis_output_buffer_max") or 0) >= 8 * MB:
+        found.append(f"Redis client output buffers ({mib(res['redis_output_buffer_max'])})")
+    if (res.get("sock_tx_max") or 0) >= 4 * MB:
+        found.append(f"socket send buffers ({mib(res['sock_tx_max'])} queued in the kernel)")
+    if loadgen_cpu >= 90:
+        found.append(f"the load generator's CPU ({loadgen_cpu}%), so the server's real limit may be higher")
+    if not found:
+        return (
+            f"no measured resource was exhausted (server CPU {scpu}%, Redis CPU {rcpu}%, "
+            f"kernel send queues {mib(res.get('sock_tx_max'))}, server RSS {mib(res.get('server_rss_max'))})"
+        )
+    return ", ".join(found)
+
+
+def answer(results: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    sc = results["scenarios"]
+    for kind in ("kaiwa", "channels", "relay"):
+        parts: list[str] = []
+        fan = sc.get("fanout", {}).get(kind)
+        if fan and "result" in fan:
+            r = fan["result"]
+            steps = r["steps"]
+            first_loss = next((s for s in steps if s["deliveries"]["normal"]["lost"] > 0), None)
+            parts.append(
+                f"in one room of {r['connections_per_room']}, it sustained "
+                f"{n(r['max_sustainable_deliveries_per_s'])} deliveries/s ({n(r['max_sustainable_rate_msgs'])} msg/s)"
+            )
+            if r["first_failure"]:
+                last = steps[-1]
+                parts.append(
+                    f"the next step failed ({r['first_failure']}); there the limit was "
+                    + _resource_verdict(last["resources"], last["loadgen_cpu_percent"], 1)
+                )
+            if first_loss is not None:
+                parts.append(
+                    f"it first lost messages at {n(first_loss['rate_msgs'])} msg/s "
+                    f"({n(first_loss['deliveries']['normal']['lost'])} deliveries)"
+                )
+            else:
+                parts.append("it lost no delivery at any fan-out rate tried")
+        for scen in ("payload_default", "payload_large"):
+            pay = sc.get(scen, {}).get(kind)
+            if not pay or "result" not in pay:
+                continue
+            where = "with default limits" if scen == "payload_default" else "with raised limits"
+            lost = [p for p in pay["result"] if p["deliveries"]["normal"]["lost"] > 0]
+            refused = [p for p in pay["result"] if p["refused"]]
+            if lost:
+                p = lost[0]
+                parts.append(
+                    f"{where} it first lost messages at {size(p['size'])} bodies "
+                    f"({p['deliveries']['normal']['lost']} of {p['deliveries']['normal']['expected']} deliveries; "
+                    + _resource_verdict(p["resources"], p["loadgen_cpu_percent"], 1)
+                    + ")"
+                )
+            else:
+                parts.append(f"{where} it lost nothing up to {size(max(p['size'] for p in pay['result']))}")
+            if refused:
+                p = refused[0]
+                parts.append(f"{where} it refused {size(p['size'])} bodies with {codes(p['refused'])}")
+        for scen, what in (("slow", "1 KB"), ("slow_large", "1 MB")):
+            sl = sc.get(scen, {}).get(kind)
+            if not sl or "result" not in sl:
+                continue
+            r = sl["result"]
+            dn, ds = r["deliveries"]["normal"], r["deliveries"]["slow"]
+            closes = ", ".join(str(c) for c in r["slow_close_codes"]) or "no close"
+            parts.append(
+                f"with {what} messages and stalled readers: stalled readers saw {closes}, "
+                f"got {ds['delivered']} of {ds['expected']}; the others lost {dn['lost']} "
+                f"(p99 {ms(r['latency_ms']['normal']['p99'])} ms)"
+            )
+        if parts:
+            lines.append(f"- **{label(kind)}**: " + "; ".join(parts) + ".")
+    return lines
+
+
+def ratios(results: dict[str, Any]) -> list[str]:
+    sc = results["scenarios"]
+    out = []
+
+    def best(scen: str, kind: str) -> float | None:
+        e = sc.get(scen, {}).get(kind)
+        if not e or "result" not in e:
+            return None
+        v = e["result"]["max_sustainable_deliveries_per_s"]
+        return float(v) if v else None
+
+    for scen, what in (("fanout", "fan-out"), ("many_rooms", "many rooms")):
+        k, c, r = best(scen, "kaiwa"), best(scen, "channels"), best(scen, "relay")
+        if k and c:
+            out.append(f"- {what}: Kaiwa sustains **{k / c:.1f}x** the deliveries/s of Django Channels.")
+        if k and r:
+            out.append(f"- {what}: Kaiwa sustains **{k / r:.2f}x** the deliveries/s of the bare relay.")
+        if r and c:
+            out.append(f"- {what}: the bare relay sustains {r / c:.1f}x the deliveries/s of Django Channels.")
+    idle = sc.get("idle", {})
+    k = idle.get("kaiwa", {}).get("result", {}).get("server_bytes_per_connection")
+    c = idle.get("channels", {}).get("result", {}).get("server_bytes_per_connection")
+    if k and c:
+        out.append(f"- idle memory: Kaiwa uses {k / 1024:.1f} KB per connection, Django Channels {c / 1024:.1f} KB.")
+    st = sc.get("storm", {})
+    k = st.get("kaiwa", {}).get("result", {}).get("handshakes_per_s")
+    c = st.get("channels", {}).get("result", {}).get("handshakes_per_s")
+    if k and c:
+        out.append(f"- connect storm: Kaiwa completes {k / c:.1f}x the handshakes/s of Django Channels.")
+    return out
+
+
+# -- docs/performance.md ------------------------------------------------------------------------------
+
+
+def markdown(results: dict[str, Any], images: list[Path], json_path: Path) -> str:
+    meta = results["meta"]
+    m = meta["machine"]
+    v = m["versions"]
+    out = [
+        "# Kaiwa performance",
+        "",
+        "<!-- Generated by `python -m bench run` (make bench); do not edit by hand: re-run it. -->",
+        "",
+        f"Generated from the **{meta['mode']}** run started {meta['started']} "
+        f"(took {meta.get('duration_s', '?')} s), commit `{m['git_commit']}`. "
+        f"Raw results: `{json_path.relative_to(ROOT)}` (also `bench/results/latest.json`).",
+        "",
+    ]
+    if meta["mode"] != "full":
+        out += [
+            "> **This is a quick smoke run** (small sizes, short steps): it shows the harness works, "
+            "not what the servers can do. Run `make bench` for the figures to quote.",
+            "",
+        ]
+    out += [
+        "## Machine",
+        "",
+        f"- {m['cores']} cores, {m['cpu_model']}, {m['memory_bytes'] / 2**30:.1f} GiB memory; {m['os']}",
+        f"- load average when the run started: {', '.join(str(x) for x in m['loadavg_start'])}; "
+        f"at the end: {', '.join(str(x) for x in meta.get('loadavg_end', []))}",
+        f"- pinning: {m['pinning']}",
+        f"- Python {m['python']}, Redis {m.get('redis', '?')}, uvicorn {v.get('uvicorn')}, "
+        f"websockets {v.get('websockets')}, "
+        f"Django {v.get('Django')}, FastAPI {v.get('fastapi')}, Starlette {v.get('starlette')}, "
+        f"Channels {v.get('channels')}, channels-redis {v.get('channels-redis')}, redis-py {v.get('redis')}",
+        f"- PostgreSQL: {meta['postgres']}",
+        "",
+        "## What was compared",
+        "",
+        "- **Kaiwa**: `uvicorn project.asgi:application --ws-per-message-deflate false`, production settings "
+        "(`DEBUG=0`), after `manage.py migrate`; authentication, the Origin check, per-room sequencing, "
+        "the Redis log and the embedded persistence worker all on. The bench raises only the per-user rate "
+        "limits (a few bench users send thousands of messages/s): "
+        + ", ".join(f"`{k}={val}`" for k, val in meta["kaiwa_env"]["all"].items())
+        + "; for the raised-limits payload runs also "
+        + ", ".join(f"`{k}={val}`" for k, val in meta["kaiwa_env"]["raised limits"].items())
+        + " and uvicorn `--ws-max-size` to match.",
+        "- **Django Channels** (`bench/channels_peer/`): Channels + channels_redis `RedisChannelLayer` (default "
+        "capacity 100, expiry 60 s), `AuthMiddlewareStack` + `AllowedHostsOriginValidator`, each message saved "
+        "with `database_sync_to_async` before `group_send`; `seq` from an in-process per-room counter; the same "
+        "frames, the same uvicorn flags, the same Redis and database engine.",
+        "- **bare relay** (`bench/bare_relay.py`): Starlette on the same uvicorn, Redis pub/sub, no auth, no "
+        "persistence, `await send_text` to each member in turn (seq from a Redis `INCR` in the publishing script).",
+        "- **echo** (`bench/echo_server.py`, calibration): plain `websockets`, in-process rooms, `broadcast()`: "
+        "what it sustains is the load generator's own ceiling here.",
+        "- Each server ran as its own process with its own fresh Redis (AOF on, `appendfsync everysec`) and a "
+        "fresh database; users and sessions are real Django rows, every connection sends its session cookie "
+        "and an `Origin` the server trusts.",
+        "- Latency is from the *scheduled* send time (open-loop senders, the time travels in the body) to the "
+        "receiver's read; a delivery is lost when a message was acked (or never answered) and a receiver that "
+        "stayed joined never got it; refused when the sender got an `error` frame or a close code for it.",
+        "",
+        "## Ratios",
+        "",
+        *(ratios(results) or ["- (no pair of servers completed the same scenario in this run)"]),
+        "",
+        "## Where each server starts losing messages, and what ran out",
+        "",
+        *(answer(results) or ["- (no scenario completed)"]),
+        "",
+    ]
+    if any(p.name == "bench-latency.png" for p in images):
+        out += ["## Plots", "", "![latency percentiles vs offered rate](img/bench-latency.png)", ""]
+    if any(p.name == "bench-payload.png" for p in images):
+        out += ["![delivered, refused and lost vs payload size](img/bench-payload.png)", ""]
+    out += ["## Tables", ""]
+    for title, head, rows in tables(results):
+        if rows:
+            out += [f"### {title}", "", md_table(head, rows), ""]
+    if results["errors"]:
+        out += ["## Harness errors in this run", ""]
+        out += ["- " + e.splitlines()[0][:400] for e in results["errors"]]
+        out += [""]
+    out += [
+        "## Reproduce",
+        "",
+        "`make bench` (about 20 minutes on 2 cores) or `make bench-quick` (about a minute). "
+        "`python -m bench run --help` lists the options (servers, scenarios). "
+        "`python -m bench report bench/results/latest.json` rebuilds this page and the plots from saved results.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write_all(results: dict[str, Any], *, doc: bool = True, json_path: Path | None = None) -> tuple[Path, list[Path]]:
+    """Save the JSON (unless it was loaded from ``json_path``), the plots and the page."""
+    json_path = json_path or save_json(results)
+    images = plots(results)
+    if doc:
+        DOC.parent.mkdir(parents=True, exist_ok=True)
+        DOC.write_text(markdown(results, images, json_path))
+    return json_path, images

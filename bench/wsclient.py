@@ -1,0 +1,204 @@
+"""A lean WebSocket client for the load generator.
+
+It drives aaugustin's ``websockets`` sans-I/O ``ClientProtocol`` from a plain
+``asyncio.Protocol``: no task, future or queue per incoming frame, so one
+process can receive tens of thousands of frames per second before it becomes
+the bottleneck (the harness reports its own CPU in every run to show it is not).
+
+``pause_reading()`` makes a client stop reading its socket, which is how the
+slow-reader scenario stalls a receiver: the kernel buffers fill and the server
+has to cope with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, cast
+
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.typing import Origin
+from websockets.uri import parse_uri
+
+
+class HandshakeError(Exception):
+    """The server answered the upgrade with something else than 101."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status} instead of 101 Switching Protocols")
+        self.status = status
+
+
+class Conn(asyncio.Protocol):
+    """One WebSocket connection; text messages go to ``on_text(conn, data)``."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        origin: str | None,
+        cookie: str | None,
+        on_text: Callable[[Conn, bytes], None],
+        on_close: Callable[[Conn], None] | None = None,
+        tag: Any = None,
+    ) -> None:
+        self.uri = uri
+        self.proto = ClientProtocol(parse_uri(uri), origin=Origin(origin) if origin else None, max_size=None)
+        self.cookie = cookie
+        self.on_text = on_text
+        self.on_close = on_close
+        self.tag = tag
+        self.transport: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.lost = False  # TCP closed without a close frame
+        self._fragments: list[bytes] = []
+        self.bytes_received = 0
+
+    # -- asyncio.Protocol ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
+        request = self.proto.connect()
+        if self.cookie:
+            request.headers["Cookie"] = self.cookie
+        self.proto.send_request(request)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        self.proto.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        self.proto.receive_eof()
+        self._process()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"connection lost during the handshake: {exc!r}"))
+        if self.close_code is None:
+            self.lost = True
+        self._finish()
+
+    # -- internals -------------------------------------------------------------
+
+    def _process(self) -> None:
+        for event in self.proto.events_received():
+            if isinstance(event, Response):
+                if event.status_code == 101 and self.proto.handshake_exc is None:
+                    if not self.opened.done():
+                        self.opened.set_result(None)
+                elif not self.opened.done():
+                    self.opened.set_exception(HandshakeError(event.status_code))
+            elif isinstance(event, Frame):
+                self._frame(event)
+        self._flush()
+        if self.proto.close_rcvd is not None and self.close_code is None:
+            self.close_code = self.proto.close_rcvd.code
+            self.close_reason = self.proto.close_rcvd.reason
+
+    def _frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.TEXT:
+            if frame.fin:
+                self.on_text(self, bytes(frame.data))
+            else:
+                self._fragments = [bytes(frame.data)]
+        elif frame.opcode is Opcode.CONT and self._fragments:
+            self._fragments.append(bytes(frame.data))
+            if frame.fin:
+                data = b"".join(self._fragments)
+                self._fragments = []
+                self.on_text(self, data)
+
+    def _flush(self) -> None:
+        if self.transport is None:
+            return
+        for data in self.proto.data_to_send():
+            if data:
+                self.transport.write(data)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
+        if self.proto.close_expected() and not self.transport.is_closing():
+            # The closing handshake is done on our side; the server closes TCP.
+            pass
+
+    def _finish(self) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+            if self.on_close is not None:
+                self.on_close(self)
+
+    # -- API ---------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened.done() and not self.closed.done() and self.close_code is None
+
+    def send_text(self, text: str) -> None:
+        if self.transport is None or self.transport.is_closing() or self.close_code is not None:
+            raise ConnectionError("connection is closed")
+        self.proto.send_text(text.encode())
+        self._flush()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def close(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            if self.close_code is None:
+                self.proto.send_close(1000)
+                self._flush()
+        except Exception:
+            pass
+        self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def connect(
+    host: str,
+    port: int,
+    *,
+    path: str = "/ws",
+    origin: str | None,
+    cookie: str | None,
+    on_text: Callable[[Conn, bytes], None],
+    on_close: Callable[[Conn], None] | None = None,
+    tag: Any = None,
+    open_timeout: float = 30.0,
+) -> Conn:
+    """Open a connection and complete the WebSocket handshake."""
+    loop = asyncio.get_running_loop()
+    uri = f"ws://{host}:{port}{path}"
+    holder: list[Conn] = []
+
+    def factory() -> Conn:
+        conn = Conn(uri, origin=origin, cookie=cookie, on_text=on_text, on_close=on_close, tag=tag)
+        holder.append(conn)
+        return conn
+
+    async with asyncio.timeout(open_timeout):
+        await loop.create_connection(factory, host, port)
+        conn = holder[0]
+        await conn.opened
+    return conn
