@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -93,3 +94,91 @@ def aio() -> Any:
     """One event loop for the whole test: ``aio(coroutine)`` runs it there (sync DB work stays outside)."""
     with asyncio.Runner() as runner:
         yield runner.run
+
+
+class Peer:
+    """A client that records every frame it receives, so a test can wait for any of them in any order."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.frames: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self._changed = asyncio.Event()
+        self._task = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def open(cls, url: str, session: str | None, **kw: Any) -> Peer:
+        return cls(await connect(url, session, **kw))
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                self.frames.append(json.loads(raw))
+                self._changed.set()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            rcvd = self.ws.close_rcvd
+            self.close_code = rcvd.code if rcvd else None
+            self._changed.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._task.done()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await send(self.ws, frame)
+
+    def matching(self, predicate: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        return [f for f in self.frames if predicate(f)]
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], count: int = 1, wait: float = TIMEOUT
+    ) -> list[dict[str, Any]]:
+        """The first ``count`` frames matching ``predicate`` (waits for them to arrive)."""
+        async with asyncio.timeout(wait):
+            while True:
+                found = self.matching(predicate)
+                if len(found) >= count:
+                    return found[:count]
+                if self.closed:
+                    raise AssertionError(f"closed ({self.close_code}) with {len(found)}/{count} frames: {found[-3:]}")
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def wait_closed(self, wait: float = TIMEOUT) -> int | None:
+        async with asyncio.timeout(wait):
+            await asyncio.shield(self._task)
+        return self.close_code
+
+    async def join(self, room: str, since: int | None = None) -> dict[str, Any]:
+        before = len(self.matching(lambda f: f["type"] in ("joined", "error")))
+        frame: dict[str, Any] = {"type": "join", "room": room}
+        if since is not None:
+            frame["since"] = since
+        await self.send(frame)
+        answers = await self.wait_for(lambda f: f["type"] in ("joined", "error"), before + 1)
+        assert answers[-1]["type"] == "joined", answers[-1]
+        return answers[-1]
+
+    async def send_message(self, room: str, body: str, client_id: str) -> dict[str, Any]:
+        """Send and wait for the answer (ack or error) to this client_id."""
+        await self.send({"type": "send", "room": room, "body": body, "client_id": client_id})
+        answer = await self.wait_for(
+            lambda f: (
+                (f["type"] == "ack" and f["client_id"] == client_id) or (f["type"] == "error" and f["ref"] == client_id)
+            )
+        )
+        return answer[-1]
+
+    def seqs(self, room: str) -> list[int]:
+        return [f["seq"] for f in self.frames if f["type"] == "message" and f["room"] == room]
+
+    async def wait_seqs(self, room: str, count: int, wait: float = TIMEOUT) -> list[int]:
+        await self.wait_for(lambda f: f["type"] == "message" and f["room"] == room, count, wait)
+        return self.seqs(room)
+
+    async def close(self) -> None:
+        await asyncio.wait_for(self.ws.close(), TIMEOUT)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._task, TIMEOUT)
