@@ -118,8 +118,7 @@ class Peer:
         except websockets.ConnectionClosed:
             pass
         finally:
-            rcvd = self.ws.close_rcvd
-            self.close_code = rcvd.code if rcvd else None
+            self.close_code = self.ws.close_code
             self._changed.set()
 
     @property

@@ -221,8 +221,9 @@ def test_origin_check(start_server, make_user, room, aio):
             with pytest.raises(websockets.InvalidStatus) as refused:
                 await connect(server.ws, cookie, origin=origin)
             assert refused.value.response.status_code == 403, origin
-        for origin in (f"http://127.0.0.1:{server.port}", "https://chat.example.com", None):
-            ws = await connect(server.ws, cookie, origin=origin)
+        accepted: list[str | None] = [f"http://127.0.0.1:{server.port}", "https://chat.example.com", None]
+        for good in accepted:
+            ws = await connect(server.ws, cookie, origin=good)
             await join(ws, "lobby")
             await ws.close()
 
@@ -235,7 +236,8 @@ def test_no_or_bad_session_closes_4401_without_data(start_server, make_user, roo
     make_user("alice")
 
     async def scenario():
-        for cookie in (None, "not-a-real-session-key-000000000000"):
+        cookies: list[str | None] = [None, "not-a-real-session-key-000000000000"]
+        for cookie in cookies:
             ws = await connect(server.ws, cookie)
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 5)
