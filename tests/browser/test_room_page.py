@@ -456,7 +456,17 @@ def test_room_page_screenshots_at_desktop_and_phone_widths(
     toggle.click()
     expect(b.locator(".rooms")).to_be_visible()
     expect(toggle).to_have_attribute("aria-expanded", "true")
+    expect(b.get_by_role("link", name="Product launch")).to_be_focused()
     b.keyboard.press("Escape")
     expect(b.locator(".rooms")).to_be_hidden()
+    expect(toggle).to_be_focused()
+    # The people panel is behind its own button, labelled with the count.
+    people = b.get_by_role("button", name="People online: 3")
+    expect(b.locator(".presence")).to_be_hidden()
+    people.click()
+    expect(b.locator(".presence__list li")).to_have_count(3)
+    expect(b.locator(".presence")).to_be_visible()
+    b.keyboard.press("Escape")
+    expect(b.locator(".presence")).to_be_hidden()
     assert (SCREENSHOTS / "room-desktop.png").stat().st_size > 10_000
     assert (SCREENSHOTS / "room-phone.png").stat().st_size > 10_000

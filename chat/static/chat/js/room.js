@@ -61,6 +61,7 @@ class RoomPage {
     this.pending = new PendingSends(config.userId ?? "anon");
     this.marks = new ReadMarks(config.userId ?? "anon");
     this.loadingOlder = false;
+    this.stick = true; // the user is reading the newest messages
     this.unseen = 0; // messages that arrived while the user was scrolled up
     this.lastTypingSentAt = 0;
     this.typingTimer = null;
@@ -258,9 +259,16 @@ class RoomPage {
       if (event.key === "Escape" && this.root.dataset.panel) this.setPanel(null);
     });
     document.addEventListener("visibilitychange", () => {
-      if (document.visibilityState === "visible") this.markActiveRead();
+      if (document.visibilityState === "visible" && this.isAtBottom()) this.clearUnseen();
       this.renderTitle();
     });
+    // The composer growing, the phone keyboard opening or a rotation shrinks
+    // the history: whoever was reading the newest messages keeps them in view.
+    if (typeof ResizeObserver === "function") {
+      new ResizeObserver(() => {
+        if (this.stick) this.scroller.scrollTop = this.scroller.scrollHeight;
+      }).observe(this.scroller);
+    }
     window.addEventListener("storage", (event) => {
       const slug = this.marks.roomOfKey(event.key);
       if (slug !== null) this.renderUnread(slug);
@@ -273,14 +281,19 @@ class RoomPage {
 
   /** Phones show the rooms or people panel over the chat; one at a time. */
   setPanel(name) {
+    const was = this.root.dataset.panel;
     if (name) this.root.dataset.panel = name;
     else delete this.root.dataset.panel;
     this.roomsToggle.setAttribute("aria-expanded", String(name === "rooms"));
     this.peopleToggle.setAttribute("aria-expanded", String(name === "people"));
     this.scrim.hidden = !name;
     if (name === "rooms") {
-      const current = this.roomList.querySelector("a");
+      const current = this.roomList.querySelector("a[aria-current]") || this.roomList.querySelector("a");
       if (current) current.focus();
+    } else if (!name && was) {
+      // Closing a panel returns focus to the button that opened it.
+      const panel = was === "rooms" ? this.roomsPanel : this.peoplePanel;
+      if (panel.contains(document.activeElement)) (was === "rooms" ? this.roomsToggle : this.peopleToggle).focus();
     }
   }
 
@@ -512,11 +525,9 @@ class RoomPage {
     const atBottom = this.isAtBottom();
     for (const msg of added) this.insertMessage(msg);
     this.renderTyping();
-    if (atBottom || own) {
-      this.scrollToBottom();
-    } else {
-      this.noteUnseen(frame.seq);
-    }
+    if (atBottom || own) this.scrollToBottom();
+    // Scrolled up, or looking at another tab: mark where the new messages start.
+    if (!own && (!atBottom || document.visibilityState !== "visible")) this.noteUnseen(frame.seq, !atBottom);
     if (!own) this.announce(`${frame.user ? frame.user.username : "Someone"}: ${frame.body}`);
     this.renderTitle();
   }
@@ -817,10 +828,11 @@ class RoomPage {
 
   scrollToBottom() {
     this.scroller.scrollTop = this.scroller.scrollHeight;
+    this.stick = true;
     this.clearUnseen();
   }
 
-  noteUnseen(seq) {
+  noteUnseen(seq, showButton) {
     if (this.unseen === 0) {
       const marker = this.list.querySelector("li.chat__divider");
       if (marker) marker.remove();
@@ -837,10 +849,13 @@ class RoomPage {
     }
     this.unseen += 1;
     this.jumpButton.textContent = `${this.unseen} new message${this.unseen === 1 ? "" : "s"} ↓`;
-    this.jumpButton.hidden = false;
+    if (showButton) this.jumpButton.hidden = false;
+    this.renderTitle();
   }
 
   clearUnseen() {
+    // A hidden tab has not seen anything, wherever it is scrolled.
+    if (document.visibilityState !== "visible") return;
     if (this.unseen > 0) {
       this.unseen = 0;
       this.jumpButton.hidden = true;
@@ -856,7 +871,8 @@ class RoomPage {
   }
 
   onScroll() {
-    if (this.isAtBottom()) this.clearUnseen();
+    this.stick = this.isAtBottom();
+    if (this.stick) this.clearUnseen();
     if (this.scroller.scrollTop < LOAD_OLDER_WITHIN_PX && this.active.hasMore) this.loadOlder();
   }
 }
