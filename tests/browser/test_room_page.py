@@ -470,3 +470,48 @@ def test_room_page_screenshots_at_desktop_and_phone_widths(
     expect(b.locator(".presence")).to_be_hidden()
     assert (SCREENSHOTS / "room-desktop.png").stat().st_size > 10_000
     assert (SCREENSHOTS / "room-phone.png").stat().st_size > 10_000
+
+
+def test_a_refused_send_offers_retry_and_discard(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """The operator lowers the body limit while the page is open: a send refused as too_long shows the
+    server's reason with Retry and Discard; Discard drops it, Retry re-sends it (once) when it can pass."""
+    alice = make_user("alice")
+    services.room_create(name="General", slug="general", creator=alice)
+    server = start_server()
+    a = open_room(browsers, login, server, "alice", "general")
+
+    # The page's own limit (4000) is checked before anything is sent.
+    a.fill(COMPOSER, "x" * 4001)
+    a.press(COMPOSER, "Enter")
+    expect(a.locator(".chat-composer__error")).to_have_text("1 character over the limit of 4000.")
+    expect(a.locator(".chat__list li.msg")).to_have_count(0)
+    a.fill(COMPOSER, "")
+
+    server.terminate()
+    expect(a.locator(".conn")).not_to_have_attribute("data-state", "connected")
+    server = start_server(port=server.port, env={"KAIWA_MAX_BODY_CHARS": "10"})
+    wait_connected(a, timeout=RECONNECT_TIMEOUT_MS)
+
+    send(a, "short")
+    send(a, "far too long for ten")
+    send(a, "also much too long")
+    failed = a.locator(".chat__list li.msg--failed")
+    expect(failed).to_have_count(2)
+    expect(failed.first.locator(".msg__error")).to_contain_text("10")
+    failed.first.get_by_role("button", name="Discard").click()
+    expect(failed).to_have_count(1)
+    expect(a.locator(".chat__list li.msg")).to_have_count(2)
+
+    server.terminate()
+    expect(a.locator(".conn")).not_to_have_attribute("data-state", "connected")
+    start_server(port=server.port)
+    wait_connected(a, timeout=RECONNECT_TIMEOUT_MS)
+    # Still failed after the reconnect: a refused send waits for the user.
+    expect(failed).to_have_count(1)
+    failed.get_by_role("button", name="Retry").click()
+    assert_each_seq_once(wait_for_bodies(a, ["short", "also much too long"]))
+    a.reload()
+    wait_connected(a)
+    assert_each_seq_once(wait_for_bodies(a, ["short", "also much too long"]))
