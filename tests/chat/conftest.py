@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
 import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -12,3 +20,20 @@ def fast_passwords(settings):
     Not autouse: tests that start server processes need hashes those processes can check.
     """
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def run_async(coroutine: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+    """Run async ORM code from a sync test, with a timeout.
+
+    The async ORM runs its queries on asgiref's thread-sensitive executor
+    thread; that thread's connection must be closed (given back to the
+    PostgreSQL pool) or the test database cannot be dropped at the end.
+    """
+
+    async def main() -> T:
+        try:
+            return await asyncio.wait_for(coroutine, timeout=timeout)
+        finally:
+            await sync_to_async(connections.close_all)()
+
+    return asyncio.run(main())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -11,6 +10,7 @@ from django.contrib.auth.models import AnonymousUser
 from chat import selectors, services
 from chat.messagelog import Entry, format_ts
 from chat.models import Message
+from tests.chat.conftest import run_async
 from tests.chat.factories import add_messages
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_passwords")]
@@ -62,7 +62,7 @@ def test_async_room_get_matches_sync(people):
             for slug in ("secret", "lobby", "missing")
         ]
 
-    got = asyncio.run(asyncio.wait_for(lookups(), timeout=30))
+    got = run_async(lookups())
     want = [
         selectors.room_get_for_user(user=user, slug=slug)
         for user in (alice, bob, carol)
@@ -155,7 +155,7 @@ def test_async_max_seq_and_range(make_user):
             await selectors.amessage_range(room=room, after=4, upto=100),
         )
 
-    top, middle, empty, tail = asyncio.run(asyncio.wait_for(reads(), timeout=30))
+    top, middle, empty, tail = run_async(reads())
     assert top == 6
     assert [e.seq for e in middle] == [3, 4, 5]
     assert all(isinstance(e, Entry) for e in middle)
