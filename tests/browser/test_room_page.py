@@ -224,6 +224,7 @@ def test_server_restart_resumes_without_loss_and_delivers_pending_once(
     send(b, "bob while down")
     expect(a.locator(".chat__list li.msg--pending")).to_have_count(2)
     expect(b.locator(".chat__list li.msg--pending")).to_have_count(1)
+    expect(a.locator(".chat__list li.msg--pending .msg__status").first).to_contain_text("will send when back online")
     assert [i["body"] for i in shown(a)][-2:] == ["while down 1", "while down 2"]
 
     start_server(port=server.port)
@@ -515,3 +516,34 @@ def test_a_refused_send_offers_retry_and_discard(
     a.reload()
     wait_connected(a)
     assert_each_seq_once(wait_for_bodies(a, ["short", "also much too long"]))
+
+
+def test_sends_pending_when_the_page_reloads_are_delivered_once(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """Messages typed while the server is down survive a reload of the tab (kept in sessionStorage) and are
+    delivered exactly once, whether the old page or the reloaded one gets them through."""
+    alice, _bob = make_user("alice"), make_user("bob")
+    services.room_create(name="General", slug="general", creator=alice)
+    server = start_server()
+    a = open_room(browsers, login, server, "alice", "general")
+    b = open_room(browsers, login, server, "bob", "general")
+    send(a, "hello")
+    wait_for_bodies(b, ["hello"])
+
+    server.terminate()
+    expect(a.locator(".conn")).not_to_have_attribute("data-state", "connected")
+    send(a, "typed offline 1")
+    send(a, "typed offline 2")
+    expect(a.locator(".chat__list li.msg--pending")).to_have_count(2)
+    restarted = start_server(port=server.port)
+    # uvicorn logs "startup complete" before it binds the port.
+    restarted.wait_for_line("Uvicorn running on")
+    a.reload()
+    wait_connected(a)
+    expected = ["hello", "typed offline 1", "typed offline 2"]
+    assert_each_seq_once(wait_for_bodies(a, expected))
+    wait_connected(b, timeout=RECONNECT_TIMEOUT_MS)
+    assert_each_seq_once(wait_for_bodies(b, expected, timeout=RECONNECT_TIMEOUT_MS))
+    # Nothing is left to re-send on the next reload.
+    assert a.evaluate("() => Object.keys(sessionStorage).map(k => JSON.parse(sessionStorage.getItem(k)).length)") == [0]

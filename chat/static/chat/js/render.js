@@ -133,7 +133,10 @@ export function avatar(user, extra = "") {
  * One message as an <li>. `kind` is "sent", "pending" or "failed".
  * The element carries data-seq (sent) or data-client-id (pending, failed).
  */
-export function messageElement(msg, { own, kind = "sent", error = null, onRetry = null, onDiscard = null }) {
+export function messageElement(
+  msg,
+  { own, kind = "sent", error = null, onRetry = null, onDiscard = null, pendingText = "Sending…" },
+) {
   const user = msg.user || { id: null, username: "?" };
   const classes = ["msg"];
   if (own) classes.push("msg--own");
@@ -157,7 +160,7 @@ export function messageElement(msg, { own, kind = "sent", error = null, onRetry 
   const content = el("div", { cls: "msg__content" }, header, body);
 
   if (kind === "pending") {
-    content.append(el("div", { cls: "msg__status", text: "Sending…" }));
+    content.append(el("div", { cls: "msg__status", text: pendingText }));
   } else if (kind === "failed") {
     const status = el("div", { cls: "msg__status msg__status--failed", attrs: { role: "alert" } });
     status.append(el("span", { cls: "msg__error", text: error || "Not sent." }));

@@ -694,6 +694,7 @@ class RoomPage {
         error: item.error,
         onRetry: () => this.retry(item.clientId),
         onDiscard: () => this.discard(item.clientId),
+        pendingText: this.pendingText(),
       },
     );
     if (item.state === "failed" && item.retryAt > Date.now()) {
@@ -710,6 +711,10 @@ class RoomPage {
     else this.list.append(li);
     updateGrouping(li, li.previousElementSibling);
     updateGrouping(li.nextElementSibling, li);
+  }
+
+  pendingText() {
+    return this.socket && this.socket.status === "connected" ? "Sending…" : "Not connected: will send when back online";
   }
 
   removePendingElement(clientId) {
@@ -749,6 +754,7 @@ class RoomPage {
     this.statusText.textContent = labels[status] || status;
     this.statusRetry.hidden = status !== "offline";
     this.root.dataset.connection = status;
+    for (const node of this.list.querySelectorAll("li.msg--pending .msg__status")) node.textContent = this.pendingText();
     if (status === "offline" && detail && detail.retryAt) {
       this.statusRetry.title = `Next attempt at ${new Date(detail.retryAt).toLocaleTimeString()}`;
     }
