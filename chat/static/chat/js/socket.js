@@ -16,6 +16,9 @@ const OFFLINE_AFTER_ATTEMPTS = 4;
 const PING_INTERVAL_MS = 25000;
 const PONG_TIMEOUT_MS = 10000;
 
+// 1012/1013 reconnect at once, but at most once in this long.
+const IMMEDIATE_MIN_GAP_MS = 10000;
+
 export const CLOSE_UNAUTHENTICATED = 4401;
 const CLOSE_SERVICE_RESTART = 1012;
 const CLOSE_TRY_AGAIN_LATER = 1013;
@@ -64,6 +67,7 @@ export class Socket {
     this.pongTimer = null;
     this.stopped = false;
     this.nextRetryAt = 0;
+    this.lastImmediateAt = 0;
 
     window.addEventListener("online", () => this.reconnectNow());
     window.addEventListener("offline", () => {
@@ -164,9 +168,12 @@ export class Socket {
       window.location.assign(loginUrl(this.loginUrl));
       return;
     }
-    if (code === CLOSE_SERVICE_RESTART || code === CLOSE_TRY_AGAIN_LATER) {
+    const now = Date.now();
+    if ((code === CLOSE_SERVICE_RESTART || code === CLOSE_TRY_AGAIN_LATER) && now - this.lastImmediateAt > IMMEDIATE_MIN_GAP_MS) {
       // The server asked us to come back (restart, or we read too slowly):
-      // reconnect at once and resume with `since`; backoff only if that fails.
+      // reconnect at once and resume with `since`; backoff only if that fails
+      // (or if it keeps happening: a tab that cannot keep up must not spin).
+      this.lastImmediateAt = now;
       this.attempt = 0;
       this.setStatus("reconnecting", { code });
       this.connect();
