@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from django.db.models import Max, Q, QuerySet
+from django.db.models import Max, OuterRef, Q, QuerySet, Subquery
 
 from chat.messagelog import Entry
 from chat.models import Membership, Message, Room
@@ -84,8 +84,11 @@ def room_last_seqs(*, room_ids: list[int]) -> dict[int, int]:
     """
     if not room_ids:
         return {}
-    rows = Message.objects.filter(room_id__in=room_ids).values("room_id").annotate(last=Max("seq")).order_by("room_id")
-    return {row["room_id"]: row["last"] for row in rows}
+    # One correlated subquery per room, each a single step down the (room, seq)
+    # unique index; a GROUP BY would read every message of every room.
+    newest = Message.objects.filter(room_id=OuterRef("pk")).order_by("-seq").values("seq")[:1]
+    rows = Room.objects.filter(pk__in=room_ids).annotate(last=Subquery(newest)).values_list("pk", "last")
+    return {pk: last for pk, last in rows if last is not None}
 
 
 def message_page(*, room: Room, before: int | None, limit: int) -> tuple[list[Message], bool]:
