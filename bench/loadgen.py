@@ -84,6 +84,7 @@ class StepStats:
     out_of_order: int = 0
     duplicates: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    closes: dict[str, int] = field(default_factory=dict)  # server-initiated closes, by code
 
 
 def _pct(values: Any, p: float) -> float | None:
@@ -304,6 +305,9 @@ class Fleet:
             return
         code = conn.close_code
         member.close_codes.append(code)
+        if self.step is not None and not member.stopped:
+            key = str(code) if code is not None else "no close frame"
+            self.step.closes[key] = self.step.closes.get(key, 0) + 1
         for msg in member.in_flight.values():
             msg.status = "refused"
             msg.refused = f"close {code}" if code is not None else "connection lost"
@@ -314,6 +318,10 @@ class Fleet:
             asyncio.get_running_loop().create_task(self._reopen(member))
 
     async def _reopen(self, member: Member) -> None:
+        # A polite client backs off a little more on each consecutive reconnect.
+        await asyncio.sleep(min(2.0, 0.1 * member.reconnects))
+        if member.stopped:
+            return
         try:
             await self.open(member, since=True, open_timeout=20)
         except Exception as exc:
@@ -451,6 +459,7 @@ class Fleet:
         res["out_of_order"] = step.out_of_order
         res["duplicates"] = step.duplicates
         res["errors"] = step.errors
+        res["closes"] = step.closes
         res["gaps_open"] = sum(len(s) for m in self.members for s in m.missing.values())
         return res
 

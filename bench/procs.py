@@ -295,14 +295,23 @@ class Sample:
     sock_rx: int
     sockets: int
     loadgen_cpu: float
+    server_cores_busy: float  # % busy of the server's cores, whoever used them
+    loadgen_cores_busy: float
 
 
 class Sampler:
     """Samples the server, its Redis and the load generator every ``interval`` seconds in a thread."""
 
     def __init__(
-        self, server_pid: int, redis_pid: int | None, redis_port: int | None, port: int, interval: float = 0.5
+        self,
+        server_pid: int,
+        redis_pid: int | None,
+        redis_port: int | None,
+        port: int,
+        pinning: Pinning,
+        interval: float = 0.5,
     ):
+        self.pinning = pinning
         self.server = psutil.Process(server_pid)
         self.redis = psutil.Process(redis_pid) if redis_pid else None
         self.redis_client = redis.Redis(port=redis_port, socket_timeout=2) if redis_port else None
@@ -338,7 +347,13 @@ class Sampler:
                 clients = int(info.get("connected_clients", 0))
                 maxbuf = int(info.get("client_recent_max_output_buffer", 0))
         tx, rx, n = _tcp_queues(self.port)
+        per_core = psutil.cpu_percent(None, percpu=True)
+        all_cores = list(range(len(per_core)))
+        server_cores = self.pinning.server or all_cores
+        gen_cores = self.pinning.loadgen or all_cores
         return Sample(
+            server_cores_busy=sum(per_core[c] for c in server_cores) / len(server_cores),
+            loadgen_cores_busy=sum(per_core[c] for c in gen_cores) / len(gen_cores),
             t=time.monotonic(),
             server_cpu=cpu,
             server_rss=int(rss),
@@ -421,6 +436,8 @@ def summarize_samples(samples: list[Sample]) -> dict[str, Any]:
         "sock_rx_max": max(s.sock_rx for s in samples),
         "loadgen_cpu_mean": mean([s.loadgen_cpu for s in samples]),
         "loadgen_cpu_max": round(max(s.loadgen_cpu for s in samples), 1),
+        "server_cores_busy_mean": mean([s.server_cores_busy for s in samples]),
+        "loadgen_cores_busy_mean": mean([s.loadgen_cores_busy for s in samples]),
     }
 
 

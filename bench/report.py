@@ -116,10 +116,10 @@ def _rising_tables(results: dict[str, Any], scenario: str) -> tuple[list[str], l
                     n(d["lost"]),
                     codes(s["refused"]),
                     n(s["out_of_order"]),
-                    f"{res.get('server_cpu_mean', '-')}%",
+                    f"{res.get('server_cpu_mean', '-')}% ({res.get('server_cores_busy_mean', '-')}%)",
                     f"{res.get('redis_cpu_mean', '-')}%",
                     f"{s['loadgen_cpu_percent']}%",
-                    "yes" if s["sustainable"] else "NO",
+                    "yes" if s["sustainable"] else ("no, measured again" if s.get("retried") else "NO"),
                 ]
             )
     return head, rows, steps
@@ -135,7 +135,7 @@ STEP_HEAD = [
     "lost",
     "refused",
     "out of order",
-    "server CPU",
+    "server CPU (core busy)",
     "Redis CPU",
     "loadgen CPU",
     "ok",
@@ -453,6 +453,12 @@ def _resource_verdict(res: dict[str, Any], loadgen_cpu: float, cores_server: int
         found.append(f"Redis client output buffers ({mib(res['redis_output_buffer_max'])})")
     if (res.get("sock_tx_max") or 0) >= 4 * MB:
         found.append(f"socket send buffers ({mib(res['sock_tx_max'])} queued in the kernel)")
+    busy = res.get("server_cores_busy_mean") or 0
+    if busy >= 85 and scpu + rcpu < 85:
+        found.append(
+            f"the server's core(s) ({busy}% busy, of which the server {scpu}% and Redis {rcpu}%: "
+            "other processes on the machine took the rest, so this step was contended)"
+        )
     if loadgen_cpu >= 90:
         found.append(f"the load generator's CPU ({loadgen_cpu}%), so the server's real limit may be higher")
     if not found:
