@@ -175,6 +175,34 @@ return redis.call('XTRIM', KEYS[1], 'MINID', '0-' .. safe)
 """
 
 
+# KEYS: stream   ARGV: min idle ms, consumer name ('' for any)
+# Removes consumers of the persist group that hold no pending entry: the named
+# one (a worker that stopped cleanly), or any idle that long (workers that were
+# killed). Atomic, so a consumer cannot be handed entries between the check
+# and the removal (XGROUP DELCONSUMER drops its pending entries).
+_FORGET = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], 'persist')
+if not ok then return 0 end
+local removed = 0
+for _, c in ipairs(consumers) do
+  local name, pending, idle = nil, -1, -1
+  for i = 1, #c, 2 do
+    if c[i] == 'name' then name = c[i + 1] end
+    if c[i] == 'pending' then pending = c[i + 1] end
+    if c[i] == 'idle' then idle = c[i + 1] end
+  end
+  local wanted
+  if ARGV[2] ~= '' then wanted = (name == ARGV[2]) else wanted = (idle >= tonumber(ARGV[1])) end
+  if pending == 0 and wanted then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'persist', name)
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
 def _decode(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -247,6 +275,7 @@ class MessageLog:
         self.stream_keep = stream_keep
         self._append = client.register_script(_APPEND)
         self._trim = client.register_script(_TRIM)
+        self._forget = client.register_script(_FORGET)
 
     # -- writes -------------------------------------------------------------
 
@@ -369,6 +398,33 @@ class MessageLog:
             for stream, ids in by_stream.items():
                 pipe.xack(stream, GROUP, *ids)
             await pipe.execute()
+
+    async def trim_rooms(self, room_ids: Sequence[int]) -> int:
+        """``trim`` for several rooms in one round trip; returns entries removed."""
+        if not room_ids:
+            return 0
+        async with self.client.pipeline(transaction=False) as pipe:
+            for rid in room_ids:
+                await self._trim(keys=[stream_key(rid), seq_key(rid)], args=[self.stream_keep], client=pipe)
+            results: list[Any] = await pipe.execute()
+        return sum(int(r) for r in results)
+
+    async def persist_forget(
+        self, *, room_ids: Sequence[int], consumer: str | None = None, min_idle_ms: int = 0
+    ) -> int:
+        """Remove group consumers that hold no pending entry; returns how many were removed.
+
+        With ``consumer``: that one (a worker stopping cleanly). Without: every
+        consumer idle for ``min_idle_ms`` or longer (workers that were killed;
+        a live worker reads every room stream many times a second).
+        """
+        if not room_ids:
+            return 0
+        async with self.client.pipeline(transaction=False) as pipe:
+            for rid in room_ids:
+                await self._forget(keys=[stream_key(rid)], args=[min_idle_ms, consumer or ""], client=pipe)
+            results: list[Any] = await pipe.execute()
+        return sum(int(r) for r in results)
 
     async def trim(self, room_id: int) -> int:
         """Trim a room stream below what is persisted; returns entries removed."""

@@ -39,6 +39,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import close_old_connections, connections
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat import services
 from chat.messagelog import Entry, MessageLog, PendingEntry
@@ -49,8 +50,12 @@ logger = logging.getLogger("kaiwa.worker")
 IDLE_BLOCK_MS = 500  # how long one XREADGROUP waits when there is nothing to do
 ROOMS_REFRESH_SECONDS = 0.5  # new rooms are noticed within this (plus IDLE_BLOCK_MS)
 BACKLOG_CHECK_SECONDS = 10.0
+PRUNE_SECONDS = 600.0  # how often consumers of killed workers are removed from the group
+PRUNE_IDLE_MS = 3_600_000  # a live worker touches its streams many times a second
+READ_GRACE_SECONDS = 10.0
 BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
+FLAP_SECONDS = 5.0
 
 
 def consumer_name() -> str:
@@ -82,32 +87,41 @@ class WorkerStats:
 
 
 class _Outage:
-    """Log an outage once when it starts and once when it ends, never per attempt."""
+    """Log an outage once when it starts and once when it ends, never per attempt.
+
+    A failure soon after a recovery (another pooled connection to the old
+    server going stale) counts as the same outage and is logged at debug level.
+    """
 
     def __init__(self, what: str) -> None:
         self.what = what
         self.since: float | None = None
+        self.recovered_at: float | None = None
+        self.quiet = False
         self.delay = BACKOFF_FIRST_SECONDS
 
     def failed(self, exc: BaseException, detail: str) -> float:
+        now = time.monotonic()
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split()) or 'no detail'}"
         if self.since is None:
-            self.since = time.monotonic()
-            logger.warning(
-                "%s unavailable (%s: %s); %s; retrying with backoff",
-                self.what,
-                type(exc).__name__,
-                " ".join(str(exc).split()) or "no detail",
-                detail,
-            )
+            self.since = now
+            self.quiet = self.recovered_at is not None and now - self.recovered_at < FLAP_SECONDS
+            if self.quiet:
+                logger.debug("%s failed again right after recovering (%s)", self.what, reason)
+            else:
+                logger.warning("%s unavailable (%s); %s; retrying with backoff", self.what, reason, detail)
         else:
-            logger.debug("%s still unavailable: %s", self.what, " ".join(str(exc).split()))
+            logger.debug("%s still unavailable: %s", self.what, reason)
         delay = self.delay
         self.delay = min(self.delay * 2, BACKOFF_MAX_SECONDS)
         return delay
 
     def ok(self) -> None:
         if self.since is not None:
-            logger.warning("%s is back after %.1f s", self.what, time.monotonic() - self.since)
+            now = time.monotonic()
+            level = logging.DEBUG if self.quiet else logging.WARNING
+            logger.log(level, "%s is back after %.1f s", self.what, now - self.since)
+            self.recovered_at = now
         self.since = None
         self.delay = BACKOFF_FIRST_SECONDS
 
@@ -128,6 +142,7 @@ class Worker:
         claim_idle_ms: int | None = None,
         backlog_warn: int | None = None,
         stop_grace_seconds: float | None = None,
+        redis: aioredis.Redis | None = None,
     ) -> None:
         self.consumer = consumer or consumer_name()
         self.batch_size = batch_size or settings.KAIWA_WORKER_BATCH_SIZE
@@ -141,13 +156,20 @@ class Worker:
         self._stopping = asyncio.Event()
         self._stop_deadline: float | None = None
         self._task: asyncio.Task[None] | None = None
+        # XREADGROUP BLOCK gets a connection with no socket timeout of its own;
+        # everything else goes through a client with timeouts (the server
+        # process's pool when embedded), so a silent Redis cannot hang the worker.
+        self._shared_client = redis
         self._client: aioredis.Redis | None = None
+        self._reader_client: aioredis.Redis | None = None
         self._log: MessageLog | None = None
+        self._reader: MessageLog | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._rooms: list[int] = []
         self._rooms_at = 0.0
         self._claim_at = 0.0
         self._backlog_at = 0.0
+        self._prune_at = time.monotonic()
         self._backlog_high = False
         self._db = _Outage("database")
         self._redis = _Outage("Redis")
@@ -188,10 +210,11 @@ class Worker:
         return self._stopping.is_set()
 
     async def run(self) -> None:
-        self._client = make_async_client(blocking_reads=True)
-        self._log = MessageLog(
-            self._client, dedup_seconds=settings.KAIWA_DEDUP_SECONDS, stream_keep=settings.KAIWA_STREAM_KEEP
-        )
+        self._reader_client = make_async_client(blocking_reads=True)
+        self._client = self._shared_client or make_async_client()
+        options = {"dedup_seconds": settings.KAIWA_DEDUP_SECONDS, "stream_keep": settings.KAIWA_STREAM_KEEP}
+        self._log = MessageLog(self._client, **options)
+        self._reader = MessageLog(self._reader_client, **options)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaiwa-worker-db")
         logger.info(
             "persistence worker started: consumer %s, batches of %d entries or %d ms",
@@ -211,6 +234,7 @@ class Worker:
                     logger.exception("persistence worker step failed; retrying in %.0f s", BACKOFF_MAX_SECONDS)
                     await self._sleep(BACKOFF_MAX_SECONDS)
             await self._flush()
+            await self._forget_self()
         except asyncio.CancelledError:
             logger.warning("persistence worker cancelled; unacknowledged entries stay pending in Redis")
             raise
@@ -233,6 +257,15 @@ class Worker:
                 self.stats.skipped,
             )
 
+    async def _forget_self(self) -> None:
+        """Leave the group's consumer lists clean (only if nothing is held: the script checks)."""
+        if self._batch or not self._rooms:
+            return
+        try:
+            await self._require_log().persist_forget(room_ids=self._rooms, consumer=self.consumer)
+        except RedisError as exc:
+            logger.debug("could not remove consumer %s from the group: %s", self.consumer, exc)
+
     async def _shutdown_resources(self) -> None:
         if self._executor is not None:
             executor = self._executor
@@ -241,9 +274,13 @@ class Worker:
             except (Exception, asyncio.CancelledError):
                 logger.debug("closing the worker's database connection failed", exc_info=True)
             executor.shutdown(wait=False)
-        if self._client is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._client.aclose()
+        clients = [self._reader_client]
+        if self._shared_client is None:
+            clients.append(self._client)
+        for client in clients:
+            if client is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await client.aclose()
 
     # -- the loop ------------------------------------------------------------------
 
@@ -259,6 +296,12 @@ class Worker:
         if now - self._backlog_at >= BACKLOG_CHECK_SECONDS:
             self._backlog_at = now
             await self._check_backlog()
+        if self._rooms and now - self._prune_at >= PRUNE_SECONDS:
+            self._prune_at = now
+            idle_ms = max(PRUNE_IDLE_MS, 10 * self.claim_idle_ms)
+            removed = await log.persist_forget(room_ids=self._rooms, min_idle_ms=idle_ms)
+            if removed:
+                logger.info("removed %d idle consumers (stopped workers) from the persist group", removed)
 
         if self._batch_full():
             await self._flush()
@@ -276,13 +319,25 @@ class Worker:
         if not self._rooms:
             await self._sleep(IDLE_BLOCK_MS / 1000)
             return
-        got = await log.persist_read(
+        # XREADGROUP's COUNT applies to each stream: share the room left in the
+        # batch among the rooms, so one read holds about one batch, not one per room.
+        room_left = self.batch_size - len(self._batch)
+        assert self._reader is not None
+        read = self._reader.persist_read(
             consumer=self.consumer,
             room_ids=self._rooms,
-            count=max(1, self.batch_size - len(self._batch)),
+            count=max(1, room_left // len(self._rooms)),
             block_ms=block,
             slugs={},
         )
+        try:
+            # The reader has no socket timeout (a blocked read must not be
+            # re-sent); this bounds a read that a dead connection never answers.
+            got = await asyncio.wait_for(read, timeout=block / 1000 + READ_GRACE_SECONDS)
+        except TimeoutError:
+            raise RedisTimeoutError(
+                f"no answer to XREADGROUP within {block / 1000 + READ_GRACE_SECONDS:.1f} s"
+            ) from None
         if got:
             self._add(got)
             logger.debug("read %d entries, batch now %d", len(got), len(self._batch))
@@ -372,12 +427,10 @@ class Worker:
         self._batch.clear()
         self._batch_started = None
         logger.debug("persisted a batch of %d entries (rooms %s)", written, rooms)
-        log = self._require_log()
-        for room_id in rooms:
-            try:
-                await log.trim(room_id)
-            except RedisError as exc:
-                logger.debug("trim of room %d failed (the next batch trims it): %s", room_id, exc)
+        try:
+            await self._require_log().trim_rooms(rooms)
+        except RedisError as exc:
+            logger.debug("trimming rooms %s failed (their next batch trims them): %s", rooms, exc)
 
     async def _write(self, entries: list[Entry]) -> int | None:
         """One transaction, retried until it commits; None if stopping ran out of time first."""

@@ -58,7 +58,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runtime.components["hub"] = hub
     app.state.runtime = runtime
     # The embedded persistence worker; KAIWA_WORKER_EMBEDDED=0 leaves it to `manage.py chatworker`.
-    worker = Worker() if settings.KAIWA_WORKER_EMBEDDED else None
+    worker = Worker(redis=client) if settings.KAIWA_WORKER_EMBEDDED else None
     if worker is not None:
         worker.start()
         runtime.components["worker"] = worker

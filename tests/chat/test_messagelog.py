@@ -147,3 +147,46 @@ def test_backlog_of_a_room_resumed_above_a_floor():
         assert room.oldest_age_ms is not None
 
     run(scenario)
+
+
+def test_trim_rooms_trims_each_room_in_one_round_trip():
+    """trim_rooms trims several rooms at once, each only below what is acknowledged."""
+
+    async def scenario(log: MessageLog) -> None:
+        await append(log, 1, 6)
+        await append(log, 2, 6)
+        got = await log.persist_read(consumer="a", room_ids=[1, 2], count=10, block_ms=None, slugs={})
+        await log.persist_ack([p for p in got if p.entry.room_id == 1])
+        assert await log.trim_rooms([1, 2, 3]) == 4
+        assert await stream_seqs(log, 1) == [5, 6]
+        assert await stream_seqs(log, 2) == list(range(1, 7))
+
+    run(scenario, keep=2)
+
+
+def test_forget_removes_only_consumers_without_pending_entries():
+    """persist_forget never removes a consumer that still holds entries (that would orphan them)."""
+
+    async def scenario(log: MessageLog) -> None:
+        await append(log, 1, 3)
+        await log.persist_read(consumer="busy", room_ids=[1], count=2, block_ms=None, slugs={})
+        await log.persist_read(consumer="done", room_ids=[1], count=1, block_ms=None, slugs={})
+        done = await log.persist_read(consumer="done", room_ids=[1], count=1, block_ms=None, slugs={})
+        assert done == []
+        await log.client.xack(stream_key(1), GROUP, "0-3")
+
+        async def names() -> set[str]:
+            return {c["name"].decode() for c in await log.client.xinfo_consumers(stream_key(1), GROUP)}
+
+        assert await names() == {"busy", "done"}
+        assert await log.persist_forget(room_ids=[1], consumer="busy") == 0
+        assert await log.persist_forget(room_ids=[1], consumer="done") == 1
+        assert await names() == {"busy"}
+        await append(log, 1, 1, start=3)
+        await log.persist_ack(await log.persist_read(consumer="idle", room_ids=[1], count=1, block_ms=None, slugs={}))
+        assert await names() == {"busy", "idle"}
+        assert await log.persist_forget(room_ids=[1, 2], min_idle_ms=3_600_000) == 0
+        assert await log.persist_forget(room_ids=[1, 2], min_idle_ms=0) == 1  # "idle"; "busy" holds 2 entries
+        assert await names() == {"busy"}
+
+    run(scenario)
