@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import httpx
 import pytest
 from django.contrib.auth import get_user_model
 from django.template.loader import render_to_string
@@ -411,3 +412,49 @@ def test_stylesheet_is_served_locally(client):
     """The page's stylesheet is our own file under /static/ (served by the ASGI app in production)."""
     page = html_of(client.get("/accounts/login/"))
     assert '<link rel="stylesheet" href="/static/chat/css/site.css">' in page
+
+
+# -- the whole first-time flow on a real server ------------------------------------------------------
+
+
+def _csrf_token(html: str) -> str:
+    match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_first_time_user_flow_under_uvicorn(start_server):
+    """Under `uvicorn project.asgi:application` with DEBUG: sign up, create a room, chat page, API, admin, log out."""
+    server = start_server(env={"DEBUG": "1"})
+    with httpx.Client(base_url=server.http, timeout=20) as browser:
+        signup = browser.get("/accounts/signup/")
+        assert "becomes an administrator" in signup.text
+        response = browser.post(
+            "/accounts/signup/",
+            data={
+                "username": "first",
+                "password": PASSWORD,
+                "password_confirm": PASSWORD,
+                "csrfmiddlewaretoken": _csrf_token(signup.text),
+            },
+        )
+        assert response.status_code == 302 and response.headers["location"] == "/"
+        rooms = browser.get("/")
+        assert rooms.status_code == 200 and "first" in rooms.text
+        response = browser.post("/", data={"name": "Kaiwa lounge", "csrfmiddlewaretoken": _csrf_token(rooms.text)})
+        assert response.status_code == 302 and response.headers["location"] == "/rooms/kaiwa-lounge/"
+        room = browser.get("/rooms/kaiwa-lounge/")
+        assert room.status_code == 200 and 'data-room="kaiwa-lounge"' in room.text
+        assert "script-src 'self'" in room.headers["content-security-policy"]
+        css = browser.get("/static/chat/css/site.css")
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+        api = browser.get("/api/rooms/")
+        assert api.json() == {
+            "rooms": [{"slug": "kaiwa-lounge", "name": "Kaiwa lounge", "private": False, "last_seq": 0}]
+        }
+        admin = browser.get("/admin/chat/room/")
+        assert admin.status_code == 200 and "Kaiwa lounge" in admin.text
+        response = browser.post("/accounts/logout/", data={"csrfmiddlewaretoken": _csrf_token(room.text)})
+        assert response.status_code == 302
+        assert browser.get("/api/rooms/").status_code == 403
