@@ -547,3 +547,38 @@ def test_sends_pending_when_the_page_reloads_are_delivered_once(
     assert_each_seq_once(wait_for_bodies(b, expected, timeout=RECONNECT_TIMEOUT_MS))
     # Nothing is left to re-send on the next reload.
     assert a.evaluate("() => Object.keys(sessionStorage).map(k => JSON.parse(sessionStorage.getItem(k)).length)") == [0]
+
+
+def test_a_long_absence_reloads_history_when_the_server_resets_the_join(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """The browser goes offline (status says so) while more messages arrive than the server replays: the
+    `joined` answer has `reset: true` and the page reloads the history over HTTP, missing and doubling nothing."""
+    alice, _bob = make_user("alice"), make_user("bob")
+    services.room_create(name="General", slug="general", creator=alice)
+    server = start_server(env={"KAIWA_BACKLOG_LIMIT": "3"})
+    a_ctx = browsers.context()
+    a = browsers.page(a_ctx)
+    frames: list[dict[str, Any]] = []
+    a.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(json.loads(payload))))
+    log_in_and_wait(a, login, server, "alice", "general")
+    b = open_room(browsers, login, server, "bob", "general")
+    send(b, "m0")
+    wait_for_bodies(a, ["m0"])
+
+    a_ctx.set_offline(True)
+    expect(a.locator(".conn")).to_have_attribute("data-state", "offline")
+    expect(a.locator(".conn")).to_contain_text("Offline")
+    expect(b.locator(".presence__list li")).to_have_count(1)
+    expected = ["m0"] + [f"m{i}" for i in range(1, 7)]
+    for body in expected[1:]:
+        send(b, body)
+    wait_for_bodies(b, expected)
+
+    a_ctx.set_offline(False)
+    wait_connected(a)
+    assert_each_seq_once(wait_for_bodies(a, expected))
+    joins = [f for f in frames if f.get("type") == "joined" and f.get("room") == "general"]
+    assert [j["reset"] for j in joins] == [False, True], joins
+    send(b, "after")
+    assert_each_seq_once(wait_for_bodies(a, [*expected, "after"]))
