@@ -489,3 +489,36 @@ def test_redis_outage_then_recovery(start_worker, make_user, redis_server_proces
     assert_exactly_once(after, 30)
     assert lines_with(worker, "Redis unavailable") == 1
     assert worker.terminate() == 0
+
+
+def test_stop_during_a_database_outage_acknowledges_nothing(start_worker, make_user):
+    """Stopped while the database is away, the worker exits 0 without acking; a later worker writes all."""
+    ann = make_user("ann")
+    lobby = make_room("lobby")
+    append(lobby, ann, 40)
+    with database_locked():
+        worker = start_worker(env={"KAIWA_SHUTDOWN_GRACE_SECONDS": "1", "KAIWA_WORKER_BATCH_MS": "10"})
+        worker.wait_for_line("writing a batch of 40 entries")
+        assert worker.terminate(timeout=60) == 0
+        worker.wait_for_line("stopping with 40 entries not written")
+        assert pending_count(lobby) == 40
+    assert Message.objects.filter(room=lobby).count() == 0
+    start_worker(env={"KAIWA_WORKER_CLAIM_IDLE_MS": "200"})
+    wait_until(all_stored((lobby, 40)), "40 rows")
+    assert_exactly_once(lobby, 40)
+
+
+def test_server_shutdown_flushes_the_embedded_worker_batch(start_server, make_user):
+    """SIGTERM to uvicorn: the lifespan stops the embedded worker, which writes its batch before the exit."""
+    ann = make_user("ann")
+    lobby = make_room("lobby")
+    server = start_server(env={"KAIWA_LOG_LEVEL": "DEBUG", "KAIWA_WORKER_BATCH_MS": "600000"})
+    append(lobby, ann, 25)
+    server.wait_for_line("batch now 25")
+    assert Message.objects.filter(room=lobby).count() == 0
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so its exit status reports it.
+    assert server.terminate(timeout=60) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in "".join(server.lines)
+    assert stopped_stats(server) == 25
+    assert_exactly_once(lobby, 25)
+    assert pending_count(lobby) == 0
