@@ -62,6 +62,7 @@ class RoomPage {
     this.marks = new ReadMarks(config.userId ?? "anon");
     this.loadingOlder = false;
     this.stick = true; // the user is reading the newest messages
+    this.leftOff = null; // last visit's read mark: the "New messages" line goes after it
     this.unseen = 0; // messages that arrived while the user was scrolled up
     this.lastTypingSentAt = 0;
     this.typingTimer = null;
@@ -301,6 +302,8 @@ class RoomPage {
 
   async start() {
     for (const item of this.pending.forRoom(this.config.slug)) this.renderPending(item);
+    // Read before this visit marks anything read: where the user left off.
+    this.leftOff = this.marks.get(this.active.slug);
     await Promise.all([this.loadRoomList(), this.loadLatestWithRetry()]);
     this.socket.start();
   }
@@ -623,6 +626,7 @@ class RoomPage {
     this.textarea.value = "";
     this.composerError.hidden = true;
     this.lastTypingSentAt = 0;
+    this.leftOff = null;
     this.renderPending(item);
     this.scrollToBottom();
     this.transmit(item);
@@ -678,6 +682,23 @@ class RoomPage {
     this.list.insertBefore(li, anchor);
     updateGrouping(li, li.previousElementSibling);
     updateGrouping(li.nextElementSibling, li);
+    this.markLeftOff();
+  }
+
+  /** Keep the "New messages" line above the first message after where the user left off last visit. */
+  markLeftOff() {
+    if (this.leftOff === null || this.leftOff === undefined) return;
+    let first = null;
+    for (const node of this.list.querySelectorAll("li[data-seq]")) {
+      if (Number(node.dataset.seq) > this.leftOff) {
+        first = node;
+        break;
+      }
+    }
+    if (first === null) return;
+    const before = first.previousElementSibling;
+    if (before && before.classList.contains("chat__divider")) return;
+    this.placeDivider(Number(first.dataset.seq));
   }
 
   pendingElement(clientId) {
@@ -840,23 +861,32 @@ class RoomPage {
 
   noteUnseen(seq, showButton) {
     if (this.unseen === 0) {
-      const marker = this.list.querySelector("li.chat__divider");
-      if (marker) marker.remove();
-      const first = this.list.querySelector(`li[data-seq="${seq}"]`);
-      if (first) {
-        const divider = el(
-          "li",
-          { cls: "chat__divider", attrs: { "aria-hidden": "true" } },
-          el("span", { text: "New messages" }),
-        );
-        this.list.insertBefore(divider, first);
-        updateGrouping(first, divider);
-      }
+      this.leftOff = null;
+      this.placeDivider(seq);
     }
     this.unseen += 1;
     this.jumpButton.textContent = `${this.unseen} new message${this.unseen === 1 ? "" : "s"} ↓`;
     if (showButton) this.jumpButton.hidden = false;
     this.renderTitle();
+  }
+
+  /** The "New messages" line, above the message with this seq (one line at a time). */
+  placeDivider(seq) {
+    const marker = this.list.querySelector("li.chat__divider");
+    if (marker) {
+      const next = marker.nextElementSibling;
+      marker.remove();
+      updateGrouping(next, next ? next.previousElementSibling : null);
+    }
+    const first = this.list.querySelector(`li[data-seq="${seq}"]`);
+    if (!first) return;
+    const divider = el(
+      "li",
+      { cls: "chat__divider", attrs: { "aria-hidden": "true" } },
+      el("span", { text: "New messages" }),
+    );
+    this.list.insertBefore(divider, first);
+    updateGrouping(first, divider);
   }
 
   clearUnseen() {
