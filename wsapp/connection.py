@@ -144,7 +144,13 @@ class Connection:
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
                 await self.send({"type": "websocket.close", "code": self.close_code, "reason": self.close_reason})
+            logger.debug("connection %s: close %s sent", self.id, self.close_code)
         except TimeoutError:
+            logger.warning(
+                "connection %s: the client read nothing for %.0f s; dropping it without a close frame",
+                self.id,
+                CLOSE_TIMEOUT_SECONDS,
+            )
             self.abandoned = True
             if self.reader is not None and not self.reader.done():
                 self.reader.cancel()
