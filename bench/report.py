@@ -52,7 +52,7 @@ def size(b: int) -> str:
 
 
 def mib(b: Any) -> str:
-    return "-" if not b else f"{b / MB:,.1f} MiB"
+    return "-" if b is None else f"{b / MB:,.1f} MiB"
 
 
 def codes(d: dict[str, int]) -> str:
@@ -97,7 +97,7 @@ def _rising_tables(results: dict[str, Any], scenario: str) -> tuple[list[str], l
                 label(kind),
                 n(r["max_sustainable_deliveries_per_s"]),
                 n(r["max_sustainable_rate_msgs"]),
-                r["first_failure"] or "none up to the highest rate tried",
+                r["first_failure"] or r.get("stopped_early") or "none up to the highest rate tried",
                 ms(best["latency_ms"]["normal"]["p99"]) if best else "-",
                 f"{best['loadgen_cpu_percent']}%" if best else "-",
             ]
@@ -392,9 +392,8 @@ def plots(results: dict[str, Any]) -> list[Path]:
             ax.set_yscale("log")
             ax.set_xlabel("offered deliveries/s")
             ax.set_ylabel("latency, ms (send to receive)")
-            ax.set_title(
-                "fan-out: 1 room" if scenario == "fanout" else "many rooms" + " (x = loss or p99 > 100 ms)", fontsize=10
-            )
+            where = "fan-out: 1 room" if scenario == "fanout" else "many rooms"
+            ax.set_title(f"{where} (x: loss, refusal or p99 > 100 ms)", fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
@@ -405,7 +404,7 @@ def plots(results: dict[str, Any]) -> list[Path]:
 
     panels = [s for s in ("payload_default", "payload_large") if s in results["scenarios"]]
     if panels:
-        fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.2), squeeze=False)
         for ax, scenario in zip(axes[0], panels, strict=True):
             series = [(k, e) for k, e in entries(results, scenario) if "error" not in e]
             sizes = sorted({p["size"] for _, e in series for p in e["result"]})
@@ -422,13 +421,14 @@ def plots(results: dict[str, Any]) -> list[Path]:
                 ax.bar(xs, rf, width, bottom=dv, color=c, alpha=0.4, hatch="//", label=f"{label(kind)} refused")
                 ax.bar(
                     xs, ls, width, bottom=[a + b for a, b in zip(dv, rf, strict=True)], color="black",
-                    label=f"{label(kind)} lost" if i == 0 else None,
+                    label="lost (any server)" if i == 0 else None,
                 )  # fmt: skip
             ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(sizes))])
             ax.set_xticklabels([size(s) for s in sizes])
             ax.set_ylabel("% of expected deliveries")
             ax.set_title("default limits" if scenario == "payload_default" else "raised limits", fontsize=10)
-            ax.legend(fontsize=7)
+            ax.set_ylim(0, 105)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
         fig.tight_layout()
         path = IMG_DIR / "bench-payload.png"
         fig.savefig(path, dpi=110)
@@ -470,52 +470,68 @@ def _resource_verdict(res: dict[str, Any], loadgen_cpu: float, cores_server: int
 
 
 def answer(results: dict[str, Any]) -> list[str]:
+    """Per server: the rate and payload size where it first lost or refused messages, and what ran out."""
     lines: list[str] = []
     sc = results["scenarios"]
     for kind in ("kaiwa", "channels", "relay"):
         parts: list[str] = []
-        fan = sc.get("fanout", {}).get(kind)
-        if fan and "result" in fan:
+        for scen, where in (("fanout", "fan-out"), ("many_rooms", "many rooms")):
+            fan = sc.get(scen, {}).get(kind)
+            if not fan or "result" not in fan:
+                continue
             r = fan["result"]
             steps = r["steps"]
-            first_loss = next((s for s in steps if s["deliveries"]["normal"]["lost"] > 0), None)
-            parts.append(
-                f"in one room of {r['connections_per_room']}, it sustained "
-                f"{n(r['max_sustainable_deliveries_per_s'])} deliveries/s ({n(r['max_sustainable_rate_msgs'])} msg/s)"
-            )
-            if r["first_failure"]:
-                last = steps[-1]
-                parts.append(
-                    f"the next step failed ({r['first_failure']}); there the limit was "
-                    + _resource_verdict(last["resources"], last["loadgen_cpu_percent"], 1)
-                )
-            if first_loss is not None:
-                parts.append(
-                    f"it first lost messages at {n(first_loss['rate_msgs'])} msg/s "
-                    f"({n(first_loss['deliveries']['normal']['lost'])} deliveries)"
+            room = f"{r['rooms']} room(s) of {r['connections_per_room']}"
+            best = next((st for st in reversed(steps) if st["sustainable"]), None)
+            if best:
+                text = (
+                    f"{where} ({room}): sustained {n(r['max_sustainable_deliveries_per_s'])} deliveries/s "
+                    f"({n(r['max_sustainable_rate_msgs'])} msg/s, p99 {ms(best['latency_ms']['normal']['p99'])} ms)"
                 )
             else:
-                parts.append("it lost no delivery at any fan-out rate tried")
+                text = f"{where} ({room}): no rate tried was sustainable"
+            if r["first_failure"]:
+                last = steps[-1]
+                text += f"; failed {r['first_failure']}; what ran out first: " + _resource_verdict(
+                    last["resources"], last["loadgen_cpu_percent"], 1
+                )
+            elif r.get("stopped_early"):
+                text += f"; {r['stopped_early']}"
+            first_loss = next((st for st in steps if st["deliveries"]["normal"]["lost"] > 0), None)
+            if first_loss is not None:
+                d = first_loss["deliveries"]["normal"]
+                text += (
+                    f"; **first lost messages at {n(first_loss['rate_msgs'])} msg/s** "
+                    f"({n(d['lost'])} of {n(d['expected'])} deliveries, with no error and no close code)"
+                    if not first_loss.get("closes")
+                    else f"; first lost messages at {n(first_loss['rate_msgs'])} msg/s "
+                    f"({n(d['lost'])} of {n(d['expected'])} deliveries; closes: {codes(first_loss.get('closes', {}))})"
+                )
+            else:
+                top = max(st["rate_msgs"] for st in steps) if steps else 0
+                text += f"; lost nothing at any rate tried (up to {n(top)} msg/s)"
+            parts.append(text)
         for scen in ("payload_default", "payload_large"):
             pay = sc.get(scen, {}).get(kind)
             if not pay or "result" not in pay:
                 continue
-            where = "with default limits" if scen == "payload_default" else "with raised limits"
+            where = "payload sweep, default limits" if scen == "payload_default" else "payload sweep, raised limits"
             lost = [p for p in pay["result"] if p["deliveries"]["normal"]["lost"] > 0]
             refused = [p for p in pay["result"] if p["refused"]]
+            text = f"{where}: "
             if lost:
                 p = lost[0]
-                parts.append(
-                    f"{where} it first lost messages at {size(p['size'])} bodies "
-                    f"({p['deliveries']['normal']['lost']} of {p['deliveries']['normal']['expected']} deliveries; "
+                text += (
+                    f"**first lost messages at {size(p['size'])} bodies** ({p['deliveries']['normal']['lost']} of "
+                    f"{p['deliveries']['normal']['expected']} deliveries); what ran out first: "
                     + _resource_verdict(p["resources"], p["loadgen_cpu_percent"], 1)
-                    + ")"
                 )
             else:
-                parts.append(f"{where} it lost nothing up to {size(max(p['size'] for p in pay['result']))}")
+                text += f"lost nothing up to {size(max(p['size'] for p in pay['result']))}"
             if refused:
                 p = refused[0]
-                parts.append(f"{where} it refused {size(p['size'])} bodies with {codes(p['refused'])}")
+                text += f"; from {size(p['size'])} on, refused ({codes(p['refused'])})"
+            parts.append(text)
         for scen, what in (("slow", "1 KB"), ("slow_large", "1 MB")):
             sl = sc.get(scen, {}).get(kind)
             if not sl or "result" not in sl:
@@ -524,13 +540,92 @@ def answer(results: dict[str, Any]) -> list[str]:
             dn, ds = r["deliveries"]["normal"], r["deliveries"]["slow"]
             closes = ", ".join(str(c) for c in r["slow_close_codes"]) or "no close"
             parts.append(
-                f"with {what} messages and stalled readers: stalled readers saw {closes}, "
-                f"got {ds['delivered']} of {ds['expected']}; the others lost {dn['lost']} "
-                f"(p99 {ms(r['latency_ms']['normal']['p99'])} ms)"
+                f"stalled readers, {what} at {r['rate_msgs']} msg/s: the stalled ones saw {closes}"
+                f" ({r['slow_reconnects']} reconnects) and got {ds['delivered']:,} of {ds['expected']:,}; "
+                f"the others lost {dn['lost']:,} (p99 {ms(r['latency_ms']['normal']['p99'])} ms); "
+                f"peak kernel send queue {mib(r['resources'].get('sock_tx_max'))}, "
+                f"Redis output buffer {mib(r['resources'].get('redis_output_buffer_max'))}, "
+                f"server RSS {mib(r['resources'].get('server_rss_max'))}"
             )
         if parts:
-            lines.append(f"- **{label(kind)}**: " + "; ".join(parts) + ".")
+            lines.append(f"- **{label(kind)}**")
+            lines += [f"  - {p}." for p in parts]
     return lines
+
+
+def losses(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Lost deliveries per server and scenario (every step, every receiver group)."""
+    names = {
+        "fanout": "fan-out",
+        "many_rooms": "many rooms",
+        "payload_default": "payload, default limits",
+        "payload_large": "payload, raised limits",
+        "slow": "slow readers 1 KB",
+        "slow_large": "slow readers 1 MB",
+    }
+    present = [s for s in names if s in results["scenarios"]]
+    rows = []
+    for kind in ("kaiwa", "channels", "relay"):
+        row = [label(kind)]
+        seen = False
+        for scen in present:
+            e = results["scenarios"][scen].get(kind)
+            if not e or "result" not in e:
+                row.append("-" if not e else "error")
+                continue
+            seen = True
+            r = e["result"]
+            items = r["steps"] if isinstance(r, dict) and "steps" in r else (r if isinstance(r, list) else [r])
+            lost = sum(d["lost"] for it in items for d in it["deliveries"].values())
+            expected = sum(d["expected"] for it in items for d in it["deliveries"].values())
+            row.append(f"{lost:,} of {expected:,}")
+        for scen in ("persist_sqlite", "persist_postgres"):
+            e = results["scenarios"].get(scen, {}).get(kind)
+            if e and "result" in e:
+                seen = True
+        if seen:
+            rows.append(row)
+    return ["server", *(names[s] for s in present)], rows
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    """Where Kaiwa stands against the targets set in the benchmark issue."""
+    sc = results["scenarios"]
+    out = []
+    k = sc.get("fanout", {}).get("kaiwa", {}).get("result")
+    r = sc.get("fanout", {}).get("relay", {}).get("result")
+    if k and r:
+        kv, rv = k["max_sustainable_deliveries_per_s"], r["max_sustainable_deliveries_per_s"]
+        verdict = "not measurable (the bare relay sustained no rate)" if not rv else ("met" if kv >= rv else "not met")
+        out.append(
+            f"- fan-out at least the bare relay's sustainable deliveries/s at p99 < 100 ms: **{verdict}** "
+            f"(Kaiwa {n(kv)}/s, bare relay {n(rv)}/s)."
+        )
+    idle = sc.get("idle", {}).get("kaiwa", {}).get("result")
+    if idle and idle.get("server_bytes_per_connection") is not None:
+        kb = idle["server_bytes_per_connection"] / 1024
+        out.append(
+            f"- at most 24 KB of server memory per idle connection: **{'met' if kb <= 24 else 'not met'}** "
+            f"({kb:.1f} KB measured over {idle['opened']:,} connections)."
+        )
+    for row in losses(results)[1]:
+        if row[0] == label("kaiwa"):
+            lost_total = 0
+            for cell in row[1:]:
+                if " of " in cell:
+                    lost_total += int(cell.split(" of ")[0].replace(",", ""))
+            missing = sum(
+                e["result"]["acked_missing_from_db"]
+                for scen in ("persist_sqlite", "persist_postgres")
+                if (e := sc.get(scen, {}).get("kaiwa")) and "result" in e
+            )
+            out.append(
+                "- zero messages lost in every scenario: "
+                f"**{'met' if lost_total == 0 and missing == 0 else 'not met'}** "
+                f"({lost_total:,} deliveries lost over the live scenarios, {missing:,} acked messages missing from the "
+                "database)."
+            )
+    return out
 
 
 def ratios(results: dict[str, Any]) -> list[str]:
@@ -635,6 +730,13 @@ def markdown(results: dict[str, Any], images: list[Path], json_path: Path) -> st
         *(answer(results) or ["- (no scenario completed)"]),
         "",
     ]
+    head, rows = losses(results)
+    if rows:
+        out += ["Lost deliveries (accepted or unanswered, never delivered to a receiver that stayed joined):", ""]
+        out += [md_table(head, rows), ""]
+    tg = targets(results)
+    if tg:
+        out += ["## Kaiwa against its targets (from the benchmark issue)", "", *tg, ""]
     if any(p.name == "bench-latency.png" for p in images):
         out += ["## Plots", "", "![latency percentiles vs offered rate](img/bench-latency.png)", ""]
     if any(p.name == "bench-payload.png" for p in images):

@@ -29,6 +29,7 @@ class Config:
     fanout_rates: list[int] = field(default_factory=list)  # messages/s into the room
     step_s: float = 4.0
     warmup_s: float = 1.0
+    ramp_max_s: float = 150.0  # a rising-rate scenario stops raising the rate after this long
     quiet_s: float = 1.5
     drain_max_s: float = 8.0
     many_rooms: int = 100
@@ -74,6 +75,7 @@ class Config:
             fanout_rates=[20, 200],
             step_s=1.0,
             warmup_s=0.5,
+            ramp_max_s=20.0,
             quiet_s=0.7,
             drain_max_s=3.0,
             many_rooms=20,
@@ -175,6 +177,7 @@ async def rising_rate(
     senders = [(m, m.rooms[0]) for i, m in enumerate(members) if i % conns_per_room < senders_per_room]
     steps: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
+    stopped_early: str | None = None
     receivers = conns_per_room
     try:
         # Warm-up (not recorded): first connections to Redis and the database, code paths, caches.
@@ -184,7 +187,11 @@ async def rising_rate(
         await fleet.drain(quiet=cfg.quiet_s, maximum=cfg.drain_max_s, expected=fleet.all_delivered(warm))
         queue = list(rates)
         retried: set[int] = set()
+        ramp_start = time.monotonic()
         while queue:
+            if time.monotonic() - ramp_start > cfg.ramp_max_s:
+                stopped_early = f"stopped raising the rate after {cfg.ramp_max_s:.0f} s (time budget)"
+                break
             rate = queue.pop(0)
             if not t.alive():
                 raise HarnessError(f"{t.kind.name} died during the run:\n{t.process.log_tail()}")
@@ -242,6 +249,7 @@ async def rising_rate(
         "max_sustainable_deliveries_per_s": best["delivered_per_s"] if best else 0,
         "max_sustainable_rate_msgs": best["rate_msgs"] if best else 0,
         "first_failure": _failure_reason(steps[-1]) if steps and not steps[-1]["sustainable"] else None,
+        "stopped_early": stopped_early,
     }
 
 
@@ -304,6 +312,12 @@ async def idle(t: Target, cfg: Config, note: Any) -> dict[str, Any]:
     n = cfg.idle_conns
     cookies = t.cookies(n)
     members = [fleet.add(cookies[i], [f"idle-{i // 10}"]) for i in range(n)]
+    # Warm-up: the first connections load code and fill caches; measure after them.
+    note("warm-up")
+    warm_fleet = _fleet(t)
+    warm = [warm_fleet.add(c, [f"idle-{i // 10}"]) for i, c in enumerate(t.reuse_cookies(min(100, n)))]
+    await _open_or_fail(warm_fleet, warm, f"{t.kind.name}: idle warm-up", concurrency=100, open_timeout=60)
+    await _close(warm_fleet)
     await asyncio.sleep(1.0)
     rss0 = t.sampler.rss_now()
     redis0 = t.sampler.redis_used_now()
