@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.core.paginator import Paginator
+from django.contrib.admin.views.main import ChangeList
+from django.core.paginator import Page, Paginator
 from django.db import connections
 from django.db.models import Max, QuerySet
 from django.http import HttpRequest
@@ -29,19 +30,29 @@ class LargeTablePaginator(Paginator):
     and a filtered list reports the cap; ``count_is_estimate`` tells the
     template to say "about" or "more than". Filters, search and the date
     hierarchy narrow big lists down to exact counts.
+
+    A filtered list (a search above all: ``body`` has no index to help) is
+    evaluated once, not twice: one bounded query collects the primary keys of
+    up to ``count_cap + 1`` matches in list order, which gives the count, and
+    the page is then read by primary key.
     """
 
     count_cap = 10_000
 
     count_is_estimate = False
     count_is_lower_bound = False
+    _matching_pks: list[Any] | None = None
 
     @cached_property
     def count(self) -> int:
         qs = self.object_list
         if not isinstance(qs, QuerySet):
             return super().count
-        capped = qs.order_by()[: self.count_cap + 1].count()
+        if qs.query.where:
+            self._matching_pks = list(qs.values_list("pk", flat=True)[: self.count_cap + 1])
+            capped = len(self._matching_pks)
+        else:
+            capped = qs.order_by()[: self.count_cap + 1].count()
         if capped <= self.count_cap:
             return capped
         if not qs.query.where:
@@ -51,6 +62,23 @@ class LargeTablePaginator(Paginator):
                 return estimate
         self.count_is_lower_bound = True
         return self.count_cap
+
+    @property
+    def matching_pks(self) -> list[Any] | None:
+        """Every matching primary key, when the list is filtered and within the cap."""
+        self.count  # noqa: B018 - computing the count collects the keys
+        pks = self._matching_pks
+        return pks if pks is not None and len(pks) <= self.count_cap else None
+
+    def page(self, number: Any) -> Page:
+        number = self.validate_number(number)
+        pks = self._matching_pks
+        if pks is None or not isinstance(self.object_list, QuerySet):
+            return super().page(number)
+        # count <= len(pks), so every valid page lies within the collected keys.
+        bottom = (number - 1) * self.per_page
+        rows = self.object_list.filter(pk__in=pks[bottom : bottom + self.per_page])
+        return Page(rows, number, self)
 
     @staticmethod
     def _table_estimate(qs: QuerySet[Any]) -> int:
@@ -65,6 +93,17 @@ class LargeTablePaginator(Paginator):
             return int(row[0]) if row and row[0] and row[0] > 0 else 0
         # An index lookup; an over-estimate only when rows were deleted.
         return int(qs.aggregate(top=Max("pk"))["top"] or 0)
+
+
+class MessageChangeList(ChangeList):
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        # When everything fits on one page Django re-runs the filtered query
+        # unpaginated; the paginator already has the matching keys, so read
+        # the rows by key instead of scanning again.
+        pks = getattr(self.paginator, "matching_pks", None)
+        if pks is not None and (not self.multi_page or (self.show_all and self.can_show_all)):
+            self.result_list = self.queryset.filter(pk__in=pks)
 
 
 class MembershipInline(admin.TabularInline):
@@ -124,6 +163,9 @@ class MessageAdmin(admin.ModelAdmin):
     # Facet counts run one COUNT per filter choice over the whole table.
     show_facets = admin.ShowFacets.NEVER
     list_per_page = 100
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return MessageChangeList
 
     def get_ordering(self, request: HttpRequest) -> list[str] | tuple[str, ...]:
         # Within one room, walk the (room, seq) unique index instead of

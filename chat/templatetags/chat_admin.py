@@ -48,13 +48,18 @@ class _RangeQuerySet:
 
     def __init__(self, queryset: QuerySet[Any]) -> None:
         self._queryset = queryset
+        self._cache: dict[str, Any] = {}
 
     def aggregate(self, **kwargs: Any) -> dict[str, Any]:
         # One query per aggregate: SQLite answers a lone MIN() or MAX() from the
-        # index, but scans the table for MIN() and MAX() together.
+        # index, but scans the table for MIN() and MAX() together. Cached: the
+        # widget asks for the same bounds twice.
         result: dict[str, Any] = {}
         for name, expression in kwargs.items():
-            result.update(self._queryset.aggregate(**{name: expression}))
+            key = repr(expression)
+            if key not in self._cache:
+                self._cache[key] = self._queryset.aggregate(value=expression)["value"]
+            result[name] = self._cache[key]
         return result
 
     def datetimes(self, field_name: str, kind: str) -> list[datetime]:
@@ -72,7 +77,13 @@ class _RangeQuerySet:
 class _ChangeListView:
     def __init__(self, cl: Any) -> None:
         self._cl = cl
-        self.queryset = _RangeQuerySet(cl.queryset)
+        bounds = cl.queryset
+        # When the paginator already collected every matching key (a search, a
+        # filter), read the bounds from those rows instead of filtering again.
+        pks = getattr(getattr(cl, "paginator", None), "matching_pks", None)
+        if pks is not None:
+            bounds = cl.model._default_manager.filter(pk__in=pks)
+        self.queryset = _RangeQuerySet(bounds)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cl, name)

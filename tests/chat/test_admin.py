@@ -250,6 +250,24 @@ def test_big_changelist_later_page_and_search(admin_client, big_room):
     assert facets.status_code == 200
 
 
+def test_search_reads_the_table_once_and_pages_in_order(admin_client, big_room):
+    """A search evaluates its LIKE once per page load, and its pages come in list order."""
+    with CaptureQueriesContext(connection) as ctx:
+        first = admin_client.get(MESSAGES, {"q": "message 1999"})
+    # The one scan; the page and the date bounds are then read by primary key.
+    likes = [q["sql"] for q in ctx.captured_queries if "LIKE" in q["sql"].upper() and '"id" IN (' not in q["sql"]]
+    assert len(likes) == 1, likes
+    page = html_of(first)
+    # "message 19990" ... "message 19999", "message 11999" and "message 1999": 12 matches, newest first.
+    assert "12 messages" in page
+    shown = [int(n) for n in re.findall(r">message (\d+)<", page)]
+    assert shown == [*range(19999, 19989, -1), 11999, 1999]
+    second = html_of(admin_client.get(MESSAGES, {"q": "message 15", "p": "2"}))
+    matching = sorted((n for n in range(1, BIG + 1) if "15" in str(n)), reverse=True)
+    assert f"{len(matching)} messages" in second
+    assert [int(n) for n in re.findall(r">message (\d+)<", second)] == matching[100:200]
+
+
 def test_date_hierarchy_drill_down_stays_cheap(admin_client, big_room):
     """Drilling into a year, a month and a day lists messages without DISTINCT scans or full counts."""
     steps = [
