@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils.text import slugify
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -178,7 +178,7 @@ def _existing_ids(model: Any, ids: set[int]) -> set[int]:
 
 
 @transaction.atomic
-def message_bulk_persist(*, entries: Sequence[Entry]) -> int:
+def message_bulk_persist(*, entries: Sequence[Entry], statement_timeout_ms: int | None = None) -> int:
     """Store messages from the Redis log in one transaction; returns how many are now stored.
 
     Idempotent on ``(room, seq)``: an entry already in the database (written
@@ -188,9 +188,16 @@ def message_bulk_persist(*, entries: Sequence[Entry]) -> int:
     name); entries of rooms deleted since are skipped, as the room's messages
     would have been deleted with it. ``created_at`` is the time Redis accepted
     the message, not the time of this write.
+
+    ``statement_timeout_ms`` bounds each statement on PostgreSQL (a lock wait
+    included), so a long-lived worker cannot hang on one batch; SQLite's busy
+    timeout does the same there.
     """
     if not entries:
         return 0
+    if statement_timeout_ms and connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [f"{statement_timeout_ms}ms"])
     rooms = _existing_ids(Room, {e.room_id for e in entries})
     users = _existing_ids(get_user_model(), {e.user_id for e in entries})
     rows = [

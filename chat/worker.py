@@ -53,6 +53,7 @@ BACKLOG_CHECK_SECONDS = 10.0
 PRUNE_SECONDS = 600.0  # how often consumers of killed workers are removed from the group
 PRUNE_IDLE_MS = 3_600_000  # a live worker touches its streams many times a second
 READ_GRACE_SECONDS = 10.0
+DB_STATEMENT_TIMEOUT_MS = 30_000  # a batch statement that waits longer (a lock, a stuck server) is retried
 BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
 FLAP_SECONDS = 5.0
@@ -69,7 +70,7 @@ def _persist_batch(entries: Sequence[Entry]) -> int:
     # dropped (PostgreSQL: returned to the pool, which checks it on checkout).
     close_old_connections()
     try:
-        return services.message_bulk_persist(entries=entries)
+        return services.message_bulk_persist(entries=entries, statement_timeout_ms=DB_STATEMENT_TIMEOUT_MS)
     finally:
         close_old_connections()
 

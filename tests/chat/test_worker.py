@@ -496,9 +496,9 @@ def test_stop_during_a_database_outage_acknowledges_nothing(start_worker, make_u
     ann = make_user("ann")
     lobby = make_room("lobby")
     append(lobby, ann, 40)
-    with database_locked():
-        worker = start_worker(env={"KAIWA_SHUTDOWN_GRACE_SECONDS": "1", "KAIWA_WORKER_BATCH_MS": "10"})
-        worker.wait_for_line("writing a batch of 40 entries")
+    with database_outage_control() as (env, outage), outage():
+        worker = start_worker(env={"KAIWA_SHUTDOWN_GRACE_SECONDS": "1", "KAIWA_WORKER_BATCH_MS": "10", **env})
+        worker.wait_for_line("database unavailable", timeout=60)
         assert worker.terminate(timeout=60) == 0
         worker.wait_for_line("stopping with 40 entries not written")
         assert pending_count(lobby) == 40

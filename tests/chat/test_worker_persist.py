@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
+from django.conf import settings
+from django.db import OperationalError
 
 from chat import services
 from chat.messagelog import Entry
 from chat.models import Message, Room
+from tests.conftest import database_url
 
 pytestmark = pytest.mark.django_db
 
@@ -73,3 +77,20 @@ def test_a_nul_character_does_not_block_the_queue(make_user):
 def test_empty_batch():
     """An empty batch touches nothing."""
     assert services.message_bulk_persist(entries=[]) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(
+    not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
+    reason="statement_timeout is PostgreSQL's; on SQLite the busy timeout bounds a lock wait (test_worker outage test)",
+)
+def test_statement_timeout_bounds_a_lock_wait(make_user):
+    """On PostgreSQL a batch stuck behind a lock fails after ``statement_timeout_ms`` instead of hanging."""
+    ann = make_user("ann")
+    room = Room.objects.create(slug="lobby", name="Lobby")
+    with psycopg.connect(database_url()) as other:
+        other.execute("LOCK TABLE chat_message IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(OperationalError, match="statement timeout"):
+            services.message_bulk_persist(entries=[entry(room, 1, user_id=ann.pk)], statement_timeout_ms=300)
+        other.rollback()
+    assert services.message_bulk_persist(entries=[entry(room, 1, user_id=ann.pk)], statement_timeout_ms=300) == 1
