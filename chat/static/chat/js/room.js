@@ -713,7 +713,11 @@ class RoomPage {
         own: true,
         kind: item.state === "failed" ? "failed" : "pending",
         error: item.error,
-        onRetry: () => this.retry(item.clientId),
+        onRetry: () => {
+          this.retry(item.clientId);
+          // The button is gone with the re-rendered message: keep focus somewhere useful.
+          this.textarea.focus();
+        },
         onDiscard: () => this.discard(item.clientId),
         pendingText: this.pendingText(),
       },
