@@ -144,3 +144,12 @@ def message_list(request: HttpRequest, slug: str) -> HttpResponse:
     return JsonResponse(
         {"messages": [selectors.message_frame(m, slug=room.slug) for m in messages], "has_more": has_more}
     )
+
+
+def not_found(request: HttpRequest, rest: str) -> HttpResponse:
+    """Any other path under /api/: a JSON 404 that lists the endpoints."""
+    return json_error(
+        404,
+        f"No API endpoint at {request.path!r}. The endpoints are GET /api/rooms/ and "
+        "GET /api/rooms/<slug>/messages?before=<seq>&limit=<1..100>.",
+    )

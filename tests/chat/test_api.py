@@ -221,3 +221,19 @@ def test_inactive_user_is_treated_as_anonymous(client_alice, alice, lobby):
     alice.is_active = False
     alice.save()
     assert client_alice.get(messages_url()).status_code == 403
+
+
+@pytest.mark.parametrize("path", ["/api/nope", "/api/rooms/lobby/messages/", "/api/rooms/lobby/", "/api/v2/rooms/"])
+def test_other_api_paths_are_json_404(client_alice, lobby, path):
+    """Unknown paths under /api/ get a JSON 404 naming the real endpoints."""
+    response = client_alice.get(path)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert "GET /api/rooms/<slug>/messages" in response.json()["error"]
+
+
+def test_head_is_allowed(client_alice, lobby):
+    """HEAD answers like GET, without a body."""
+    response = client_alice.head(messages_url())
+    assert response.status_code == 200
+    assert response.content == b""
