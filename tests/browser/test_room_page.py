@@ -584,3 +584,28 @@ def test_a_long_absence_reloads_history_when_the_server_resets_the_join(
     assert [j["reset"] for j in joins] == [False, True], joins
     send(b, "after")
     assert_each_seq_once(wait_for_bodies(a, [*expected, "after"]))
+
+
+def test_concurrent_senders_see_the_same_order(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """Two users sending bursts at the same time end up with the same list on both pages: every seq once,
+    in seq order, each user's messages in the order typed, nothing left pending."""
+    alice, _bob = make_user("alice"), make_user("bob")
+    services.room_create(name="General", slug="general", creator=alice)
+    server = start_server()
+    a = open_room(browsers, login, server, "alice", "general")
+    b = open_room(browsers, login, server, "bob", "general")
+
+    burst = 15
+    for i in range(burst):
+        send(a, f"a{i}")
+        send(b, f"b{i}")
+    everything = [f"a{i}" for i in range(burst)] + [f"b{i}" for i in range(burst)]
+    seen = [wait_for_body_set(page, everything) for page in (a, b)]
+    assert seen[0] == [{**item, "own": not item["own"]} for item in seen[1]]
+    for items in seen:
+        assert_each_seq_once(items)
+        bodies = [i["body"] for i in items]
+        assert [x for x in bodies if x.startswith("a")] == [f"a{i}" for i in range(burst)]
+        assert [x for x in bodies if x.startswith("b")] == [f"b{i}" for i in range(burst)]
