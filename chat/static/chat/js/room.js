@@ -364,6 +364,8 @@ class RoomPage {
       try {
         await this.loadLatest();
         this.historyError.hidden = true;
+        // After a reset the socket may have reconnected meanwhile: join now that `since` is known.
+        if (this.socket && this.socket.isOpen()) this.joinAll();
         return;
       } catch (err) {
         if (err instanceof HttpError && err.status === 404) {
