@@ -546,6 +546,10 @@ class RoomPage {
     this.removePendingElement(item.clientId);
     // The ack can overtake message frames of lower seq: store it for display,
     // but it does not move `lastSeq` (the frame itself will still arrive).
+    // A re-sent message acked with an old seq (accepted before a reload, long
+    // scrolled out of the loaded page) shows up when older pages load, not
+    // as a lone message that would also move the `before` cursor past a gap.
+    if (room.oldestSeq !== null && frame.seq < room.oldestSeq && room.hasMore) return;
     const added = room.addMessages([msg]);
     for (const m of added) this.insertMessage(m);
     this.scrollToBottom();
