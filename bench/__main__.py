@@ -21,7 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--scenarios", default="", help="comma-separated subset (default: all); see bench/runner.py")
     run.add_argument(
-        "--no-doc", action="store_true", help="do not rewrite docs/performance.md (results and plots are still written)"
+        "--no-doc",
+        action="store_true",
+        help="do not write the report page (results and plots are still written). A full run writes "
+        "docs/performance.md and docs/img/; a quick run writes them under bench/results/quick/",
     )
     rep = sub.add_parser("report", help="rebuild docs/performance.md and the plots from a results file")
     rep.add_argument("results", type=Path, nargs="?", default=Path("bench/results/latest.json"))
@@ -34,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
         results = json.loads(args.results.read_text())
         report.print_tables(results)
-        report.write_all(results, json_path=args.results.resolve())
-        print(f"\nwrote {report.DOC}", file=sys.stderr)
+        _, _, page = report.write_all(results, json_path=args.results.resolve())
+        print(f"\nwrote {page}", file=sys.stderr)
         return 0
 
     from bench import report, runner
@@ -61,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
 
         results = asyncio.run(runner.run(cfg, servers, only))
     report.print_tables(results)
-    json_path, images = report.write_all(results, doc=not args.no_doc)
+    json_path, images, page = report.write_all(results, doc=not args.no_doc)
     print(f"\nresults: {json_path}", file=sys.stderr)
     for img in images:
         print(f"plot: {img}", file=sys.stderr)
-    if not args.no_doc:
-        print(f"report: {report.DOC}", file=sys.stderr)
+    if page is not None:
+        print(f"report: {page}", file=sys.stderr)
     if results["errors"]:
         print(f"\nthe bench itself failed {len(results['errors'])} time(s): see the errors above", file=sys.stderr)
         return 1

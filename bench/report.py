@@ -15,8 +15,31 @@ from bench.procs import ROOT
 from bench.servers import KINDS
 
 RESULTS_DIR = ROOT / "bench" / "results"
-DOC = ROOT / "docs" / "performance.md"
-IMG_DIR = ROOT / "docs" / "img"
+
+
+def run_kind(results: dict[str, Any]) -> str:
+    """ "full" (every server, every scenario, full sizes), "quick", or "partial"."""
+    meta = results["meta"]
+    if meta["mode"] == "quick":
+        return "quick"
+    return "partial" if meta.get("partial") else "full"
+
+
+def outputs(results: dict[str, Any]) -> tuple[Path, Path, str]:
+    """(page, image directory, name of the "latest" JSON) for a run.
+
+    Only a complete full run writes docs/performance.md and docs/img/; a quick
+    run (CI, smoke tests) or a partial one (some servers or scenarios) writes
+    the same page and plots under bench/results/quick/ or .../partial/, so it
+    never replaces the figures of a full run.
+    """
+    kind = run_kind(results)
+    if kind == "full":
+        return ROOT / "docs" / "performance.md", ROOT / "docs" / "img", "latest.json"
+    base = RESULTS_DIR / kind
+    return base / "performance.md", base / "img", f"latest-{kind}.json"
+
+
 ORDER = ["kaiwa", "channels", "relay", "echo"]
 KB = 1024
 MB = 1024 * 1024
@@ -341,10 +364,10 @@ def print_tables(results: dict[str, Any]) -> None:
 def save_json(results: dict[str, Any]) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = results["meta"]["started"].replace(":", "").replace("-", "").replace("+0000", "Z")
-    path = RESULTS_DIR / f"{stamp}-{results['meta']['mode']}.json"
+    path = RESULTS_DIR / f"{stamp}-{run_kind(results)}.json"
     text = json.dumps(results, indent=1, default=str)
     path.write_text(text)
-    (RESULTS_DIR / "latest.json").write_text(text)
+    (RESULTS_DIR / outputs(results)[2]).write_text(text)
     return path
 
 
@@ -354,13 +377,13 @@ def save_json(results: dict[str, Any]) -> Path:
 COLORS = {"kaiwa": "#1b7f3b", "channels": "#c0392b", "relay": "#2c6fbb", "echo": "#888888"}
 
 
-def plots(results: dict[str, Any]) -> list[Path]:
+def plots(results: dict[str, Any], img_dir: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    IMG_DIR.mkdir(parents=True, exist_ok=True)
+    img_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
     panels = [s for s in ("fanout", "many_rooms") if s in results["scenarios"]]
@@ -397,7 +420,7 @@ def plots(results: dict[str, Any]) -> list[Path]:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
-        path = IMG_DIR / "bench-latency.png"
+        path = img_dir / "bench-latency.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -430,7 +453,7 @@ def plots(results: dict[str, Any]) -> list[Path]:
             ax.set_ylim(0, 105)
             ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
         fig.tight_layout()
-        path = IMG_DIR / "bench-payload.png"
+        path = img_dir / "bench-payload.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -674,9 +697,15 @@ def markdown(results: dict[str, Any], images: list[Path], json_path: Path) -> st
         "",
         f"Generated from the **{meta['mode']}** run started {meta['started']} "
         f"(took {meta.get('duration_s', '?')} s), commit `{m['git_commit']}`. "
-        f"Raw results: `{json_path.relative_to(ROOT)}` (also `bench/results/latest.json`).",
+        f"Raw results: `{_rel(json_path)}`.",
         "",
     ]
+    if run_kind(results) == "partial":
+        out += [
+            "> **This is a partial run** (only some servers or scenarios): "
+            f"servers {', '.join(meta.get('servers', []))}; scenarios {', '.join(meta.get('only') or ['all'])}.",
+            "",
+        ]
     if meta["mode"] != "full":
         out += [
             "> **This is a quick smoke run** (small sizes, short steps): it shows the harness works, "
@@ -760,11 +789,22 @@ def markdown(results: dict[str, Any], images: list[Path], json_path: Path) -> st
     return "\n".join(out)
 
 
-def write_all(results: dict[str, Any], *, doc: bool = True, json_path: Path | None = None) -> tuple[Path, list[Path]]:
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def write_all(
+    results: dict[str, Any], *, doc: bool = True, json_path: Path | None = None
+) -> tuple[Path, list[Path], Path | None]:
     """Save the JSON (unless it was loaded from ``json_path``), the plots and the page."""
     json_path = json_path or save_json(results)
-    images = plots(results)
-    if doc:
-        DOC.parent.mkdir(parents=True, exist_ok=True)
-        DOC.write_text(markdown(results, images, json_path))
-    return json_path, images
+    page, img_dir, _ = outputs(results)
+    images = plots(results, img_dir)
+    if not doc:
+        return json_path, images, None
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(markdown(results, images, json_path))
+    return json_path, images, page

@@ -201,6 +201,9 @@ async def run(cfg: sc.Config, servers: list[str], only: set[str] | None) -> dict
     results: dict[str, Any] = {
         "meta": {
             "mode": cfg.mode,
+            "servers": servers,
+            "only": sorted(only) if only else None,
+            "partial": only is not None or set(servers) != set(KINDS),
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": machine(pinning, nofile),
             "config": {k: v for k, v in vars(cfg).items()},
