@@ -37,6 +37,7 @@ def test_writes_rows_with_the_log_time(make_user):
     first = Message.objects.get(room=room, seq=1)
     assert (first.author_id, first.author_username, first.body, first.client_id) == (ann.pk, "ann", "hi", "c-1")
     assert first.created_at == datetime(2026, 1, 1, 0, 0, 0, 124000, tzinfo=UTC)
+    assert first.persisted_at > first.created_at
     assert Message.objects.get(room=room, seq=2).client_id == ""
 
 
@@ -51,6 +52,17 @@ def test_replaying_a_batch_writes_nothing_twice(make_user):
         (2, "first"),
         (3, "replay"),
     ]
+
+
+def test_a_batch_larger_than_one_statement(make_user):
+    """A big batch (more rows than one INSERT may carry parameters for) is stored whole, and replays cleanly."""
+    ann = make_user("ann")
+    room = Room.objects.create(slug="lobby", name="Lobby")
+    batch = [entry(room, seq, user_id=ann.pk, body=f"b{seq}") for seq in range(1, 1201)]
+    assert services.message_bulk_persist(entries=batch[:700]) == 700
+    assert services.message_bulk_persist(entries=batch) == 1200
+    rows = list(Message.objects.filter(room=room).order_by("seq").values_list("seq", "body"))
+    assert rows == [(seq, f"b{seq}") for seq in range(1, 1201)]
 
 
 def test_deleted_author_and_deleted_room(make_user):
