@@ -320,13 +320,14 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
     for scenario, db in (("persist_sqlite", "SQLite"), ("persist_postgres", "PostgreSQL")):
         for kind, e in entries(results, scenario):
             if "error" in e:
-                rows.append([label(kind), db, "error: " + e["error"][:80], *["-"] * 5])
+                rows.append([label(kind), db, "error: " + e["error"][:80], *["-"] * 6])
                 continue
             r = e["result"]
             rows.append(
                 [
                     label(kind),
                     db,
+                    n(r["offered_rate_msgs"]),
                     f"{r['acked']}/{r['sent']}",
                     n(r["db"]["rows"]),
                     n(r["acked_missing_from_db"]),
@@ -339,7 +340,17 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         out.append(
             (
                 "Persistence: acked messages reaching the database",
-                ["server", "database", "acked/sent", "rows", "acked but missing", "lag p50 ms", "lag p99 ms", "rows/s"],
+                [
+                    "server",
+                    "database",
+                    "offered msg/s",
+                    "acked/sent",
+                    "rows",
+                    "acked but missing",
+                    "lag p50 ms",
+                    "lag p99 ms",
+                    "rows/s",
+                ],
                 rows,
             )
         )
@@ -482,6 +493,15 @@ def _resource_verdict(res: dict[str, Any], loadgen_cpu: float, cores_server: int
             f"the server's core(s) ({busy}% busy, of which the server {scpu}% and Redis {rcpu}%: "
             "other processes on the machine took the rest, so this step was contended)"
         )
+    rss = res.get("server_rss_max") or 0
+    try:
+        import psutil
+
+        total = psutil.virtual_memory().total
+    except Exception:
+        total = 0
+    if total and rss >= total / 4:
+        found.append(f"memory (server RSS {mib(rss)} of {mib(total)})")
     if loadgen_cpu >= 90:
         found.append(f"the load generator's CPU ({loadgen_cpu}%), so the server's real limit may be higher")
     if not found:

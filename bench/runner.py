@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -96,7 +97,6 @@ class Progress:
         self.t0 = time.monotonic()
         self.tty = sys.stderr.isatty()
         self._task: asyncio.Task[None] | None = None
-        self._last_plain = ""
 
     def _line(self) -> str:
         width = 24
@@ -121,11 +121,9 @@ class Progress:
 
     def note(self, detail: str) -> None:
         self.detail = detail
-        if not self.tty and detail.split(" ")[0] != self._last_plain:
-            # Plain logs get one line per change of step, not one per connection.
-            if "/" not in detail:
-                print("    " + self._line(), file=sys.stderr, flush=True)
-            self._last_plain = detail.split(" ")[0]
+        # Plain logs get one line per step, not one per connection opened ("12/2000 open").
+        if not self.tty and not re.match(r"^\d+/\d+", detail):
+            print("    " + self._line(), file=sys.stderr, flush=True)
 
     def advance(self) -> None:
         self.done += 1
