@@ -43,6 +43,9 @@ function readConfig(root) {
   };
 }
 
+/** The database has not caught up with the live stream yet (the worker lags): try again shortly. */
+class CatchingUp extends Error {}
+
 class HttpError extends Error {
   constructor(status, message) {
     super(message);
@@ -359,10 +362,16 @@ class RoomPage {
     if (this.socket.isOpen()) this.joinAll();
   }
 
-  async loadLatestWithRetry() {
+  /**
+   * Load the latest page of history, retrying with backoff. With `boundary`
+   * (a `joined.last_seq` after a reset) the page must reach that seq: the
+   * live stream starts right after it, so until the worker has persisted it
+   * there would be a hole.
+   */
+  async loadLatestWithRetry(boundary = null) {
     for (let attempt = 0; ; attempt += 1) {
       try {
-        await this.loadLatest();
+        await this.loadLatest(boundary);
         this.historyError.hidden = true;
         // After a reset the socket may have reconnected meanwhile: join now that `since` is known.
         if (this.socket && this.socket.isOpen()) this.joinAll();
@@ -372,8 +381,9 @@ class RoomPage {
           this.showHistoryError("This room does not exist, or you are not a member of it.");
           return;
         }
-        this.showHistoryError(`Could not load the history: ${err.message} Retrying…`);
-        await new Promise((resolve) => setTimeout(resolve, Math.min(30000, 1000 * 2 ** attempt)));
+        if (err instanceof CatchingUp) this.showHistoryError("Catching up with the history…");
+        else this.showHistoryError(`Could not load the history: ${err.message} Retrying…`);
+        await new Promise((resolve) => setTimeout(resolve, Math.min(30000, 250 * 2 ** attempt)));
       }
     }
   }
@@ -383,14 +393,16 @@ class RoomPage {
     this.historyError.hidden = false;
   }
 
-  async loadLatest() {
-    const data = await this.fetchJson(`${this.config.messagesUrl}?limit=${PAGE_SIZE}`);
+  async loadLatest(boundary = null) {
+    const before = boundary !== null && boundary > 0 ? `&before=${boundary + 1}` : "";
+    const data = await this.fetchJson(`${this.config.messagesUrl}?limit=${PAGE_SIZE}${before}`);
     const messages = Array.isArray(data.messages) ? data.messages : [];
     const added = this.active.addHistoryPage(messages, Boolean(data.has_more), { latest: true });
     this.settleFromHistory(messages);
     for (const msg of added) this.insertMessage(msg);
     this.renderHistoryEdge();
     this.scrollToBottom();
+    if (before && !this.active.messages.has(boundary)) throw new CatchingUp(`seq ${boundary} is not stored yet`);
   }
 
   async loadOlder() {
@@ -500,7 +512,7 @@ class RoomPage {
         for (const node of Array.from(this.list.querySelectorAll("li:not(.msg--pending):not(.msg--failed)"))) {
           node.remove();
         }
-        this.loadLatestWithRetry();
+        this.loadLatestWithRetry(lastSeq);
       }
     }
     room.knownLastSeq = Math.max(room.knownLastSeq, lastSeq);

@@ -80,10 +80,11 @@ export class RoomState {
       for (const seq of seqs) if (seq === top + 1) top = seq;
       if (seqs.length && top > this.lastSeq) this.lastSeq = top;
       this.historyLoaded = true;
-      if (wasEmpty) this.hasMore = hasMore;
-    } else {
-      this.hasMore = hasMore;
     }
+    // `has_more` speaks for what lies below this page: it counts when the
+    // page reaches down to the oldest message we hold.
+    const lowest = messages.reduce((low, m) => (Number.isInteger(m.seq) ? Math.min(low, m.seq) : low), Infinity);
+    if (!latest || wasEmpty || lowest <= this.oldestSeq) this.hasMore = hasMore;
     return added;
   }
 
