@@ -76,6 +76,9 @@ class Command(BaseCommand):
         total = sum(r.total for r in rooms)
         pending = sum(r.pending for r in rooms)
         ages = [r.oldest_age_ms for r in rooms if r.oldest_age_ms is not None]
+        if not total:
+            self.stdout.write("backlog: 0 entries not yet in the database")
+            return
         self.stdout.write(
             f"backlog: {total} entries not yet in the database ({pending} being written or held by a "
             f"stopped worker, {total - pending} not read yet); oldest {_age(max(ages) if ages else None)} old"
