@@ -516,6 +516,16 @@ def answer(results: dict[str, Any]) -> list[str]:
     """Per server: the rate and payload size where it first lost or refused messages, and what ran out."""
     lines: list[str] = []
     sc = results["scenarios"]
+    cal = sc.get("calibration", {}).get("echo", {}).get("result")
+    if cal:
+        best = next((st for st in reversed(cal["steps"]) if st["sustainable"]), None)
+        lines.append(
+            f"- **load generator** (against the echo server): sustained {n(cal['max_sustainable_deliveries_per_s'])} "
+            f"deliveries/s"
+            + (f" using {best['loadgen_cpu_percent']}% of its core" if best else "")
+            + (f"; {cal['first_failure']}" if cal["first_failure"] else "")
+            + ". A server figure close to this one is the load generator's limit, not the server's."
+        )
     for kind in ("kaiwa", "channels", "relay"):
         parts: list[str] = []
         for scen, where in (("fanout", "fan-out"), ("many_rooms", "many rooms")):

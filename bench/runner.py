@@ -250,7 +250,8 @@ async def run(cfg: sc.Config, servers: list[str], only: set[str] | None) -> dict
                     progress.phase(f"{KINDS[session.kind].label}: {title}")
                     t0 = time.monotonic()
                     try:
-                        value = await fn(target, cfg, progress.note)
+                        async with asyncio.timeout(cfg.scenario_timeout_s):
+                            value = await fn(target, cfg, progress.note)
                         entry = {"result": value, "seconds": round(time.monotonic() - t0, 1)}
                     except Exception as exc:
                         tb = traceback.format_exc(limit=6)

@@ -30,6 +30,7 @@ class Config:
     step_s: float = 4.0
     warmup_s: float = 1.0
     ramp_max_s: float = 150.0  # a rising-rate scenario stops raising the rate after this long
+    scenario_timeout_s: float = 600.0  # a scenario still running after this long is a harness failure
     quiet_s: float = 1.5
     drain_max_s: float = 8.0
     many_rooms: int = 100
@@ -78,6 +79,7 @@ class Config:
             step_s=1.0,
             warmup_s=0.5,
             ramp_max_s=20.0,
+            scenario_timeout_s=180.0,
             quiet_s=0.7,
             drain_max_s=3.0,
             many_rooms=20,
