@@ -70,6 +70,11 @@ def plan(cfg: sc.Config, servers: list[str], only: set[str] | None, pg_ok: bool)
             main.append("payload_default")
         if cfg.mode == "quick" and kind == "relay":
             main = ["fanout"]
+        # A quick run saves a server start: SQLite persistence runs last on the
+        # main server (a full run gives it a server and database of its own).
+        quick_persist = cfg.mode == "quick" and kind in ("kaiwa", "channels")
+        if quick_persist:
+            main.append("persist_sqlite")
         main = [s for s in main if want(s)]
         if main:
             out.append(Session(kind, Profile("default"), main, max(main_fresh, small)))
@@ -79,7 +84,7 @@ def plan(cfg: sc.Config, servers: list[str], only: set[str] | None, pg_ok: bool)
         if large:
             out.append(Session(kind, Profile("large"), large, max(small, cfg.slow_large_conns)))
         if kind in ("kaiwa", "channels"):
-            if want("persist_sqlite"):
+            if want("persist_sqlite") and not quick_persist:
                 out.append(Session(kind, Profile("default", "sqlite"), ["persist_sqlite"], 20))
             if want("persist_postgres") and pg_ok:
                 out.append(Session(kind, Profile("default", "postgres"), ["persist_postgres"], 20))
