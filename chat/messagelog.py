@@ -22,13 +22,14 @@ Only Redis 6.2 commands are used (the bundled server is 6.2).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError, ResponseError
 
 GROUP = "persist"
 ROOMS_KEY = "kaiwa:rooms"
@@ -298,24 +299,24 @@ class MessageLog:
         when it gave one, else a server-made one (kept ``token_seconds``) so a
         retry after a lost reply cannot create a second message.
         """
-        async with self.client.pipeline(transaction=False) as pipe:
+        keys = [seq_key(room_id), stream_key(room_id), dedup_key(room_id, user_id, token), channel(room_id)]
+        args: list[str | int] = [
+            "" if floor is None else str(floor),
+            token_seconds or self.dedup_seconds,
+            "1",
+            room_id,
+            slug,
+            user_id,
+            username,
+            body,
+            client_id or "",
+        ]
+
+        def build(pipe: Pipeline) -> None:
             pipe.sadd(ROOMS_KEY, room_id)
-            await self._append(
-                keys=[seq_key(room_id), stream_key(room_id), dedup_key(room_id, user_id, token), channel(room_id)],
-                args=[
-                    "" if floor is None else str(floor),
-                    token_seconds or self.dedup_seconds,
-                    "1",
-                    room_id,
-                    slug,
-                    user_id,
-                    username,
-                    body,
-                    client_id or "",
-                ],
-                client=pipe,
-            )
-            _, result = await pipe.execute()
+            pipe.evalsha(self._append.sha, len(keys), *keys, *args)
+
+        _, result = await self._pipeline(build)
         status, seq, ts = (int(x) for x in result)
         if status == -1:
             raise FloorNeeded(room_id)
@@ -403,11 +404,12 @@ class MessageLog:
         """``trim`` for several rooms in one round trip; returns entries removed."""
         if not room_ids:
             return 0
-        async with self.client.pipeline(transaction=False) as pipe:
+
+        def build(pipe: Pipeline) -> None:
             for rid in room_ids:
-                await self._trim(keys=[stream_key(rid), seq_key(rid)], args=[self.stream_keep], client=pipe)
-            results: list[Any] = await pipe.execute()
-        return sum(int(r) for r in results)
+                pipe.evalsha(self._trim.sha, 2, stream_key(rid), seq_key(rid), self.stream_keep)
+
+        return sum(int(r) for r in await self._pipeline(build))
 
     async def persist_forget(
         self, *, room_ids: Sequence[int], consumer: str | None = None, min_idle_ms: int = 0
@@ -420,11 +422,33 @@ class MessageLog:
         """
         if not room_ids:
             return 0
-        async with self.client.pipeline(transaction=False) as pipe:
+
+        def build(pipe: Pipeline) -> None:
             for rid in room_ids:
-                await self._forget(keys=[stream_key(rid)], args=[min_idle_ms, consumer or ""], client=pipe)
-            results: list[Any] = await pipe.execute()
-        return sum(int(r) for r in results)
+                pipe.evalsha(self._forget.sha, 1, stream_key(rid), min_idle_ms, consumer or "")
+
+        return sum(int(r) for r in await self._pipeline(build))
+
+    async def _pipeline(self, build: Callable[[Pipeline], None]) -> list[Any]:
+        """Run a non-transactional pipeline whose scripts are called by EVALSHA.
+
+        redis-py's ``Script`` in a pipeline sends ``SCRIPT EXISTS`` before every
+        execution: a second round trip on each append. Here a script is loaded
+        only when Redis answers NOSCRIPT (first use, or after a restart), and
+        the pipeline is sent again: NOSCRIPT means that script did not run, and
+        every pipeline built here may safely run twice (SADD, trim, forget).
+        """
+        for attempt in range(2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                build(pipe)
+                try:
+                    return list(await pipe.execute())
+                except NoScriptError:
+                    if attempt:
+                        raise
+            for script in (self._append, self._trim, self._forget):
+                await self.client.script_load(script.script)
+        raise AssertionError("unreachable")
 
     async def trim(self, room_id: int) -> int:
         """Trim a room stream below what is persisted; returns entries removed."""

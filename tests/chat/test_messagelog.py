@@ -190,3 +190,21 @@ def test_forget_removes_only_consumers_without_pending_entries():
         assert await names() == {"busy"}
 
     run(scenario)
+
+
+def test_scripts_are_reloaded_after_redis_forgets_them():
+    """After SCRIPT FLUSH (as after a Redis restart) append and trim load their scripts again and run once."""
+
+    async def scenario(log: MessageLog) -> None:
+        await append(log, 1, 2)
+        await log.client.script_flush()
+        await append(log, 1, 1, start=2)
+        assert await stream_seqs(log, 1) == [1, 2, 3]
+        got = await log.persist_read(consumer="a", room_ids=[1], count=10, block_ms=None, slugs={})
+        await log.persist_ack(got)
+        await log.client.script_flush()
+        assert await log.trim_rooms([1]) == 2
+        await log.client.script_flush()
+        assert await log.persist_forget(room_ids=[1], consumer="a") == 1
+
+    run(scenario, keep=1)
