@@ -336,6 +336,9 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                     n(r["db"]["rows_per_s_insert_window"]),
                 ]
             )
+    pg = results["meta"].get("postgres", "available")
+    if pg != "available" and rows:
+        rows.append(["(all)", "PostgreSQL", "-", pg, *["-"] * 5])
     if rows:
         out.append(
             (

@@ -125,10 +125,8 @@ class Conn(asyncio.Protocol):
             if data:
                 self.transport.write(data)
             elif self.transport.can_write_eof():
+                # websockets signals "half-close now" with an empty chunk.
                 self.transport.write_eof()
-        if self.proto.close_expected() and not self.transport.is_closing():
-            # The closing handshake is done on our side; the server closes TCP.
-            pass
 
     def _finish(self) -> None:
         if not self.closed.done():
