@@ -195,8 +195,20 @@ async def connect(
         holder.append(conn)
         return conn
 
-    async with asyncio.timeout(open_timeout):
-        await loop.create_connection(factory, host, port)
-        conn = holder[0]
-        await conn.opened
+    try:
+        async with asyncio.timeout(open_timeout):
+            await loop.create_connection(factory, host, port)
+            conn = holder[0]
+            await conn.opened
+    except BaseException:
+        if holder:
+            # Do not leak the socket, and do not leave a failure nobody will read.
+            holder[0].opened.add_done_callback(_consume)
+            holder[0].abort()
+        raise
     return conn
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
