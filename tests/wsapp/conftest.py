@@ -27,12 +27,19 @@ def session_cookie(user: Any, password: str = PASSWORD) -> str:
     return client.cookies[settings.SESSION_COOKIE_NAME].value
 
 
+# Every client connection a test opened; the ``aio`` fixture closes them all,
+# so a failing test does not leak sockets into the next one.
+_OPENED: list[ClientConnection] = []
+
+
 async def connect(url: str, session: str | None = None, *, origin: str | None = None, **kw: Any) -> ClientConnection:
     headers = {"Cookie": f"{settings.SESSION_COOKIE_NAME}={session}"} if session else {}
-    return await asyncio.wait_for(
+    ws = await asyncio.wait_for(
         websockets.connect(url, additional_headers=headers, origin=origin, open_timeout=TIMEOUT, **kw),  # type: ignore[arg-type]
         TIMEOUT,
     )
+    _OPENED.append(ws)
+    return ws
 
 
 async def recv(ws: ClientConnection, wait: float = TIMEOUT) -> dict[str, Any]:
@@ -93,7 +100,21 @@ def login() -> Callable[..., str]:
 def aio() -> Any:
     """One event loop for the whole test: ``aio(coroutine)`` runs it there (sync DB work stays outside)."""
     with asyncio.Runner() as runner:
-        yield runner.run
+        try:
+            yield runner.run
+        finally:
+            runner.run(_close_all())
+
+
+async def _close_all() -> None:
+    while _OPENED:
+        ws = _OPENED.pop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(), 5)
+    for task in asyncio.all_tasks() - {asyncio.current_task()}:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
 
 
 class Peer:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from tests.wsapp.conftest import connect, join, recv_until, send, session_cookie
@@ -11,7 +9,7 @@ from tests.wsapp.conftest import connect, join, recv_until, send, session_cookie
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_two_users_on_two_processes_chat_in_order_once(start_server, make_user, room):
+def test_two_users_on_two_processes_chat_in_order_once(start_server, make_user, room, aio):
     """Every message reaches both users, in seq order, exactly once; presence shows both."""
     a_server, b_server = start_server(), start_server()
     alice, bob = make_user("alice"), make_user("bob")
@@ -47,4 +45,4 @@ def test_two_users_on_two_processes_chat_in_order_once(start_server, make_user, 
         await a.close()
         await b.close()
 
-    asyncio.run(scenario())
+    aio(scenario())
