@@ -134,7 +134,8 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
     """Start real uvicorn server processes; all are stopped after the test.
 
     ``start_server(env={...}, args=[...])`` returns once uvicorn logged
-    "Application startup complete".
+    "Uvicorn running on", i.e. after the lifespan startup ran AND the port is
+    bound (uvicorn binds only after "Application startup complete").
     """
     started: list[ServerProcess] = []
 
@@ -161,6 +162,7 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
         server.reader.start()
         started.append(server)
         server.wait_for_line("Application startup complete")
+        server.wait_for_line("Uvicorn running on")
         return server
 
     yield start

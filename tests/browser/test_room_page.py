@@ -418,7 +418,7 @@ def test_room_page_screenshots_at_desktop_and_phone_widths(
         (carol, "I can take the status page. What time is the go/no-go?"),
         (alice, "14:00 UTC. Dashboard: https://example.com/launch/dashboard"),
         (carol, "Perfect, I'll have it done by then."),
-        (bob, "Load test from this morning: p99 under 40 ms at three times the expected traffic."),
+        (bob, "I re-ran the load test from this morning; the report is in the usual folder."),
     ]
     start = timezone.now() - timedelta(minutes=30)
     Message.objects.bulk_create(
