@@ -205,6 +205,8 @@ class Worker:
             except TimeoutError:
                 logger.error("persistence worker did not stop in time; cancelling it (its entries stay in Redis)")
                 self._task.cancel()
+            except Exception:
+                logger.exception("persistence worker failed while stopping (its entries stay in Redis)")
 
     @property
     def stopping(self) -> bool:
@@ -243,8 +245,8 @@ class Worker:
             left = len(self._batch)
             if left:
                 logger.warning(
-                    "persistence worker stopping with %d entries not written; they stay pending in Redis "
-                    "and another worker claims them after %d ms",
+                    "persistence worker stopping with %d entries not written (or written, not acknowledged); "
+                    "they stay pending in Redis, another worker claims them after %d ms and writes each once",
                     left,
                     self.claim_idle_ms,
                 )
