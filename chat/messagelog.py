@@ -346,6 +346,10 @@ class MessageLog:
     async def active_rooms(self) -> list[int]:
         return sorted(int(x) for x in await self.client.smembers(ROOMS_KEY))
 
+    async def active_room_count(self) -> int:
+        """How many rooms ever had a message: a cheap way to notice a new one (the set only grows)."""
+        return int(await self.client.scard(ROOMS_KEY))
+
     async def ensure_group(self, room_id: int) -> None:
         try:
             await self.client.xgroup_create(stream_key(room_id), GROUP, id="0", mkstream=True)

@@ -47,8 +47,11 @@ from chat.redisclient import make_async_client
 
 logger = logging.getLogger("kaiwa.worker")
 
-IDLE_BLOCK_MS = 500  # how long one XREADGROUP waits when there is nothing to do
-ROOMS_REFRESH_SECONDS = 0.5  # new rooms are noticed within this (plus IDLE_BLOCK_MS)
+# How long one XREADGROUP waits when there is nothing to do. The first message
+# of a new room is noticed within about this (the room count is checked
+# before every read), so it reaches the database well within a second.
+IDLE_BLOCK_MS = 250
+ROOMS_REFRESH_SECONDS = 30.0  # full re-read of the room set, besides the count check
 BACKLOG_CHECK_SECONDS = 10.0
 PRUNE_SECONDS = 600.0  # how often consumers of killed workers are removed from the group
 PRUNE_IDLE_MS = 3_600_000  # a live worker touches its streams many times a second
@@ -290,7 +293,7 @@ class Worker:
     async def _step(self) -> None:
         log = self._require_log()
         now = time.monotonic()
-        if now - self._rooms_at >= ROOMS_REFRESH_SECONDS:
+        if now - self._rooms_at >= ROOMS_REFRESH_SECONDS or await log.active_room_count() != len(self._rooms):
             self._rooms = await log.active_rooms()
             self._rooms_at = now
         if self._rooms and now - self._claim_at >= self._claim_interval():
