@@ -395,6 +395,9 @@ class Hub:
                 continue
             if held is None:
                 conn.put(text, nbytes)
+            elif len(held) >= conn.max_messages:
+                # Held frames count against the same bound as the queue.
+                conn.close(Close.TRY_AGAIN)
             else:
                 held.append((text, nbytes))
 
