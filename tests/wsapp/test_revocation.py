@@ -6,7 +6,7 @@ import pytest
 from django.conf import settings
 from django.test import Client as DjangoClient
 
-from tests.wsapp.conftest import close_code, connect, join, recv_until, send, session_cookie
+from tests.wsapp.conftest import Peer, close_code, connect, join, recv_until, send, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,16 +64,29 @@ def test_password_change_and_deactivation_close_sockets(start_server, make_user,
     assert aio(close_code(b, 5)) == 4401
 
 
-def test_periodic_recheck_catches_a_session_deleted_without_signal(start_server, make_user, room, aio):
-    """A session removed behind Django's back (no signal) is caught by the periodic re-check."""
+def test_periodic_recheck_catches_deleted_and_expired_sessions(start_server, make_user, room, aio):
+    """Sessions deleted or expired behind Django's back (no signal) are caught by the periodic re-check."""
     server = start_server(env={"KAIWA_SESSION_RECHECK_SECONDS": "0.5"})
-    alice = make_user("alice")
-    cookie = session_cookie(alice)
+    alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
+    deleted, expired, fine = session_cookie(alice), session_cookie(bob), session_cookie(carol)
+    from datetime import timedelta
+
     from django.contrib.sessions.models import Session
     from django.core.cache import cache
+    from django.utils import timezone
 
-    ws = aio(connect(server.ws, cookie))
-    aio(join(ws, "lobby"))
-    Session.objects.filter(session_key=cookie)._raw_delete(Session.objects.db)
-    cache.clear()
-    assert aio(close_code(ws, 5)) == 4401
+    peers = [aio(Peer.open(server.ws, cookie)) for cookie in (deleted, expired, fine)]
+    for peer in peers:
+        aio(peer.join("lobby"))
+    Session.objects.filter(session_key=deleted)._raw_delete(Session.objects.db)
+    Session.objects.filter(session_key=expired).update(expire_date=timezone.now() - timedelta(seconds=1))
+    cache.clear()  # the cached_db copies
+    assert aio(peers[0].wait_closed(5)) == 4401
+    assert aio(peers[1].wait_closed(5)) == 4401
+    pongs = aio(_ping(peers[2]))
+    assert pongs == [{"type": "pong"}]
+
+
+async def _ping(peer: Peer) -> list[dict]:
+    await peer.send({"type": "ping"})
+    return await peer.wait_for(lambda f: f["type"] == "pong")
