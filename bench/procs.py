@@ -81,7 +81,16 @@ def raise_nofile() -> tuple[int, int]:
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1_048_576
+    # Root (or CAP_SYS_RESOURCE) may raise the hard limit too: a server that
+    # holds a Redis connection per WebSocket needs two descriptors per client.
+    ceiling = 1_048_576
+    with contextlib.suppress(OSError, ValueError):
+        ceiling = min(ceiling, int(Path("/proc/sys/fs/nr_open").read_text()))
+    if hard != resource.RLIM_INFINITY and hard < ceiling:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, ceiling))
+            soft, hard = ceiling, ceiling
+    target = hard if hard != resource.RLIM_INFINITY else ceiling
     if soft < target:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
@@ -375,6 +384,21 @@ class Sampler:
                 self.samples.append(self._sample())
             except Exception:  # a sampler must never kill a run
                 continue
+
+    def open_files_now(self) -> int:
+        """File descriptors the server process holds (sockets included)."""
+        try:
+            return int(self.server.num_fds())
+        except psutil.Error:
+            return 0
+
+    def redis_clients_now(self) -> int:
+        if self.redis_client is None:
+            return 0
+        try:
+            return int(self.redis_client.info("clients").get("connected_clients", 0))
+        except redis.RedisError:
+            return 0
 
     def rss_now(self) -> int:
         total = 0

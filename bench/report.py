@@ -183,7 +183,7 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         rows = []
         for kind, e in entries(results, "idle"):
             if "error" in e:
-                rows.append([label(kind), "error: " + e["error"][:80], "-", "-", "-", "-"])
+                rows.append([label(kind), "error: " + e["error"][:80], *["-"] * 6])
                 continue
             r = e["result"]
             rows.append(
@@ -193,13 +193,24 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                     n(r["still_open_after_settle"]),
                     n(r["server_bytes_per_connection"]),
                     n(r["redis_bytes_per_connection"]),
+                    n(r.get("server_open_files_per_connection"), 2),
+                    n(r.get("redis_clients_per_connection"), 2),
                     ms(r["open_seconds"]),
                 ]
             )
         out.append(
             (
                 "Idle connections (connected, authenticated, joined to a room of 10)",
-                ["server", "opened", "still open", "server bytes/conn", "Redis bytes/conn", "seconds to open"],
+                [
+                    "server",
+                    "opened",
+                    "still open",
+                    "server bytes/conn",
+                    "Redis bytes/conn",
+                    "server files/conn",
+                    "Redis clients/conn",
+                    "seconds to open",
+                ],
                 rows,
             )
         )

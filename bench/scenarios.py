@@ -325,6 +325,8 @@ async def idle(t: Target, cfg: Config, note: Any) -> dict[str, Any]:
     await asyncio.sleep(1.0)
     rss0 = t.sampler.rss_now()
     redis0 = t.sampler.redis_used_now()
+    fds0 = t.sampler.open_files_now()
+    clients0 = t.sampler.redis_clients_now()
     t0 = time.monotonic()
     with CpuMeter() as cpu:
         durations = await _open_or_fail(
@@ -340,6 +342,8 @@ async def idle(t: Target, cfg: Config, note: Any) -> dict[str, Any]:
     await asyncio.sleep(cfg.idle_settle_s)
     rss1 = t.sampler.rss_now()
     redis1 = t.sampler.redis_used_now()
+    fds1 = t.sampler.open_files_now()
+    clients1 = t.sampler.redis_clients_now()
     still_open = sum(1 for m in members if m.conn is not None and m.conn.is_open)
     await _close(fleet)
     # Let the server finish tearing the connections down before the next scenario.
@@ -355,6 +359,8 @@ async def idle(t: Target, cfg: Config, note: Any) -> dict[str, Any]:
         "server_rss_after": rss1,
         "server_bytes_per_connection": round((rss1 - rss0) / opened) if opened else None,
         "redis_bytes_per_connection": round((redis1 - redis0) / opened) if opened else None,
+        "server_open_files_per_connection": round((fds1 - fds0) / opened, 2) if opened else None,
+        "redis_clients_per_connection": round((clients1 - clients0) / opened, 2) if opened else None,
         "loadgen_cpu_percent": cpu.percent,
     }
 
