@@ -327,6 +327,11 @@ class Hub:
         state.members[conn] = held
         try:
             backlog = await self.fetch_range(state, after=since, upto=last)
+        except RangeIncomplete as exc:
+            # Part of the backlog exists nowhere any more: the client must reload.
+            logger.error("%s; answering join with reset", exc)
+            joined["reset"] = True
+            backlog = []
         except BaseException:
             self._unregister(conn, room.slug)
             raise
@@ -492,6 +497,12 @@ class Hub:
             state = self.by_channel.get(name)
             if state is not None:
                 await self._on_subscribed(state)
+            return
+        if kind == "unsubscribe":
+            if name in self.by_channel and self._pubsub is not None:
+                # A leave's UNSUBSCRIBE overtook a new join's SUBSCRIBE: subscribe again
+                # (its confirmation repairs whatever was published meanwhile).
+                self._spawn(self._pubsub.subscribe(name))
             return
         if kind != "message":
             return
