@@ -385,13 +385,76 @@ class MessageLog:
             if "NOGROUP" in str(exc):
                 return []
             raise
-        messages: list[Any] = reply[1]
+        claimed, _, _ = self._claimed(room_id, reply, slugs)
+        return claimed
+
+    async def persist_claim_rooms(
+        self, *, consumer: str, room_ids: Sequence[int], min_idle_ms: int, count: int, slugs: dict[int, str]
+    ) -> tuple[dict[int, list[PendingEntry]], int]:
+        """``persist_claim`` for several rooms in one round trip.
+
+        Returns the entries taken over per room (rooms with none left out) and
+        how many pending ids pointed at entries no longer in the stream; those
+        cannot be written by anyone and are acknowledged so they stop coming back.
+        """
+        async with self.client.pipeline(transaction=False) as pipe:
+            for rid in room_ids:
+                pipe.xautoclaim(stream_key(rid), GROUP, consumer, min_idle_time=min_idle_ms, count=count)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        out: dict[int, list[PendingEntry]] = {}
+        gone: dict[str, list[str]] = {}
+        for rid, reply in zip(room_ids, replies, strict=True):
+            if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            claimed, deleted, unnamed = self._claimed(rid, reply, slugs)
+            if unnamed:
+                deleted += await self._deleted_pending(rid, consumer, {p.entry_id for p in claimed})
+            if claimed:
+                out[rid] = claimed
+            if deleted:
+                gone[stream_key(rid)] = deleted
+        if gone:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key, ids in gone.items():
+                    pipe.xack(key, GROUP, *ids)
+                await pipe.execute()
+        return out, sum(len(ids) for ids in gone.values())
+
+    def _claimed(self, room_id: int, reply: Any, slugs: dict[int, str]) -> tuple[list[PendingEntry], list[str], bool]:
+        """(entries, ids of deleted entries, whether some deleted entries came back without their id).
+
+        Redis 7 drops a pending id whose entry was deleted and lists it in a
+        third element. Redis 6.2 claims it, keeps it pending and answers nil in
+        its place, without the id.
+        """
+        key = stream_key(room_id)
         slug = slugs.get(room_id, "")
-        return [
-            PendingEntry(_entry_from_fields(room_id, slug, eid, fields), key, _decode(eid))
-            for eid, fields in messages
-            if fields is not None  # deleted entries come back as None
-        ]
+        claimed: list[PendingEntry] = []
+        deleted: list[str] = [_decode(eid) for eid in (reply[2] if len(reply) > 2 else [])]
+        unnamed = False
+        for eid, fields in reply[1]:
+            if eid is None or not fields:
+                unnamed = True
+                continue
+            claimed.append(PendingEntry(_entry_from_fields(room_id, slug, eid, fields), key, _decode(eid)))
+        return claimed, deleted, unnamed
+
+    async def _deleted_pending(self, room_id: int, consumer: str, claimed: set[str]) -> list[str]:
+        """Ids pending for ``consumer`` whose entries are no longer in the stream."""
+        key = stream_key(room_id)
+        rows: list[Any] = await self.client.xpending_range(
+            key, GROUP, min="-", max="+", count=10_000, consumername=consumer
+        )
+        candidates = [_decode(row["message_id"]) for row in rows if _decode(row["message_id"]) not in claimed]
+        if not candidates:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for eid in candidates:
+                pipe.xrange(key, min=eid, max=eid, count=1)
+            found: list[Any] = await pipe.execute()
+        return [eid for eid, rows in zip(candidates, found, strict=True) if not rows]
 
     async def persist_ack(self, entries: Iterable[PendingEntry]) -> None:
         by_stream: dict[str, list[str]] = {}

@@ -56,6 +56,7 @@ BACKLOG_CHECK_SECONDS = 10.0
 PRUNE_SECONDS = 600.0  # how often consumers of killed workers are removed from the group
 PRUNE_IDLE_MS = 3_600_000  # a live worker touches its streams many times a second
 READ_GRACE_SECONDS = 10.0
+CLAIM_ROOMS_PER_CALL = 50  # XAUTOCLAIMs pipelined together (bounds one sweep's memory too)
 DB_STATEMENT_TIMEOUT_MS = 30_000  # a batch statement that waits longer (a lock, a stuck server) is retried
 BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
@@ -368,29 +369,39 @@ class Worker:
             self._batch[(item.stream, item.entry_id)] = item
 
     async def _claim(self) -> None:
+        """Take over entries idle longer than ``claim_idle_ms`` (their consumer crashed or is stuck)."""
         log = self._require_log()
-        for room_id in list(self._rooms):
-            while True:
-                taken = await log.persist_claim(
+        rooms = list(self._rooms)
+        for start in range(0, len(rooms), CLAIM_ROOMS_PER_CALL):
+            chunk = rooms[start : start + CLAIM_ROOMS_PER_CALL]
+            while chunk and not self.stopping:
+                taken, gone = await log.persist_claim_rooms(
                     consumer=self.consumer,
-                    room_id=room_id,
+                    room_ids=chunk,
                     min_idle_ms=self.claim_idle_ms,
                     count=self.batch_size,
                     slugs={},
                 )
-                if not taken:
-                    break
-                fresh = [t for t in taken if (t.stream, t.entry_id) not in self._batch]
-                self.stats.claimed += len(fresh)
-                if fresh:
-                    logger.info(
-                        "claimed %d entries of room %d left unacknowledged by another consumer", len(fresh), room_id
+                if gone:
+                    logger.error(
+                        "%d pending entries were deleted from their streams before anyone persisted them "
+                        "(trimmed by hand?); they cannot be written and were dropped from the queue",
+                        gone,
                     )
-                self._add(taken)
+                for room_id, items in taken.items():
+                    fresh = [t for t in items if (t.stream, t.entry_id) not in self._batch]
+                    if fresh:
+                        self.stats.claimed += len(fresh)
+                        logger.info(
+                            "claimed %d entries of room %d left unacknowledged by another consumer",
+                            len(fresh),
+                            room_id,
+                        )
+                    self._add(items)
                 if self._batch_full():
                     await self._flush()
-                if len(taken) < self.batch_size or self.stopping:
-                    break
+                # Rooms that returned a full count may hold more.
+                chunk = [rid for rid, items in taken.items() if len(items) >= self.batch_size]
 
     async def _check_backlog(self) -> None:
         log = self._require_log()

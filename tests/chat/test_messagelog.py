@@ -208,3 +208,25 @@ def test_scripts_are_reloaded_after_redis_forgets_them():
         assert await log.persist_forget(room_ids=[1], consumer="a") == 1
 
     run(scenario, keep=1)
+
+
+def test_claim_rooms_in_one_call_and_entries_deleted_while_pending():
+    """persist_claim_rooms claims across rooms; a pending entry deleted by hand is dropped, not returned forever."""
+
+    async def scenario(log: MessageLog) -> None:
+        await append(log, 1, 3)
+        await append(log, 2, 2)
+        await log.persist_read(consumer="dead", room_ids=[1, 2], count=10, block_ms=None, slugs={})
+        await log.client.xdel(stream_key(1), "0-2")
+        taken, gone = await log.persist_claim_rooms(
+            consumer="live", room_ids=[1, 2, 3], min_idle_ms=0, count=10, slugs={}
+        )
+        assert {rid: [p.entry.seq for p in items] for rid, items in taken.items()} == {1: [1, 3], 2: [1, 2]}
+        assert gone == 1
+        assert int((await log.client.xpending(stream_key(1), GROUP))["pending"]) == 2
+        again, gone_again = await log.persist_claim_rooms(
+            consumer="other", room_ids=[1], min_idle_ms=0, count=10, slugs={}
+        )
+        assert [p.entry.seq for p in again[1]] == [1, 3] and gone_again == 0
+
+    run(scenario)
