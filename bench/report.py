@@ -548,7 +548,7 @@ def answer(results: dict[str, Any]) -> list[str]:
                 continue
             r = fan["result"]
             steps = r["steps"]
-            room = f"{r['rooms']} room(s) of {r['connections_per_room']}"
+            room = f"{r['rooms']} room{'s' if r['rooms'] != 1 else ''} of {r['connections_per_room']}"
             best = next((st for st in reversed(steps) if st["sustainable"]), None)
             if best:
                 text = (
@@ -663,7 +663,12 @@ def targets(results: dict[str, Any]) -> list[str]:
     r = sc.get("fanout", {}).get("relay", {}).get("result")
     if k and r:
         kv, rv = k["max_sustainable_deliveries_per_s"], r["max_sustainable_deliveries_per_s"]
-        verdict = "not measurable (the bare relay sustained no rate)" if not rv else ("met" if kv >= rv else "not met")
+        if not rv:
+            verdict = "not measurable (the bare relay sustained no rate)"
+        elif not k["first_failure"] and not r["first_failure"]:
+            verdict = "not decided (both sustained the highest rate tried: the ramp found neither limit)"
+        else:
+            verdict = "met" if kv >= rv else "not met"
         out.append(
             f"- fan-out at least the bare relay's sustainable deliveries/s at p99 < 100 ms: **{verdict}** "
             f"(Kaiwa {n(kv)}/s, bare relay {n(rv)}/s)."
