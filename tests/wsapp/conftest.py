@@ -202,3 +202,28 @@ class Peer:
         await asyncio.wait_for(self.ws.close(), TIMEOUT)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._task, TIMEOUT)
+
+
+@pytest.fixture
+def start_server(start_server: Callable[..., Any]) -> Any:
+    """The suite's ``start_server``, plus: no server may log a traceback, shutdown included."""
+    started: list[Any] = []
+
+    def start(*args: Any, **kwargs: Any) -> Any:
+        server = start_server(*args, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        # Stop it here (SIGTERM, the graceful path), so its shutdown is checked too.
+        with contextlib.suppress(Exception):
+            server.terminate(timeout=15)
+        if server.reader is not None:
+            server.reader.join(timeout=10)
+        problems = [
+            line
+            for line in server.lines
+            if "Traceback" in line or "Exception in ASGI application" in line or "never retrieved" in line
+        ]
+        assert not problems, "".join(server.lines)
