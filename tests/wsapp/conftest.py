@@ -212,6 +212,8 @@ def start_server(start_server: Callable[..., Any]) -> Any:
     def start(*args: Any, **kwargs: Any) -> Any:
         server = start_server(*args, **kwargs)
         started.append(server)
+        # uvicorn logs "Application startup complete" before it binds the socket.
+        server.wait_for_line("Uvicorn running on")
         return server
 
     yield start
