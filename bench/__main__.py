@@ -19,7 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--servers", default=",".join(ALL_SERVERS), help=f"comma-separated, from {','.join(ALL_SERVERS)} (default: all)"
     )
-    run.add_argument("--scenarios", default="", help="comma-separated subset (default: all); see bench/runner.py")
+    run.add_argument(
+        "--scenarios",
+        default="",
+        help="comma-separated subset (default: all) of calibration, idle, storm, fanout, many_rooms, slow, "
+        "payload_default, payload_large, slow_large, persist_sqlite, persist_postgres",
+    )
     run.add_argument(
         "--no-doc",
         action="store_true",
