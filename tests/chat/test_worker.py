@@ -522,3 +522,14 @@ def test_server_shutdown_flushes_the_embedded_worker_batch(start_server, make_us
     assert stopped_stats(server) == 25
     assert_exactly_once(lobby, 25)
     assert pending_count(lobby) == 0
+
+
+def test_backlog_above_the_warning_level_is_logged(start_worker, make_user):
+    """A backlog larger than KAIWA_WORKER_BACKLOG_WARN is logged with its size and the oldest entry's age."""
+    ann = make_user("ann")
+    lobby = make_room("lobby")
+    append(lobby, ann, 50)
+    worker = start_worker(env={"KAIWA_WORKER_BACKLOG_WARN": "10"})
+    line = worker.wait_for_line("persistence backlog:")
+    assert re.search(r"persistence backlog: 50 entries not yet in the database, oldest \d+\.\d s old", line), line
+    wait_until(all_stored((lobby, 50)), "50 rows")
