@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ class StepStats:
     duplicates: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     closes: dict[str, int] = field(default_factory=dict)  # server-initiated closes, by code
+    recovered_over_http: int = 0  # gaps filled from the history API after ``joined.reset``
 
 
 def _pct(values: Any, p: float) -> float | None:
@@ -124,6 +126,7 @@ class Fleet:
         self.connect_failures: dict[str, int] = {}
         self.progress = 0  # deliveries + answers, to detect quiet periods
         self.on_frame: Callable[[Member, dict[str, Any]], None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- connections -----------------------------------------------------------
 
@@ -149,11 +152,12 @@ class Fleet:
             open_timeout=open_timeout,
         )
         member.conn = conn
+        sent_since: dict[str, int] = {}
         try:
             for room in member.rooms:
                 frame: dict[str, Any] = {"type": "join", "room": room}
                 if since and room in member.last_seq:
-                    frame["since"] = member.last_seq[room]
+                    frame["since"] = sent_since[room] = member.last_seq[room]
                 conn.send_text(json.dumps(frame))
             async with asyncio.timeout(open_timeout):
                 for room in member.rooms:
@@ -163,7 +167,12 @@ class Fleet:
                     if waiter not in done:
                         raise ConnectionError(f"closed with {conn.close_code} before joined")
                     joined = waiter.result()
-                    member.last_seq.setdefault(room, int(joined.get("last_seq", 0)))
+                    last = int(joined.get("last_seq", 0))
+                    member.last_seq.setdefault(room, last)
+                    if joined.get("reset") and room in sent_since:
+                        # The backlog was too large to replay: as the contract
+                        # says, the client reloads (since, last_seq] over HTTP.
+                        self._reset_gap(member, room, sent_since[room], last)
         except BaseException:
             conn.abort()
             raise
@@ -242,7 +251,7 @@ class Fleet:
         if self.on_frame is not None:
             self.on_frame(member, frame)
 
-    def _on_message(self, member: Member, frame: dict[str, Any], t: int) -> None:
+    def _on_message(self, member: Member, frame: dict[str, Any], t: int, *, via_http: bool = False) -> None:
         member.received += 1
         room = frame.get("room")
         seq = frame.get("seq")
@@ -259,7 +268,10 @@ class Fleet:
                 if gaps is not None and seq in gaps:
                     gaps.discard(seq)
                     if step is not None:
-                        step.out_of_order += 1
+                        if via_http:
+                            step.recovered_over_http += 1
+                        else:
+                            step.out_of_order += 1
                 elif step is not None:
                     step.duplicates += 1
                     return
@@ -316,6 +328,48 @@ class Fleet:
         if member.resume and not member.stopped and code != 4401:
             member.reconnects += 1
             asyncio.get_running_loop().create_task(self._reopen(member))
+
+    def _reset_gap(self, member: Member, room: str, since: int, last: int) -> None:
+        if last > member.last_seq.get(room, 0):
+            member.missing.setdefault(room, set()).update(range(member.last_seq.get(room, 0) + 1, last + 1))
+            member.last_seq[room] = last
+        task = asyncio.get_running_loop().create_task(self._history(member, room, since, last))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _history(self, member: Member, room: str, since: int, upto: int) -> None:
+        """Fetch messages ``since < seq <= upto`` from the history API, as a browser does after ``reset``."""
+        got: dict[int, dict[str, Any]] = {}
+        try:
+            # History may lag the live stream by the worker's delay: wait until it has ``upto``.
+            for _ in range(40):
+                page = await asyncio.to_thread(self._http_history, member, room, upto + 1, 1)
+                if page["messages"] and page["messages"][-1]["seq"] >= upto:
+                    break
+                await asyncio.sleep(0.25)
+            before = upto + 1
+            while before > since + 1:
+                page = await asyncio.to_thread(self._http_history, member, room, before, 100)
+                msgs = [m for m in page["messages"] if m["seq"] > since]
+                if not msgs:
+                    break
+                for m in msgs:
+                    got[m["seq"]] = m
+                before = min(m["seq"] for m in msgs)
+                if not page.get("has_more"):
+                    break
+        except Exception as exc:
+            key = "history " + type(exc).__name__
+            self.connect_failures[key] = self.connect_failures.get(key, 0) + 1
+        for seq in sorted(got):
+            self._on_message(member, {**got[seq], "room": room}, now_ns(), via_http=True)
+
+    def _http_history(self, member: Member, room: str, before: int, limit: int) -> dict[str, Any]:
+        url = f"http://{self.host}:{self.port}/api/rooms/{room}/messages?before={before}&limit={limit}"
+        req = urllib.request.Request(url, headers={"Cookie": member.cookie or "", "Accept": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            data: dict[str, Any] = json.load(resp)
+        return data
 
     async def _reopen(self, member: Member) -> None:
         # A polite client backs off a little more on each consecutive reconnect.
@@ -460,6 +514,7 @@ class Fleet:
         res["duplicates"] = step.duplicates
         res["errors"] = step.errors
         res["closes"] = step.closes
+        res["recovered_over_http"] = step.recovered_over_http
         res["gaps_open"] = sum(len(s) for m in self.members for s in m.missing.values())
         return res
 

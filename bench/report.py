@@ -606,9 +606,12 @@ def answer(results: dict[str, Any]) -> list[str]:
             r = sl["result"]
             dn, ds = r["deliveries"]["normal"], r["deliveries"]["slow"]
             closes = ", ".join(str(c) for c in r["slow_close_codes"]) or "no close"
+            http = r.get("recovered_over_http") or 0
             parts.append(
                 f"stalled readers, {what} at {r['rate_msgs']} msg/s: the stalled ones saw {closes}"
-                f" ({r['slow_reconnects']} reconnects) and got {ds['delivered']:,} of {ds['expected']:,}; "
+                f" ({r['slow_reconnects']} reconnects) and got {ds['delivered']:,} of {ds['expected']:,}"
+                + (f" ({http:,} of them from the history API after `reset`)" if http else "")
+                + "; "
                 f"the others lost {dn['lost']:,} (p99 {ms(r['latency_ms']['normal']['p99'])} ms); "
                 f"peak kernel send queue {mib(r['resources'].get('sock_tx_max'))}, "
                 f"Redis output buffer {mib(r['resources'].get('redis_output_buffer_max'))}, "

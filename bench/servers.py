@@ -277,6 +277,7 @@ def start_target(
     pinning: Pinning,
     sessions: int,
     rooms: list[str],
+    extra_env: dict[str, str] | None = None,
 ) -> Target:
     kind = KINDS[kind_name]
     tag = f"{kind.name}-{profile.name}-{profile.db}"
@@ -298,7 +299,9 @@ def start_target(
                 db_url = _fresh_postgres_db(pg_db)
             else:
                 db_url = f"sqlite:///{wd / 'db.sqlite3'}"
-        env = Env(_server_env(kind, profile, redis_proc.url if redis_proc else None, db_url)).build()
+        env = Env(
+            {**_server_env(kind, profile, redis_proc.url if redis_proc else None, db_url), **(extra_env or {})}
+        ).build()
         cookie_name = "sessionid"
         keys: list[str] = []
         if kind.settings:
