@@ -31,6 +31,8 @@ class Config:
     warmup_s: float = 1.0
     ramp_max_s: float = 150.0  # a rising-rate scenario stops raising the rate after this long
     scenario_timeout_s: float = 600.0  # a scenario still running after this long is a harness failure
+    run_budget_s: float = 17 * 60.0  # past this, rising-rate scenarios stop raising the rate
+    started_at: float = field(default_factory=time.monotonic)
     quiet_s: float = 1.5
     drain_max_s: float = 8.0
     many_rooms: int = 100
@@ -80,6 +82,7 @@ class Config:
             warmup_s=0.5,
             ramp_max_s=20.0,
             scenario_timeout_s=180.0,
+            run_budget_s=150.0,
             quiet_s=0.7,
             drain_max_s=3.0,
             many_rooms=20,
@@ -195,6 +198,9 @@ async def rising_rate(
         while queue:
             if time.monotonic() - ramp_start > cfg.ramp_max_s:
                 stopped_early = f"stopped raising the rate after {cfg.ramp_max_s:.0f} s (time budget)"
+                break
+            if best is not None and time.monotonic() - cfg.started_at > cfg.run_budget_s:
+                stopped_early = f"stopped raising the rate: the whole run passed its {cfg.run_budget_s:.0f} s budget"
                 break
             rate = queue.pop(0)
             if not t.alive():
