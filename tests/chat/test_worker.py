@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,6 +34,7 @@ from chat.messagelog import GROUP, Entry, MessageLog, stream_key
 from chat.models import Message, Room
 from tests import redis_server
 from tests.conftest import ROOT, ServerProcess, _pump, database_url, server_env
+from tests.wsapp.conftest import Peer, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -458,6 +460,7 @@ def test_embedded_worker_in_the_server_process(start_server, make_user):
     ann = make_user("ann")
     lobby = make_room("lobby")
     server = start_server()
+    server.wait_for_line("Uvicorn running on")  # logged once the socket is bound
     assert "worker" in httpx.get(server.http + "/healthz", timeout=10).json()["components"]
     append(lobby, ann, 50)
     wait_until(all_stored((lobby, 50)), "50 rows", timeout=30)
@@ -467,6 +470,7 @@ def test_embedded_worker_in_the_server_process(start_server, make_user):
 def test_embedded_worker_can_be_turned_off(start_server):
     """KAIWA_WORKER_EMBEDDED=0: the server runs no worker (a chatworker process does the job)."""
     server = start_server(env={"KAIWA_WORKER_EMBEDDED": "0"})
+    server.wait_for_line("Uvicorn running on")
     assert "worker" not in httpx.get(server.http + "/healthz", timeout=10).json()["components"]
     assert not any("persistence worker started" in line for line in server.lines)
 
@@ -533,3 +537,28 @@ def test_backlog_above_the_warning_level_is_logged(start_worker, make_user):
     line = worker.wait_for_line("persistence backlog:")
     assert re.search(r"persistence backlog: 50 entries not yet in the database, oldest \d+\.\d s old", line), line
     wait_until(all_stored((lobby, 50)), "50 rows")
+
+
+def test_message_sent_over_the_websocket_is_in_the_database_and_the_admin(start_server, make_user, admin_client):
+    """End to end: a message acked on /ws is stored by the server's embedded worker and listed in the admin."""
+    ann = make_user("ann")
+    make_room("lobby")
+    server = start_server()
+    server.wait_for_line("Uvicorn running on")
+    cookie = session_cookie(ann)
+
+    async def scenario() -> dict[str, Any]:
+        peer = await Peer.open(server.ws, cookie)
+        try:
+            await peer.join("lobby")
+            return await peer.send_message("lobby", "hello database", "c-1")
+        finally:
+            await peer.close()
+
+    ack = asyncio.run(scenario())
+    assert ack["type"] == "ack", ack
+    wait_until(lambda: Message.objects.filter(room__slug="lobby").exists(), "the row", timeout=10)
+    row = Message.objects.get(room__slug="lobby")
+    assert (row.seq, row.body, row.client_id, row.author_id) == (ack["seq"], "hello database", "c-1", ann.pk)
+    assert row.created_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") == ack["ts"]
+    assert "hello database" in admin_client.get("/admin/chat/message/").content.decode()
