@@ -562,3 +562,17 @@ def test_message_sent_over_the_websocket_is_in_the_database_and_the_admin(start_
     assert (row.seq, row.body, row.client_id, row.author_id) == (ack["seq"], "hello database", "c-1", ann.pk)
     assert row.created_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") == ack["ts"]
     assert "hello database" in admin_client.get("/admin/chat/message/").content.decode()
+
+
+def test_chatworker_refuses_a_database_without_tables(tmp_path):
+    """Started against an unmigrated database, chatworker exits 1 and says to run migrate (not retry forever)."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", "chatworker"],
+        cwd=ROOT,
+        env=server_env(DATABASE_URL=f"sqlite:///{tmp_path / 'empty.sqlite3'}"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "has no chat_message table: run python manage.py migrate first" in done.stderr

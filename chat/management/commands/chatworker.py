@@ -16,11 +16,12 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, connection
 from redis.exceptions import RedisError
 
 from chat import embedded_redis
 from chat.messagelog import MessageLog, RoomBacklog
-from chat.models import Room
+from chat.models import Message, Room
 from chat.redisclient import make_async_client
 from chat.worker import Worker
 
@@ -55,9 +56,26 @@ class Command(BaseCommand):
                 except RedisError as exc:
                     raise CommandError(f"Redis at REDIS_URL is not reachable ({exc}); check REDIS_URL.") from None
             else:
+                self._check_database()
                 asyncio.run(self._run())
         finally:
             embedded_redis.stop(embedded)
+
+    def _check_database(self) -> None:
+        """Refuse to start against a database without Kaiwa's tables: it would retry forever."""
+        try:
+            tables = connection.introspection.table_names()
+        except DatabaseError as exc:
+            # Not fatal: the worker waits for the database like during an outage.
+            logger.warning("database not reachable at start (%s); the worker will retry", exc)
+            return
+        finally:
+            connection.close()
+        if Message._meta.db_table not in tables:
+            raise CommandError(
+                f"The database at DATABASE_URL has no {Message._meta.db_table} table: run "
+                "python manage.py migrate first."
+            )
 
     async def _run(self) -> None:
         worker = Worker()
