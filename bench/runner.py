@@ -76,8 +76,15 @@ def plan(cfg: sc.Config, servers: list[str], only: set[str] | None, pg_ok: bool)
         if quick_persist:
             main.append("persist_sqlite")
         main = [s for s in main if want(s)]
+        if cfg.mode == "full" and "idle" in main:
+            # The full idle run opens 10,000 sockets: a server that runs out of
+            # file descriptors there must not carry the damage into the next
+            # scenarios, so it gets a process of its own.
+            main.remove("idle")
+            out.append(Session(kind, Profile("default"), ["idle"], cfg.idle_conns + 110))
         if main:
-            out.append(Session(kind, Profile("default"), main, max(main_fresh, small)))
+            fresh = main_fresh if "idle" in main else cfg.storm_conns + 10
+            out.append(Session(kind, Profile("default"), main, max(fresh, small)))
         large = [s for s in ("payload_large", "slow_large") if want(s)]
         if cfg.mode == "quick" and kind == "relay":
             large = []
