@@ -200,7 +200,7 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
             )
         out.append(
             (
-                "Idle connections (connected, authenticated, joined to a room of 10)",
+                "Idle connections (connected, authenticated where the server checks sessions, joined to a room of 10)",
                 [
                     "server",
                     "opened",
