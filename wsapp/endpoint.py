@@ -41,6 +41,13 @@ class Endpoint:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._serve(scope, receive, send)
+        except OSError as exc:
+            # The client went away mid-handshake (uvicorn's ClientDisconnected is an OSError).
+            logger.debug("connection ended by %r", exc)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
