@@ -229,8 +229,8 @@ async def rising_rate(
                 "offered_deliveries_per_s": rate * receivers,
                 "sent": sent,
                 "send_seconds": round(send_s, 2),
-                # Over the scheduled window (n messages at `rate`), or the real one if sending fell behind.
-                "delivered_per_s": round(d["delivered"] / max(send_s, sent / rate), 1) if sent else None,
+                # Over the scheduled window (n messages at `rate`), stretched by how far sending fell behind.
+                "delivered_per_s": round(d["delivered"] / (sent / rate + max(0.0, lag) / 1000), 1) if sent else None,
                 "worst_send_lag_ms": lag,
                 "drain_s": drained,
                 "sustainable": ok,
