@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 
 from bench import scenarios as sc
-from bench.procs import ROOT, HarnessError, Pinning, pin_self, plan_pinning, raise_nofile
+from bench.procs import ROOT, Pinning, pin_self, plan_pinning, raise_nofile
 from bench.servers import KINDS, Profile, Target, postgres_available, start_target
 
 Scenario = Callable[[Target, sc.Config, Callable[[str], None]], Awaitable[Any]]
@@ -243,8 +243,8 @@ async def run(cfg: sc.Config, servers: list[str], only: set[str] | None) -> dict
                     sessions=session.sessions_needed,
                     rooms=cfg.rooms(),
                 )
-            except HarnessError as exc:
-                msg = f"{label}: could not start: {exc}"
+            except Exception as exc:  # HarnessError, or e.g. a PostgreSQL that refuses CREATE DATABASE
+                msg = f"{label}: could not start: {type(exc).__name__}: {exc}"
                 results["errors"].append(msg)
                 progress.message("ERROR " + msg)
                 for name in session.scenarios:
