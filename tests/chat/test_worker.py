@@ -83,8 +83,20 @@ def pending_count(room: Room) -> int:
         client.close()
 
 
-def stored(room: Room) -> list[int]:
-    return list(Message.objects.filter(room=room).order_by("seq").values_list("seq", flat=True))
+def unacknowledged(*rooms: Room) -> int:
+    """Entries of ``rooms`` the persist group has not acknowledged (pending or not read yet)."""
+
+    async def main() -> int:
+        assert redis_server.SERVER is not None
+        client = aioredis.Redis.from_url(redis_server.SERVER.url)
+        try:
+            log = MessageLog(client, dedup_seconds=600, stream_keep=10000)
+            total, _ = await log.backlog([room.pk for room in rooms])
+            return total
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -499,13 +511,16 @@ def test_stop_during_a_database_outage_acknowledges_nothing(start_worker, make_u
     """Stopped while the database is away, the worker exits 0 without acking; a later worker writes all."""
     ann = make_user("ann")
     lobby = make_room("lobby")
-    append(lobby, ann, 40)
-    with database_outage_control() as (env, outage), outage():
+    with database_outage_control() as (env, outage):
         worker = start_worker(env={"KAIWA_SHUTDOWN_GRACE_SECONDS": "1", "KAIWA_WORKER_BATCH_MS": "10", **env})
-        worker.wait_for_line("database unavailable", timeout=60)
-        assert worker.terminate(timeout=60) == 0
-        worker.wait_for_line("stopping with 40 entries not written")
-        assert pending_count(lobby) == 40
+        with outage():
+            append(lobby, ann, 40)
+            worker.wait_for_line("database unavailable", timeout=60)
+            assert worker.terminate(timeout=60) == 0
+            line = worker.wait_for_line("persistence worker stopping with")
+            assert re.search(r"stopping with [1-9]\d* entries not written", line), line
+            # Nothing acknowledged: every entry is still pending or unread in Redis.
+            assert unacknowledged(lobby) == 40
     assert Message.objects.filter(room=lobby).count() == 0
     start_worker(env={"KAIWA_WORKER_CLAIM_IDLE_MS": "200"})
     wait_until(all_stored((lobby, 40)), "40 rows")
