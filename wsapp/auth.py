@@ -7,6 +7,8 @@ cross-site WebSocket hijacking: scheme, host and port are compared exactly.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from collections.abc import Iterable, Mapping
 from importlib import import_module
 from typing import Any
@@ -103,7 +105,26 @@ def session_store(session_key: str) -> Any:
     return engine.SessionStore(session_key=session_key)
 
 
+# Django's ``caches`` is a context-local: in async code each task gets its own
+# cache object, and the cached_db session engine's Redis cache client keeps its
+# own connection pool. Run from each WebSocket's task, every open socket would
+# hold its own Redis connections for its whole life (measured: two per socket).
+# All session checks run in one long-lived context instead, so the process
+# shares one cache client.
+_session_context: contextvars.Context | None = None
+
+
 async def session_user(session_key: str | None) -> Any | None:
+    """The active user of a session, or None (see ``_session_user``)."""
+    global _session_context
+    if not session_key:
+        return None
+    if _session_context is None:
+        _session_context = contextvars.Context()
+    return await asyncio.create_task(_session_user(session_key), context=_session_context)
+
+
+async def _session_user(session_key: str | None) -> Any | None:
     """The active user of a session, or None: Django's ``aget_user`` rules, read-only.
 
     Same checks as ``django.contrib.auth.aget_user`` (session exists and is
