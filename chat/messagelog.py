@@ -485,7 +485,7 @@ class MessageLog:
 
         With ``consumer``: that one (a worker stopping cleanly). Without: every
         consumer idle for ``min_idle_ms`` or longer (workers that were killed;
-        a live worker reads every room stream many times a second).
+        a live one holding nothing loses nothing, its next read recreates it).
         """
         if not room_ids:
             return 0

@@ -54,7 +54,9 @@ IDLE_BLOCK_MS = 250
 ROOMS_REFRESH_SECONDS = 30.0  # full re-read of the room set, besides the count check
 BACKLOG_CHECK_SECONDS = 10.0
 PRUNE_SECONDS = 600.0  # how often consumers of killed workers are removed from the group
-PRUNE_IDLE_MS = 3_600_000  # a live worker touches its streams many times a second
+# Only consumers holding no pending entry are removed (atomically), so even a
+# live one that was idle in a quiet room loses nothing: its next read recreates it.
+PRUNE_IDLE_MS = 3_600_000
 READ_GRACE_SECONDS = 10.0
 CLAIM_ROOMS_PER_CALL = 50  # XAUTOCLAIMs pipelined together (bounds one sweep's memory too)
 DB_STATEMENT_TIMEOUT_MS = 30_000  # a batch statement that waits longer (a lock, a stuck server) is retried
