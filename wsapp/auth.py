@@ -7,8 +7,6 @@ cross-site WebSocket hijacking: scheme, host and port are compared exactly.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 from collections.abc import Iterable, Mapping
 from importlib import import_module
 from typing import Any
@@ -16,6 +14,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
+from django.core.cache import caches
 from django.core.exceptions import ValidationError
 from django.http.request import split_domain_port, validate_host
 from django.utils.crypto import constant_time_compare
@@ -100,31 +99,28 @@ def origin_allowed(scope: Mapping[str, Any]) -> bool:
     return mine is not None and mine == theirs
 
 
+_session_cache: Any = None
+
+
 def session_store(session_key: str) -> Any:
+    """A session store whose cache (cached_db / cache engines) is shared by the whole process.
+
+    Django's ``caches`` is a context-local: in async code each task gets its own
+    cache object, and the Redis cache client keeps its own connection pool. Left
+    alone, every WebSocket's task would hold its own Redis connection for its
+    whole life (measured: one per socket, ~16 kB of parser buffer each).
+    """
+    global _session_cache
     engine = import_module(settings.SESSION_ENGINE)
-    return engine.SessionStore(session_key=session_key)
-
-
-# Django's ``caches`` is a context-local: in async code each task gets its own
-# cache object, and the cached_db session engine's Redis cache client keeps its
-# own connection pool. Run from each WebSocket's task, every open socket would
-# hold its own Redis connections for its whole life (measured: two per socket).
-# All session checks run in one long-lived context instead, so the process
-# shares one cache client.
-_session_context: contextvars.Context | None = None
+    store = engine.SessionStore(session_key=session_key)
+    if hasattr(store, "_cache"):
+        if _session_cache is None:
+            _session_cache = caches.create_connection(settings.SESSION_CACHE_ALIAS)
+        store._cache = _session_cache
+    return store
 
 
 async def session_user(session_key: str | None) -> Any | None:
-    """The active user of a session, or None (see ``_session_user``)."""
-    global _session_context
-    if not session_key:
-        return None
-    if _session_context is None:
-        _session_context = contextvars.Context()
-    return await asyncio.create_task(_session_user(session_key), context=_session_context)
-
-
-async def _session_user(session_key: str | None) -> Any | None:
     """The active user of a session, or None: Django's ``aget_user`` rules, read-only.
 
     Same checks as ``django.contrib.auth.aget_user`` (session exists and is
