@@ -62,7 +62,12 @@ class Connection:
     max_bytes: int = 0
     _queue: deque[tuple[str, int]] = field(default_factory=deque)
     _queued_bytes: int = 0
+    # Frames held back by the hub while a backlog is replayed (see Hub.join):
+    # they count against the same limits as the queue.
+    held_messages: int = 0
+    held_bytes: int = 0
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _drained: asyncio.Event = field(default_factory=asyncio.Event)
     _writer: asyncio.Task[None] | None = None
     _closer: asyncio.Task[None] | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -86,13 +91,16 @@ class Connection:
         """Queue one frame without waiting; on overflow close 1013. Returns whether it was queued."""
         if self.close_code is not None:
             return False
-        if len(self._queue) >= self.max_messages or self._queued_bytes + nbytes > self.max_bytes:
+        if not self.has_room(nbytes):
             logger.warning(
-                "connection %s (user %s) reads too slowly: %d frames / %d bytes queued; closing with 1013",
+                "connection %s (user %s) reads too slowly: %d frames / %d bytes queued (%d / %d held); "
+                "closing with 1013",
                 self.id,
                 self.user_id,
                 len(self._queue),
                 self._queued_bytes,
+                self.held_messages,
+                self.held_bytes,
             )
             self.close(Close.TRY_AGAIN)
             return False
@@ -103,6 +111,37 @@ class Connection:
 
     def put_frame(self, frame: dict[str, Any]) -> bool:
         return self.put(*encode(frame))
+
+    def has_room(self, nbytes: int) -> bool:
+        """Whether one more frame of ``nbytes`` fits under the limits (queued and held frames together)."""
+        return (
+            len(self._queue) + self.held_messages < self.max_messages
+            and self._queued_bytes + self.held_bytes + nbytes <= self.max_bytes
+        )
+
+    async def wait_room(self, nbytes: int, patience: float) -> bool:
+        """Wait until a frame of ``nbytes`` fits (the writer drains the queue); False if closed or timed out.
+
+        Used to pace a backlog into the queue at the pace the client reads it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        while True:
+            if self.close_code is not None or self.closed.is_set():
+                return False
+            if self.has_room(nbytes) or (not self._queue and self.held_messages == 0):
+                # An empty queue always takes one frame (a frame larger than the byte limit
+                # would otherwise wait forever; put() refuses it with 1013 as before).
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._drained.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._drained.wait()
+            except TimeoutError:
+                return False
 
     @property
     def queued(self) -> tuple[int, int]:
@@ -119,6 +158,7 @@ class Connection:
             return
         self._queue.clear()
         self._queued_bytes = 0
+        self._drained.set()
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
         self._closer = asyncio.create_task(self._send_close(), name=f"ws-closer-{self.id}")
@@ -129,6 +169,7 @@ class Connection:
                 while self._queue:
                     text, nbytes = self._queue.popleft()
                     self._queued_bytes -= nbytes
+                    self._drained.set()
                     await self.send({"type": "websocket.send", "text": text})
                 if self.close_code is not None:
                     break
@@ -137,6 +178,7 @@ class Connection:
         except (OSError, RuntimeError):
             # The client is gone (uvicorn raises ClientDisconnected, an OSError).
             self.closed.set()
+            self._drained.set()
             return
         await self._send_close()
 
@@ -165,6 +207,7 @@ class Connection:
             self.close_code = Close.NORMAL
         self._queue.clear()
         self._queued_bytes = 0
+        self._drained.set()
         for task in (self._writer, self._closer):
             if task is not None and not task.done():
                 task.cancel()

@@ -59,6 +59,11 @@ PUBSUB_IDLE_PING_SECONDS = 10.0
 # A "user changed" control event is re-checked after this delay, so a password
 # change in one browser has stored its new session hash before we look.
 RECHECK_DELAY_SECONDS = 0.5
+# A ``since`` backlog is read this many messages at a time and fed into the
+# connection's queue as the client reads; a client that takes none of it for
+# this long is closed with 1013.
+BACKLOG_CHUNK = 32
+BACKLOG_PACE_TIMEOUT_SECONDS = 20.0
 
 
 class RangeIncomplete(Exception):
@@ -326,23 +331,78 @@ class Hub:
         held: list[tuple[str, int]] = []
         state.members[conn] = held
         try:
-            backlog = await self.fetch_range(state, after=since, upto=last)
-        except RangeIncomplete as exc:
-            # Part of the backlog exists nowhere any more: the client must reload.
-            logger.error("%s; answering join with reset", exc)
-            joined["reset"] = True
-            backlog = []
+            await self._replay(conn, state, held, joined, since=since, last=last)
         except BaseException:
-            self._unregister(conn, room.slug)
+            if state.members.get(conn) is held:
+                self._unregister(conn, room.slug)
             raise
-        if state.members.get(conn) is not held:
-            return  # left (or disconnected) while the backlog was read
-        conn.put_frame(joined)
-        for entry in backlog:
-            conn.put(*encode(entry.frame()))
-        for text, nbytes in held:
-            conn.put(text, nbytes)
+
+    async def _replay(
+        self,
+        conn: Connection,
+        state: RoomState,
+        held: list[tuple[str, int]],
+        joined: dict[str, Any],
+        *,
+        since: int,
+        last: int,
+    ) -> None:
+        """Queue ``joined``, the backlog ``since < seq <= last`` and the held live frames, in that order.
+
+        Runs in the joining connection's own task, never in the fan-out. The
+        backlog is read in chunks and fed into the queue only as the writer
+        drains it, so a backlog larger than the queue's limits (e.g. 80
+        messages of 1 MB) reaches a client that reads; live frames of the room
+        stay held meanwhile and count against the same limits (Connection.held_*).
+        """
+        after = since
+        first = True
+        while after < last:
+            upto = min(last, after + BACKLOG_CHUNK)
+            try:
+                chunk = await self.fetch_range(state, after=after, upto=upto)
+            except RangeIncomplete as exc:
+                if first:
+                    # Part of the backlog exists nowhere any more: the client must reload.
+                    logger.error("%s; answering join with reset", exc)
+                    joined["reset"] = True
+                    chunk, upto = [], last
+                else:
+                    logger.error("%s; closing connection %s with 1011 so the client resyncs", exc, conn.id)
+                    conn.close(Close.SERVER_ERROR)
+                    return
+            if state.members.get(conn) is not held:
+                return  # left (or disconnected) while the backlog was read
+            if first:
+                first = False
+                if not conn.put_frame(joined):
+                    return
+            for entry in chunk:
+                text, nbytes = encode(entry.frame())
+                if not await conn.wait_room(nbytes, BACKLOG_PACE_TIMEOUT_SECONDS):
+                    if conn.open:
+                        logger.warning(
+                            "connection %s (user %s) read none of its backlog for %.0f s; closing with 1013",
+                            conn.id,
+                            conn.user_id,
+                            BACKLOG_PACE_TIMEOUT_SECONDS,
+                        )
+                        conn.close(Close.TRY_AGAIN)
+                    return
+                if state.members.get(conn) is not held:
+                    return
+                if not conn.put(text, nbytes):
+                    return
+            after = upto
+        if first and not conn.put_frame(joined):
+            return
+        # Hand the held live frames over: no await from here on, so nothing new is held meanwhile.
         state.members[conn] = None
+        frames = list(held)
+        self._release_held(conn, held)
+        for text, nbytes in frames:
+            if not conn.put(text, nbytes):
+                break
 
     async def leave(self, conn: Connection, slug: str) -> None:
         state = self._unregister(conn, slug)
@@ -361,7 +421,7 @@ class Hub:
         state = self.rooms.get(membership.room_id)
         if state is None:
             return None
-        state.members.pop(conn, None)
+        self._release_held(conn, state.members.pop(conn, None))
         users = state.users.get(conn.user_id)
         if users is not None:
             users.discard(conn)
@@ -369,6 +429,16 @@ class Hub:
                 del state.users[conn.user_id]
         self._discard_if_empty(state)
         return state
+
+    @staticmethod
+    def _release_held(conn: Connection, held: list[tuple[str, int]] | None) -> None:
+        """Stop counting ``held`` frames against ``conn``'s limits (they are dropped or were handed over)."""
+        if held:
+            conn.held_messages -= len(held)
+            conn.held_bytes -= sum(n for _, n in held)
+            held.clear()
+        if conn.held_messages <= 0:
+            conn.held_messages = conn.held_bytes = 0
 
     def known_last(self, room_id: int) -> int | None:
         state = self.rooms.get(room_id)
@@ -400,11 +470,20 @@ class Hub:
                 continue
             if held is None:
                 conn.put(text, nbytes)
-            elif len(held) >= conn.max_messages:
-                # Held frames count against the same bound as the queue.
+            elif conn.held_messages >= conn.max_messages or conn.held_bytes + nbytes > conn.max_bytes:
+                # Held frames alone past the queue's bounds: the client cannot keep up.
+                # (The backlog replay yields to them: it waits for room below the bounds,
+                # queued and held frames together.)
+                logger.warning(
+                    "connection %s (user %s): frames held during its backlog overflow; closing with 1013",
+                    conn.id,
+                    conn.user_id,
+                )
                 conn.close(Close.TRY_AGAIN)
-            else:
+            elif conn.open:
                 held.append((text, nbytes))
+                conn.held_messages += 1
+                conn.held_bytes += nbytes
 
     def _deliver_entry(self, state: RoomState, entry: Entry) -> None:
         text, nbytes = encode(entry.frame())

@@ -162,7 +162,9 @@ class Peer:
                 if len(found) >= count:
                     return found[:count]
                 if self.closed:
-                    raise AssertionError(f"closed ({self.close_code}) with {len(found)}/{count} frames: {found[-3:]}")
+                    raise AssertionError(
+                        f"closed ({self.close_code}) with {len(found)}/{count} frames: {str(found[-3:])[:600]}"
+                    )
                 self._changed.clear()
                 await self._changed.wait()
 
