@@ -7,6 +7,11 @@ server process re-checks, or closes with 4401, the affected sockets at once:
 * a session deleted (logout flushes it, the admin or ``clearsessions``
   deletes it): ``{"kind": "session", "user_id": N, "session_key": K}``;
   sockets on that session close without further checks;
+* a private-room membership deleted (``room_member_remove``, the admin
+  inline, the room deleted): ``{"kind": "access", "user_id": N, "room_id": R}``;
+  a room made private or deleted: ``{"kind": "room", "room_id": R}``; the
+  hub re-checks the sockets joined to it and ends those no longer allowed
+  with an unsolicited ``left``;
 * a user whose password hash or ``is_active`` changed:
   ``{"kind": "user", "user_id": N}``; that user's sockets re-check their
   session (the new hash no longer matches old sessions).
@@ -29,6 +34,7 @@ from django.db.models.signals import post_delete, post_init, post_save
 from django.dispatch import receiver
 
 from chat.messagelog import CONTROL_CHANNEL
+from chat.models import Membership, Room
 from chat.redisclient import sync_client
 
 logger = logging.getLogger("kaiwa.signals")
@@ -91,6 +97,35 @@ def _on_user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> 
     if created or instance.pk is None or before == now:
         return
     publish_revocation({"kind": "user", "user_id": instance.pk})
+
+
+# -- room access: sockets joined to a room the user may no longer see -----------------
+
+_ROOM_WATCHED = "_kaiwa_room_private"
+
+
+@receiver(post_delete, sender=Membership, dispatch_uid="kaiwa_membership_deleted")
+def on_membership_deleted(sender: Any, instance: Membership, **kwargs: Any) -> None:
+    """A user left a private room (room_member_remove, the admin inline, the room deleted)."""
+    publish_revocation({"kind": "access", "user_id": instance.user_id, "room_id": instance.room_id})
+
+
+@receiver(post_init, sender=Room, dispatch_uid="kaiwa_room_init")
+def _on_room_init(sender: Any, instance: Room, **kwargs: Any) -> None:
+    setattr(instance, _ROOM_WATCHED, instance.__dict__.get("private"))
+
+
+@receiver(post_save, sender=Room, dispatch_uid="kaiwa_room_saved")
+def on_room_saved(sender: Any, instance: Room, created: bool, **kwargs: Any) -> None:
+    before = getattr(instance, _ROOM_WATCHED, None)
+    setattr(instance, _ROOM_WATCHED, instance.private)
+    if not created and instance.private and before is False:
+        publish_revocation({"kind": "room", "room_id": instance.pk})
+
+
+@receiver(post_delete, sender=Room, dispatch_uid="kaiwa_room_deleted")
+def on_room_deleted(sender: Any, instance: Room, **kwargs: Any) -> None:
+    publish_revocation({"kind": "room", "room_id": instance.pk})
 
 
 _user_model = get_user_model()

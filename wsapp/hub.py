@@ -42,7 +42,7 @@ from redis.exceptions import RedisError
 
 from chat import selectors
 from chat.messagelog import CONTROL_CHANNEL, Entry, MessageLog, channel, entry_from_event
-from chat.models import Room
+from chat.models import Membership, Room
 from chat.redisclient import make_async_client
 from wsapp import auth
 from wsapp.connection import Connection, RoomMembership, encode
@@ -641,11 +641,20 @@ class Hub:
     def _on_control(self, data: bytes | str) -> None:
         try:
             event = json.loads(data)
+            kind = event.get("kind")
+            if kind == "access":
+                # A membership ended: re-check that user's sockets in that room.
+                self._spawn(self._recheck_access_of(user_id=int(event["user_id"]), room_id=int(event["room_id"])))
+                return
+            if kind == "room":
+                # A room was made private or deleted: re-check every socket joined to it.
+                self._spawn(self._recheck_access_of(user_id=None, room_id=int(event["room_id"])))
+                return
             user_id = int(event["user_id"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             logger.warning("ignoring malformed control event %r", data)
             return
-        if event.get("kind") not in ("user", "session"):
+        if kind not in ("user", "session"):
             return
         session_key = event.get("session_key")
         if session_key:
@@ -687,6 +696,62 @@ class Hub:
                 await self._recheck(list(self.connections))
             except Exception:
                 logger.exception("periodic session re-check failed")
+            try:
+                await self._recheck_access(
+                    [(conn, m.room_id) for conn in list(self.connections) for m in list(conn.rooms.values())]
+                )
+            except Exception:
+                logger.exception("periodic room access re-check failed")
+
+    # -- room access ------------------------------------------------------------------------
+
+    async def _recheck_access_of(self, *, user_id: int | None, room_id: int) -> None:
+        state = self.rooms.get(room_id)
+        if state is None:
+            return
+        conns = list(state.members) if user_id is None else list(state.users.get(user_id, ()))
+        try:
+            await self._recheck_access([(conn, room_id) for conn in conns])
+        except Exception as exc:
+            # Database down: the periodic re-check catches up.
+            logger.warning("room access re-check of room %s failed (%r); will retry", room_id, exc)
+
+    async def _recheck_access(self, pairs: list[tuple[Connection, int]]) -> None:
+        """End the memberships of sockets whose user may no longer see the room (removed, private, deleted)."""
+        by_room: dict[int, list[Connection]] = {}
+        for conn, room_id in pairs:
+            if conn.open:
+                by_room.setdefault(room_id, []).append(conn)
+        if not by_room:
+            return
+        await db_ready()
+        for room_id, conns in by_room.items():
+            private = await Room.objects.filter(pk=room_id).values_list("private", flat=True).afirst()
+            if private is None:
+                allowed: set[int] = set()  # deleted
+            elif not private:
+                continue
+            else:
+                uids = {conn.user_id for conn in conns}
+                allowed = {
+                    uid
+                    async for uid in Membership.objects.filter(room_id=room_id, user_id__in=uids).values_list(
+                        "user_id", flat=True
+                    )
+                }
+            for conn in conns:
+                if conn.user_id in allowed:
+                    continue
+                for slug, membership in list(conn.rooms.items()):
+                    if membership.room_id == room_id and conn.open:
+                        logger.info(
+                            "user %s may no longer see room %s; ending connection %s's membership",
+                            conn.user_id,
+                            slug,
+                            conn.id,
+                        )
+                        await self.leave(conn, slug)
+                        conn.put_frame({"type": "left", "room": slug})
 
     # -- presence ---------------------------------------------------------------------------
 
