@@ -106,6 +106,34 @@ class ServerProcess:
             self.process.kill()
             self.process.wait(timeout=10)
 
+    @classmethod
+    def spawn(cls, cmd: list[str], env: dict[str, str], port: int = 0) -> ServerProcess:
+        """Run ``cmd`` in the project directory, collecting its output line by line."""
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        server = cls(port=port, process=proc)
+        server.reader = threading.Thread(target=_pump, args=(proc, server), daemon=True)
+        server.reader.start()
+        return server
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM (SIGKILL if it does not exit in time), then release the output pipe."""
+        try:
+            self.terminate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        if self.reader is not None:
+            self.reader.join(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
 
 def _pump(proc: subprocess.Popen[str], server: ServerProcess) -> None:
     assert proc.stdout is not None
@@ -148,18 +176,7 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
             "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
             *(args or []),
         ]  # fmt: skip
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=server_env(**(env or {})),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        server = ServerProcess(port=port, process=proc)
-        server.reader = threading.Thread(target=_pump, args=(proc, server), daemon=True)
-        server.reader.start()
+        server = ServerProcess.spawn(cmd, server_env(**(env or {})), port=port)
         started.append(server)
         server.wait_for_line("Application startup complete")
         server.wait_for_line("Uvicorn running on")
@@ -167,14 +184,7 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
 
     yield start
     for server in started:
-        try:
-            server.terminate(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        if server.reader is not None:
-            server.reader.join(timeout=10)
-        if server.process.stdout is not None:
-            server.process.stdout.close()
+        server.stop()
 
 
 @pytest.fixture

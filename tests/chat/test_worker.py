@@ -33,7 +33,7 @@ from chat import services
 from chat.messagelog import GROUP, Entry, MessageLog, stream_key
 from chat.models import Message, Room
 from tests import redis_server
-from tests.conftest import ROOT, ServerProcess, _pump, database_url, server_env
+from tests.conftest import ROOT, ServerProcess, database_url, server_env
 from tests.wsapp.conftest import Peer, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -128,18 +128,10 @@ def start_worker() -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
     def start(env: dict[str, str] | None = None, args: list[str] | None = None) -> ServerProcess:
-        proc = subprocess.Popen(
+        worker = ServerProcess.spawn(
             [sys.executable, "manage.py", "chatworker", *(args or [])],
-            cwd=ROOT,
-            env=server_env(KAIWA_LOG_LEVEL="DEBUG", **(env or {})),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
+            server_env(KAIWA_LOG_LEVEL="DEBUG", **(env or {})),
         )
-        worker = ServerProcess(port=0, process=proc)
-        worker.reader = threading.Thread(target=_pump, args=(proc, worker), daemon=True)
-        worker.reader.start()
         started.append(worker)
         if not args:
             worker.wait_for_line("persistence worker started")
@@ -147,14 +139,7 @@ def start_worker() -> Iterator[Callable[..., ServerProcess]]:
 
     yield start
     for worker in started:
-        try:
-            worker.terminate(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        if worker.reader is not None:
-            worker.reader.join(timeout=10)
-        if worker.process.stdout is not None:
-            worker.process.stdout.close()
+        worker.stop(timeout=30)
 
 
 def is_postgres() -> bool:
