@@ -54,6 +54,8 @@ class Connection:
     username: str
     session_key: str
     user: Any = None
+    # When the session was checked (time.monotonic()): a revocation handled after it is re-checked.
+    checked_at: float = 0.0
     id: int = field(default_factory=lambda: next(_ids))
     rooms: dict[str, RoomMembership] = field(default_factory=dict)  # by slug
     close_code: int | None = None

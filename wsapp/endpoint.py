@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from django.conf import settings
@@ -64,6 +65,7 @@ class Endpoint:
             await send({"type": "websocket.close", "code": code, "reason": "server not ready"})
             return
         session_key = auth.cookies(scope).get(settings.SESSION_COOKIE_NAME)
+        checked_at = time.monotonic()
         try:
             await db_ready()
             user = await auth.session_user(session_key)
@@ -77,7 +79,12 @@ class Endpoint:
             await send({"type": "websocket.close", "code": Close.UNAUTHENTICATED, "reason": "unauthenticated"})
             return
         conn = Connection(
-            send=send, user_id=int(user.pk), username=user.get_username(), session_key=session_key, user=user
+            send=send,
+            user_id=int(user.pk),
+            username=user.get_username(),
+            session_key=session_key,
+            user=user,
+            checked_at=checked_at,
         )
         conn.reader = asyncio.current_task()
         hub.add(conn)
@@ -166,10 +173,11 @@ class Endpoint:
         if request.room not in conn.rooms and len(conn.rooms) >= limit:
             raise Refused(LIMIT, f"A connection may join at most {limit} rooms; leave one first.")
         await db_ready()
+        checked_at = time.monotonic()
         room = await selectors.aroom_get_for_user(user=conn.user, slug=request.room)
         if room is None:
             raise Refused(NOT_FOUND, f"There is no room {request.room!r} you can join.")
-        await hub.join(conn, room, request.since)
+        await hub.join(conn, room, request.since, checked_at=checked_at)
 
     async def _send(self, hub: Hub, conn: Connection, request: schemas.Send) -> None:
         membership = conn.rooms.get(request.room)

@@ -59,6 +59,9 @@ PUBSUB_IDLE_PING_SECONDS = 10.0
 # A "user changed" control event is re-checked after this delay, so a password
 # change in one browser has stored its new session hash before we look.
 RECHECK_DELAY_SECONDS = 0.5
+# A re-check that fails (database busy or down) is retried after these delays,
+# then left to the periodic re-check.
+RECHECK_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
 # A ``since`` backlog is read this many messages at a time and fed into the
 # connection's queue as the client reads; a client that takes none of it for
 # this long is closed with 1013.
@@ -119,6 +122,13 @@ class Hub:
         self._shutdown_task: asyncio.Task[None] | None = None
         self._signal_previous: dict[int, Any] = {}
         self.connected = asyncio.Event()
+        # When the control channel's subscription was last confirmed, and the
+        # last control event per user / per room (monotonic clock): a socket
+        # whose session or room access was checked before one of these was
+        # registered too late to be re-checked by it, so it is re-checked then.
+        self._control_since = float("inf")
+        self._user_events: dict[int, float] = {}
+        self._room_events: dict[int, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -227,6 +237,15 @@ class Hub:
     def add(self, conn: Connection) -> None:
         self.connections.add(conn)
         self.by_user.setdefault(conn.user_id, set()).add(conn)
+        if self._missed_control(conn.checked_at, self._user_events.get(conn.user_id)):
+            # A revocation may have been published between its session check and now.
+            self._spawn(self._recheck_retrying([conn], delay=0.0))
+
+    def _missed_control(self, checked_at: float, last_event: float | None) -> bool:
+        """Whether a check made at ``checked_at`` may predate a control event this process handled or lost."""
+        if checked_at < self._control_since:
+            return True  # checked while the control channel was not (yet, or no longer) subscribed
+        return last_event is not None and last_event >= checked_at
 
     async def remove(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -290,8 +309,12 @@ class Hub:
         except (RedisError, OSError) as exc:
             logger.debug("unsubscribe %s failed (%r); the reconnect will drop it", name, exc)
 
-    async def join(self, conn: Connection, room: Room, since: int | None) -> None:
-        """Register ``conn`` in ``room`` and queue ``joined`` (+ the backlog with ``since``)."""
+    async def join(self, conn: Connection, room: Room, since: int | None, *, checked_at: float | None = None) -> None:
+        """Register ``conn`` in ``room`` and queue ``joined`` (+ the backlog with ``since``).
+
+        ``checked_at``: when the caller checked the user's access to the room
+        (monotonic); if access may have changed since, it is re-checked.
+        """
         if room.slug in conn.rooms:
             # Joining again restarts the room on this connection (a fresh boundary).
             self._unregister(conn, room.slug)
@@ -313,6 +336,8 @@ class Hub:
         last = state.last
         conn.rooms[room.slug] = RoomMembership(room_id=state.room_id, slug=room.slug)
         state.users.setdefault(conn.user_id, set()).add(conn)
+        if checked_at is not None and self._missed_control(checked_at, self._room_events.get(state.room_id)):
+            self._spawn(self._recheck_access_of(user_id=conn.user_id, room_id=state.room_id, conns=[conn]))
         joined: dict[str, Any] = {
             "type": "joined",
             "room": room.slug,
@@ -573,6 +598,9 @@ class Hub:
         name = message["channel"]
         name = name.decode() if isinstance(name, bytes) else name
         if kind == "subscribe":
+            if name == CONTROL_CHANNEL:
+                self._on_control_subscribed()
+                return
             state = self.by_channel.get(name)
             if state is not None:
                 await self._on_subscribed(state)
@@ -642,13 +670,18 @@ class Hub:
         try:
             event = json.loads(data)
             kind = event.get("kind")
+            now = time.monotonic()
             if kind == "access":
                 # A membership ended: re-check that user's sockets in that room.
-                self._spawn(self._recheck_access_of(user_id=int(event["user_id"]), room_id=int(event["room_id"])))
+                room_id = int(event["room_id"])
+                self._note(self._room_events, room_id, now)
+                self._spawn(self._recheck_access_of(user_id=int(event["user_id"]), room_id=room_id))
                 return
             if kind == "room":
                 # A room was made private or deleted: re-check every socket joined to it.
-                self._spawn(self._recheck_access_of(user_id=None, room_id=int(event["room_id"])))
+                room_id = int(event["room_id"])
+                self._note(self._room_events, room_id, now)
+                self._spawn(self._recheck_access_of(user_id=None, room_id=room_id))
                 return
             user_id = int(event["user_id"])
         except (ValueError, KeyError, TypeError, AttributeError):
@@ -656,6 +689,7 @@ class Hub:
             return
         if kind not in ("user", "session"):
             return
+        self._note(self._user_events, user_id, now)
         session_key = event.get("session_key")
         if session_key:
             for conn in list(self.by_user.get(user_id, ())):
@@ -664,29 +698,61 @@ class Hub:
                     conn.close(Close.UNAUTHENTICATED)
         self._spawn(self._recheck_user(user_id, delay=RECHECK_DELAY_SECONDS))
 
+    @staticmethod
+    def _note(events: dict[int, float], key: int, now: float) -> None:
+        events[key] = now
+        if len(events) > 10_000:  # only recent events matter (a check-to-register window)
+            for k in [k for k, t in events.items() if now - t > 120]:
+                del events[k]
+
+    def _on_control_subscribed(self) -> None:
+        """The control channel is (re)subscribed: events published while it was not are lost, so re-check."""
+        self._control_since = time.monotonic()
+        conns = list(self.connections)
+        if conns:
+            logger.info("control channel subscribed; re-checking %d sockets' sessions and rooms", len(conns))
+            self._spawn(self._recheck_retrying(conns, delay=0.0))
+
     async def _recheck_user(self, user_id: int, *, delay: float) -> None:
         await asyncio.sleep(delay)
-        await self._recheck(list(self.by_user.get(user_id, ())))
+        await self._recheck_retrying(list(self.by_user.get(user_id, ())), delay=0.0)
 
-    async def _recheck(self, conns: list[Connection]) -> None:
+    async def _recheck_retrying(self, conns: list[Connection], *, delay: float) -> None:
+        """Re-check sessions and room access of ``conns``; a failure (database busy or down) is retried."""
+        await asyncio.sleep(delay)
+        for retry in RECHECK_RETRY_SECONDS:
+            try:
+                if await self._recheck(conns):
+                    await self._recheck_access(
+                        [(conn, m.room_id) for conn in conns if conn.open for m in list(conn.rooms.values())]
+                    )
+                    return
+            except Exception as exc:
+                logger.warning("re-check failed (%r); retrying in %.1f s", exc, retry)
+            await asyncio.sleep(retry)
+        logger.warning("re-check of %d sockets kept failing; the periodic re-check will catch up", len(conns))
+
+    async def _recheck(self, conns: list[Connection]) -> bool:
+        """Close the sockets whose session is no longer valid; False if the check could not be made."""
         by_session: dict[str, list[Connection]] = {}
         for conn in conns:
             if conn.open:
                 by_session.setdefault(conn.session_key, []).append(conn)
         if not by_session:
-            return
+            return True
         await db_ready()
         for session_key, group in by_session.items():
             try:
                 user = await auth.session_user(session_key)
             except Exception as exc:
-                # Database or cache down: keep the sockets; the next round retries.
+                # Database or cache down: keep the sockets; the caller retries.
                 logger.warning("session re-check failed (%r); will retry", exc)
-                return
+                return False
             for conn in group:
                 if user is None or user.pk != conn.user_id:
                     logger.info("session of user %s is no longer valid; closing %s with 4401", conn.user_id, conn.id)
                     conn.close(Close.UNAUTHENTICATED)
+        return True
 
     async def _recheck_loop(self) -> None:
         interval = settings.KAIWA_SESSION_RECHECK_SECONDS
@@ -705,16 +771,21 @@ class Hub:
 
     # -- room access ------------------------------------------------------------------------
 
-    async def _recheck_access_of(self, *, user_id: int | None, room_id: int) -> None:
-        state = self.rooms.get(room_id)
-        if state is None:
-            return
-        conns = list(state.members) if user_id is None else list(state.users.get(user_id, ()))
-        try:
-            await self._recheck_access([(conn, room_id) for conn in conns])
-        except Exception as exc:
-            # Database down: the periodic re-check catches up.
-            logger.warning("room access re-check of room %s failed (%r); will retry", room_id, exc)
+    async def _recheck_access_of(
+        self, *, user_id: int | None, room_id: int, conns: list[Connection] | None = None
+    ) -> None:
+        for retry in RECHECK_RETRY_SECONDS:
+            state = self.rooms.get(room_id)
+            if state is None:
+                return
+            if conns is None:
+                conns = list(state.members) if user_id is None else list(state.users.get(user_id, ()))
+            try:
+                await self._recheck_access([(conn, room_id) for conn in conns])
+                return
+            except Exception as exc:
+                logger.warning("room access re-check of room %s failed (%r); retrying in %.1f s", room_id, exc, retry)
+            await asyncio.sleep(retry)
 
     async def _recheck_access(self, pairs: list[tuple[Connection, int]]) -> None:
         """End the memberships of sockets whose user may no longer see the room (removed, private, deleted)."""

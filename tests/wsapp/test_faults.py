@@ -168,17 +168,30 @@ def test_client_that_stops_reading_gets_1013_others_unaffected(start_server, mak
         slow_ws = await connect(server.ws, slow_cookie, max_queue=1, max_size=None, compression=None)
         await slow_ws.send(json.dumps({"type": "join", "room": "lobby"}))
         rss_before = _rss_kb(server.process.pid)
-        overflowed = asyncio.ensure_future(asyncio.to_thread(server.wait_for_line, "reads too slowly", 60))
+        overflowed = asyncio.ensure_future(asyncio.to_thread(server.wait_for_line, "reads too slowly", 120))
+
+        async def read_once_overflowed() -> Peer:
+            # The server drops a client that reads nothing for 10 s after its close
+            # (1006, no close frame): start reading the moment the overflow is
+            # logged, whatever the sending loop below is waiting for.
+            await overflowed
+            return Peer(slow_ws)
+
+        reading = asyncio.ensure_future(read_once_overflowed())
         sent = 0
         while not overflowed.done() and sent < 6000:
             await sender.send({"type": "send", "room": "lobby", "body": body, "client_id": f"s{sent}"})
             sent += 1
             if sent % 50 == 0:
-                await sender.wait_for(lambda f: f["type"] == "ack", sent - 25, wait=30)
-        await asyncio.wait_for(overflowed, 60)
+                acked = asyncio.ensure_future(sender.wait_for(lambda f: f["type"] == "ack", sent - 25, wait=60))
+                await asyncio.wait([acked, overflowed], return_when=asyncio.FIRST_COMPLETED)
+                if acked.done():
+                    acked.result()
+                else:
+                    acked.cancel()
         # The stalled client reads again: what it got is gapless, then the close code 1013.
-        stalled = Peer(slow_ws)
-        assert await stalled.wait_closed(30) == 1013
+        stalled = await asyncio.wait_for(reading, 120)
+        assert await stalled.wait_closed(60) == 1013
         seqs = stalled.seqs("lobby")
         joined = stalled.matching(lambda f: f["type"] == "joined")[0]
         start = joined["last_seq"] + 1  # its join may have been handled after the first messages
