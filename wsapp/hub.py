@@ -62,10 +62,12 @@ RECHECK_DELAY_SECONDS = 0.5
 # A re-check that fails (database busy or down) is retried after these delays,
 # then left to the periodic re-check.
 RECHECK_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
-# A ``since`` backlog is read this many messages at a time and fed into the
-# connection's queue as the client reads; a client that takes none of it for
-# this long is closed with 1013.
-BACKLOG_CHUNK = 32
+# A ``since`` backlog is read in chunks (the first of this many messages, the
+# next ones sized to about one outgoing queue's worth, at most the max) and fed
+# into the connection's queue as the client reads; a client that takes none of
+# it for this long is closed with 1013.
+BACKLOG_FIRST_CHUNK = 8
+BACKLOG_MAX_CHUNK = 256
 BACKLOG_PACE_TIMEOUT_SECONDS = 20.0
 
 
@@ -382,8 +384,9 @@ class Hub:
         """
         after = since
         first = True
+        chunk_size = BACKLOG_FIRST_CHUNK
         while after < last:
-            upto = min(last, after + BACKLOG_CHUNK)
+            upto = min(last, after + chunk_size)
             try:
                 chunk = await self.fetch_range(state, after=after, upto=upto)
             except RangeIncomplete as exc:
@@ -402,8 +405,10 @@ class Hub:
                 first = False
                 if not conn.put_frame(joined):
                     return
+            chunk_bytes = 0
             for entry in chunk:
                 text, nbytes = encode(entry.frame())
+                chunk_bytes += nbytes
                 if not await conn.wait_room(nbytes, BACKLOG_PACE_TIMEOUT_SECONDS):
                     if conn.open:
                         logger.warning(
@@ -419,6 +424,11 @@ class Hub:
                 if not conn.put(text, nbytes):
                     return
             after = upto
+            if chunk:
+                # About one queue's worth per read: few round trips for small
+                # messages, bounded memory for large ones.
+                average = max(1, chunk_bytes // len(chunk))
+                chunk_size = max(1, min(BACKLOG_MAX_CHUNK, conn.max_messages, conn.max_bytes // average))
         if first and not conn.put_frame(joined):
             return
         # Hand the held live frames over: no await from here on, so nothing new is held meanwhile.
