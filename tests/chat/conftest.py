@@ -9,8 +9,22 @@ from typing import Any, TypeVar
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
+from django.test import Client
 
 T = TypeVar("T")
+
+
+@pytest.fixture
+def alice(make_user: Any) -> Any:
+    """A user named alice."""
+    return make_user("alice")
+
+
+@pytest.fixture
+def client_alice(client: Client, alice: Any) -> Client:
+    """Django's test client, logged in as alice."""
+    client.force_login(alice)
+    return client
 
 
 @pytest.fixture

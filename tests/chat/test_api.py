@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from django.test import Client
 
 from chat import services
 from tests.chat.factories import add_messages
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_passwords")]
-
-
-@pytest.fixture
-def alice(make_user):
-    return make_user("alice")
-
-
-@pytest.fixture
-def client_alice(client: Client, alice) -> Client:
-    client.force_login(alice)
-    return client
 
 
 @pytest.fixture

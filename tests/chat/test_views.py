@@ -19,17 +19,6 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_passwords")]
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture
-def alice(make_user):
-    return make_user("alice")
-
-
-@pytest.fixture
-def client_alice(client: Client, alice) -> Client:
-    client.force_login(alice)
-    return client
-
-
 def html_of(response) -> str:
     return response.content.decode()
 
