@@ -18,6 +18,14 @@ from chat.models import Room
 
 TIMEOUT = 10.0
 PASSWORD = "correct horse battery"
+# Server env for tests that send faster than a person: the per-user and
+# per-connection rate limits out of the way, every other limit at its default.
+UNLIMITED_RATES = {
+    "KAIWA_RATE_BURST": "100000",
+    "KAIWA_RATE_PER_SECOND": "100000",
+    "KAIWA_FRAME_RATE_BURST": "100000",
+    "KAIWA_FRAME_RATE_PER_SECOND": "100000",
+}
 
 
 def session_cookie(user: Any, password: str = PASSWORD) -> str:
@@ -214,8 +222,6 @@ def start_server(start_server: Callable[..., Any]) -> Any:
     def start(*args: Any, **kwargs: Any) -> Any:
         server = start_server(*args, **kwargs)
         started.append(server)
-        # uvicorn logs "Application startup complete" before it binds the socket.
-        server.wait_for_line("Uvicorn running on")
         return server
 
     yield start

@@ -6,16 +6,13 @@ import asyncio
 
 import pytest
 
-from tests.wsapp.conftest import Peer, connect, session_cookie
+from tests.wsapp.conftest import UNLIMITED_RATES, Peer, connect, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 MB = 1_000_000
 BIG = {
-    "KAIWA_RATE_BURST": "100000",
-    "KAIWA_RATE_PER_SECOND": "100000",
-    "KAIWA_FRAME_RATE_BURST": "100000",
-    "KAIWA_FRAME_RATE_PER_SECOND": "100000",
+    **UNLIMITED_RATES,
     "KAIWA_MAX_FRAME_BYTES": str(2 * MB),
     "KAIWA_MAX_BODY_CHARS": str(2 * MB),
     "KAIWA_SEND_QUEUE_MAX_BYTES": str(4 * 1024 * 1024),

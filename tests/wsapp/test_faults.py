@@ -11,17 +11,11 @@ import pytest
 import redis as redis_sync
 
 from chat.messagelog import seq_key, stream_key
-from tests.wsapp.conftest import Peer, connect, session_cookie
+from tests.wsapp.conftest import UNLIMITED_RATES, Peer, connect, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-FAST = {
-    "KAIWA_RATE_BURST": "100000",
-    "KAIWA_RATE_PER_SECOND": "100000",
-    "KAIWA_FRAME_RATE_BURST": "100000",
-    "KAIWA_FRAME_RATE_PER_SECOND": "100000",
-    "KAIWA_UNAVAILABLE_RETRY_MS": "200",
-}
+FAST = {**UNLIMITED_RATES, "KAIWA_UNAVAILABLE_RETRY_MS": "200"}
 
 
 async def send_until_acked(peer: Peer, body: str, client_id: str, wait: float = 30.0) -> tuple[dict, list[dict]]:

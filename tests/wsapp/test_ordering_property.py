@@ -8,22 +8,16 @@ import random
 import pytest
 
 from chat.models import Room
-from tests.wsapp.conftest import Peer, session_cookie
+from tests.wsapp.conftest import UNLIMITED_RATES, Peer, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-FAST = {
-    "KAIWA_RATE_BURST": "100000",
-    "KAIWA_RATE_PER_SECOND": "100000",
-    "KAIWA_FRAME_RATE_BURST": "100000",
-    "KAIWA_FRAME_RATE_PER_SECOND": "100000",
-}
 SEEDS = [1, 2, 3]
 
 
 def test_concurrent_senders_see_identical_gapless_sequences(start_server, make_user, aio):
     """Seeded random schedules: 6 clients (3 users) on 2 processes, 2 rooms, random sends, joins and pauses."""
-    servers = [start_server(env=FAST), start_server(env=FAST)]
+    servers = [start_server(env=UNLIMITED_RATES), start_server(env=UNLIMITED_RATES)]
     users = [make_user(f"user{i}") for i in range(3)]
     cookies = [session_cookie(u) for u in users]
     for seed in SEEDS:
