@@ -62,14 +62,20 @@ def room_id_from_stream_key(key: str) -> int:
     return int(key.split("{r:", 1)[1].split("}", 1)[0])
 
 
+def parse_ts(ts_ms: int) -> datetime:
+    """The moment of a log timestamp (milliseconds since the epoch, UTC)."""
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+
+
+def ts_ms_of(moment: datetime) -> int:
+    """The inverse of :func:`parse_ts`, truncated to whole milliseconds."""
+    moment = moment.astimezone(UTC)
+    return int(moment.replace(microsecond=0).timestamp()) * 1000 + moment.microsecond // 1000
+
+
 def format_ts(ts_ms: int) -> str:
     """ISO-8601 UTC with milliseconds, as the wire contract prescribes."""
-    moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
-
-
-def parse_ts(ts_ms: int) -> datetime:
-    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    return parse_ts(ts_ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
 
 
 @dataclass(frozen=True, slots=True)

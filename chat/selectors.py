@@ -7,12 +7,11 @@ arguments; async twins carry Django's ``a`` prefix.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from django.db.models import Max, OuterRef, Q, QuerySet, Subquery
 
-from chat.messagelog import Entry
+from chat.messagelog import Entry, ts_ms_of
 from chat.models import Membership, Message, Room
 
 if TYPE_CHECKING:
@@ -136,19 +135,13 @@ async def amessage_max_seq(*, room_id: int) -> int:
     return int(value or 0)
 
 
-def _ts_ms(moment: datetime) -> int:
-    moment = moment.astimezone(UTC)
-    # Whole milliseconds, truncated as chat.messagelog.format_ts does.
-    return int(moment.replace(microsecond=0).timestamp()) * 1000 + moment.microsecond // 1000
-
-
 def message_entry(message: Message, *, slug: str) -> Entry:
     """A stored message as a :class:`chat.messagelog.Entry`."""
     return Entry(
         room_id=message.room_id,
         room=slug,
         seq=message.seq,
-        ts_ms=_ts_ms(message.created_at),
+        ts_ms=ts_ms_of(message.created_at),
         user_id=message.author_id if message.author_id is not None else DELETED_USER_ID,
         username=message.author_username,
         body=message.body,
