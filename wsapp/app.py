@@ -77,7 +77,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app() -> FastAPI:
     app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.runtime = None
-    app.router.routes.append(WebSocketRoute("/ws", Endpoint(app)))
+    endpoint = Endpoint(app)
+    app.router.routes.append(WebSocketRoute("/ws", endpoint))
+    # The dispatcher calls the endpoint directly (see project/asgi.py).
+    app.state.ws_endpoint = endpoint
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
