@@ -183,6 +183,7 @@ class Worker:
         # (stream, entry id) -> entry: a claim may hand back an entry already held.
         self._batch: dict[tuple[str, str], PendingEntry] = {}
         self._batch_started: float | None = None
+        self._caught_up = True
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -320,37 +321,44 @@ class Worker:
             block = IDLE_BLOCK_MS
         else:
             remaining_ms = self._batch_remaining_ms()
-            if remaining_ms <= 0:
-                await self._flush()
-                return
-            # Capped, so a stop request is noticed quickly even with long batches.
-            block = min(remaining_ms, IDLE_BLOCK_MS)
+            if remaining_ms > 0 and self._caught_up:
+                # Let the batch window fill, then read what arrived in one go. (A blocking
+                # read here returns as soon as one entry arrives: under a steady stream of
+                # messages that was one XREADGROUP, and one step, per message.) Capped, so
+                # a stop request is noticed quickly.
+                await self._sleep(min(remaining_ms, IDLE_BLOCK_MS) / 1000)
+                if self._batch_remaining_ms() > 0 and not self.stopping:
+                    return
+            block = None  # whatever is there, without waiting
         if not self._rooms:
             await self._sleep(IDLE_BLOCK_MS / 1000)
             return
         # XREADGROUP's COUNT applies to each stream: share the room left in the
         # batch among the rooms, so one read holds about one batch, not one per room.
         room_left = self.batch_size - len(self._batch)
+        count = max(1, room_left // len(self._rooms))
         assert self._reader is not None
         read = self._reader.persist_read(
             consumer=self.consumer,
             room_ids=self._rooms,
-            count=max(1, room_left // len(self._rooms)),
+            count=count,
             block_ms=block,
             slugs={},
         )
+        limit = (block or 0) / 1000 + READ_GRACE_SECONDS
         try:
             # The reader has no socket timeout (a blocked read must not be
             # re-sent); this bounds a read that a dead connection never answers.
-            got = await asyncio.wait_for(read, timeout=block / 1000 + READ_GRACE_SECONDS)
+            got = await asyncio.wait_for(read, timeout=limit)
         except TimeoutError:
-            raise RedisTimeoutError(
-                f"no answer to XREADGROUP within {block / 1000 + READ_GRACE_SECONDS:.1f} s"
-            ) from None
+            raise RedisTimeoutError(f"no answer to XREADGROUP within {limit:.1f} s") from None
+        # Fewer than one stream's count: every stream was read to its end (a backlog is read
+        # on without pausing).
+        self._caught_up = len(got) < count
         if got:
             self._add(got)
             logger.debug("read %d entries, batch now %d", len(got), len(self._batch))
-        if self._batch_full() or (self._batch and self._batch_remaining_ms() <= 0):
+        if self._batch_full() or (self._batch and (block is None or self._batch_remaining_ms() <= 0)):
             await self._flush()
 
     def _claim_interval(self) -> float:
