@@ -2,10 +2,12 @@
 
 Everything Kaiwa keeps in Redis about messages goes through this module:
 
-* ``append``: one Lua script assigns the room's next ``seq``, appends the
-  message to the room's stream, remembers its ``client_id`` for dedup and
-  publishes it to every server process. Because it is one atomic step, a room's
-  sequence has no gaps and no reuse, and the publish order is the seq order.
+* ``append``: one Lua script takes a token from the sender's rate-limit
+  bucket, assigns the room's next ``seq``, appends the message to the room's
+  stream, remembers its ``client_id`` for dedup and publishes it to every
+  server process. Because it is one atomic step, a room's sequence has no gaps
+  and no reuse, and the publish order is the seq order; and a send costs one
+  round trip to Redis.
 * ``read_range``: re-read messages by seq (resume after reconnect, gap repair).
 * the ``persist`` consumer group on each room stream, which the worker reads,
   acknowledges after the database commit, and reclaims from crashed consumers.
@@ -13,7 +15,9 @@ Everything Kaiwa keeps in Redis about messages goes through this module:
 * the control channel, which carries session revocations to every process.
 
 Layout: every key of a room carries the hash tag ``{r:<room id>}`` so that one
-room lives in one Redis Cluster slot. A stream entry's id is ``0-<seq>``,
+room lives in one Redis Cluster slot (the append script also touches the
+sender's bucket ``kaiwa:{u:<user id>}:rate``, so Kaiwa needs a single Redis,
+not a Cluster: see docs/protocol.md). A stream entry's id is ``0-<seq>``,
 which turns "messages after seq N" into a plain ``XRANGE``.
 
 Only Redis 6.2 commands are used (the bundled server is 6.2).
@@ -55,6 +59,11 @@ def channel(room_id: int) -> str:
 
 def dedup_key(room_id: int, user_id: int, token: str) -> str:
     return f"{room_tag(room_id)}:dedup:{user_id}:{token}"
+
+
+def bucket_key(user_id: int) -> str:
+    """A user's send rate-limit bucket, shared by every connection and process."""
+    return f"kaiwa:{{u:{user_id}}}:rate"
 
 
 def room_id_from_stream_key(key: str) -> int:
@@ -115,11 +124,32 @@ class AppendResult:
     duplicate: bool  # True: the client_id was seen before, this is the original
 
 
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A per-user token bucket: ``burst`` messages at once, then ``per_second``."""
+
+    burst: int
+    per_second: float
+
+
 class FloorNeeded(Exception):
     """The room has no sequence in Redis (new room, or Redis lost its data)."""
 
 
-# KEYS: seq, stream, dedup   ARGV: floor, ttl, has_dedup, room_id, slug, uid, username, body, cid
+class RateLimited(Exception):
+    """The sender's bucket is empty; a token is back in ``retry_after_ms``."""
+
+    def __init__(self, retry_after_ms: int) -> None:
+        super().__init__(f"rate limited; retry after {retry_after_ms} ms")
+        self.retry_after_ms = retry_after_ms
+
+
+# KEYS: seq, stream, dedup, channel, bucket
+# ARGV: floor, ttl, has_dedup, room_id, slug, uid, username, body, cid, burst ('' = no limit), per_second
+# -> {1, seq, ts} appended | {0, seq, ts} a duplicate of that one | {-1, 0, 0} floor needed
+#    | {-2, retry_after_ms, 0} rate limited
+# A duplicate and a floor request take no token: the retry that follows is the same send.
+# The bucket refills by the time elapsed on Redis's own clock, so the processes' clocks do not matter.
 _APPEND = """
 if ARGV[3] == '1' then
   local seen = redis.call('GET', KEYS[3])
@@ -134,12 +164,35 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   end
   redis.call('SET', KEYS[1], ARGV[1])
 end
+local t = redis.call('TIME')
+local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[10] ~= '' then
+  local burst = tonumber(ARGV[10])
+  local rate = tonumber(ARGV[11]) / 1000
+  local data = redis.call('HMGET', KEYS[5], 'tokens', 'ts')
+  local tokens = tonumber(data[1])
+  local last = tonumber(data[2])
+  if tokens == nil or last == nil then
+    tokens = burst
+    last = ts
+  end
+  tokens = math.min(burst, tokens + math.max(0, ts - last) * rate)
+  local wait = 0
+  if tokens >= 1 then
+    tokens = tokens - 1
+  else
+    wait = math.ceil((1 - tokens) / rate)
+  end
+  redis.call('HSET', KEYS[5], 'tokens', tostring(tokens), 'ts', tostring(ts))
+  redis.call('PEXPIRE', KEYS[5], math.ceil(burst / rate) + 1000)
+  if wait > 0 then
+    return {-2, wait, 0}
+  end
+end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[2], 'persist', '0', 'MKSTREAM')
 end
 local seq = redis.call('INCR', KEYS[1])
-local t = redis.call('TIME')
-local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('XADD', KEYS[2], '0-' .. seq,
   'ts', ts, 'uid', ARGV[6], 'un', ARGV[7], 'body', ARGV[8], 'cid', ARGV[9])
 if ARGV[3] == '1' then
@@ -298,14 +351,23 @@ class MessageLog:
         token: str,
         token_seconds: int | None = None,
         floor: int | None = None,
+        rate: RateLimit | None = None,
     ) -> AppendResult:
         """Append a message; raise ``FloorNeeded`` when the room's seq is unknown.
 
         ``token`` identifies the attempt for dedup: the client's ``client_id``
         when it gave one, else a server-made one (kept ``token_seconds``) so a
-        retry after a lost reply cannot create a second message.
+        retry after a lost reply cannot create a second message. With ``rate``
+        the message takes a token from the user's bucket first, or the append
+        raises ``RateLimited``.
         """
-        keys = [seq_key(room_id), stream_key(room_id), dedup_key(room_id, user_id, token), channel(room_id)]
+        keys = [
+            seq_key(room_id),
+            stream_key(room_id),
+            dedup_key(room_id, user_id, token),
+            channel(room_id),
+            bucket_key(user_id),
+        ]
         args: list[str | int] = [
             "" if floor is None else str(floor),
             token_seconds or self.dedup_seconds,
@@ -316,6 +378,8 @@ class MessageLog:
             username,
             body,
             client_id or "",
+            "" if rate is None else rate.burst,
+            "" if rate is None else repr(float(rate.per_second)),
         ]
 
         def build(pipe: Pipeline) -> None:
@@ -326,6 +390,8 @@ class MessageLog:
         status, seq, ts = (int(x) for x in result)
         if status == -1:
             raise FloorNeeded(room_id)
+        if status == -2:
+            raise RateLimited(max(1, seq))
         return AppendResult(seq=seq, ts_ms=ts, duplicate=status == 0)
 
     # -- reads --------------------------------------------------------------

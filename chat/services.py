@@ -21,7 +21,7 @@ from django.utils.text import slugify
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chat.messagelog import AppendResult, Entry, FloorNeeded, MessageLog, parse_ts
+from chat.messagelog import AppendResult, Entry, FloorNeeded, MessageLog, RateLimit, parse_ts
 from chat.models import Membership, Message, Room, slug_validator
 from chat.selectors import amessage_max_seq
 
@@ -309,8 +309,12 @@ async def amessage_send(
     body: str,
     client_id: str | None,
     known_last: int | None = None,
+    rate: RateLimit | None = None,
 ) -> AppendResult:
     """Accept one message: append it to the room's Redis log (durable, ordered, published).
+
+    With ``rate`` the user's token bucket is charged in the same step, and
+    ``RateLimited`` raised when it is empty (nothing is appended then).
 
     ``client_id`` (when given) is the dedup token for ``KAIWA_DEDUP_SECONDS``:
     re-sending returns the original seq. Without it a server-made token guards
@@ -337,6 +341,7 @@ async def amessage_send(
                 token=token,
                 token_seconds=token_seconds,
                 floor=floor,
+                rate=rate,
             )
         except FloorNeeded:
             if floor is not None:

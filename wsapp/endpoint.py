@@ -16,7 +16,7 @@ from django.conf import settings
 from starlette.types import Receive, Scope, Send
 
 from chat import selectors, services
-from chat.messagelog import format_ts
+from chat.messagelog import RateLimit, format_ts
 from wsapp import auth, schemas
 from wsapp.connection import Connection, FrameBudget
 from wsapp.errors import (
@@ -24,7 +24,6 @@ from wsapp.errors import (
     LIMIT,
     NOT_FOUND,
     NOT_JOINED,
-    RATE_LIMITED,
     Close,
     Refused,
     error_frame,
@@ -184,17 +183,6 @@ class Endpoint:
         if membership is None:
             raise Refused(NOT_JOINED, f"Join the room {request.room!r} before sending to it.")
         with hub.send_slot():
-            services.message_body_validate(body=request.body)
-            verdict = await hub.rate.take(
-                user_id=conn.user_id, burst=settings.KAIWA_RATE_BURST, per_second=settings.KAIWA_RATE_PER_SECOND
-            )
-            if not verdict.allowed:
-                raise Refused(
-                    RATE_LIMITED,
-                    f"You are sending too fast (at most {settings.KAIWA_RATE_PER_SECOND:g} messages per second); "
-                    "wait and re-send.",
-                    retry_after_ms=verdict.retry_after_ms,
-                )
             result = await services.amessage_send(
                 log=hub.log,
                 room_id=membership.room_id,
@@ -204,6 +192,7 @@ class Endpoint:
                 body=request.body,
                 client_id=request.client_id,
                 known_last=hub.known_last(membership.room_id),
+                rate=RateLimit(burst=settings.KAIWA_RATE_BURST, per_second=settings.KAIWA_RATE_PER_SECOND),
             )
             conn.put_frame(
                 {

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
+from chat.messagelog import RateLimited
 from chat.services import MessageBodyEmpty, MessageBodyTooLong, MessageUnavailable
 
 logger = logging.getLogger("kaiwa.ws")
@@ -83,6 +84,13 @@ def refusal_for(exc: BaseException) -> Refused | None:
         return Refused(BAD_REQUEST, str(exc))
     if isinstance(exc, MessageBodyTooLong):
         return Refused(TOO_LONG, str(exc))
+    if isinstance(exc, RateLimited):
+        return Refused(
+            RATE_LIMITED,
+            f"You are sending too fast (at most {settings.KAIWA_RATE_PER_SECOND:g} messages per second); "
+            "wait and re-send.",
+            retry_after_ms=exc.retry_after_ms,
+        )
     if isinstance(exc, MessageUnavailable):
         return unavailable()
     if isinstance(exc, RedisError | OSError | TimeoutError):

@@ -48,7 +48,6 @@ from wsapp import auth
 from wsapp.connection import Connection, RoomMembership, encode
 from wsapp.errors import Close, unavailable
 from wsapp.presence import Presence
-from wsapp.ratelimit import RateLimiter
 
 logger = logging.getLogger("kaiwa.hub")
 
@@ -107,7 +106,6 @@ class Hub:
         self.log = log
         self.process_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.presence = Presence(client, process_id=self.process_id, ttl_seconds=settings.KAIWA_PRESENCE_TTL_SECONDS)
-        self.rate = RateLimiter(client)
         self.rooms: dict[int, RoomState] = {}
         self.by_channel: dict[str, RoomState] = {}
         self.connections: set[Connection] = set()

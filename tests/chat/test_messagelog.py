@@ -6,9 +6,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import pytest
 import redis.asyncio as aioredis
 
-from chat.messagelog import GROUP, MessageLog, stream_key
+from chat.messagelog import GROUP, MessageLog, RateLimit, RateLimited, bucket_key, stream_key
 from tests import redis_server
 
 T = TypeVar("T")
@@ -228,5 +229,45 @@ def test_claim_rooms_in_one_call_and_entries_deleted_while_pending():
             consumer="other", room_ids=[1], min_idle_ms=0, count=10, slugs={}
         )
         assert [p.entry.seq for p in again[1]] == [1, 3] and gone_again == 0
+
+    run(scenario)
+
+
+def test_append_charges_the_users_bucket_and_refuses_without_appending():
+    """With a rate limit, each new message takes a token; an empty bucket appends nothing and says when to retry.
+
+    A re-send of an accepted message (same token) is answered from the dedup key without a token.
+    """
+    limit = RateLimit(burst=2, per_second=0.5)
+
+    async def send(log: MessageLog, token: str, room_id: int = 5) -> int:
+        result = await log.append(
+            room_id=room_id,
+            slug="r",
+            user_id=42,
+            username="ann",
+            body=token,
+            client_id=token,
+            token=token,
+            floor=0,
+            rate=limit,
+        )
+        return result.seq
+
+    async def scenario(log: MessageLog) -> None:
+        await log.client.delete(bucket_key(42))
+        assert await send(log, "a") == 1
+        assert await send(log, "b") == 2
+        assert await send(log, "a") == 1  # duplicate: no token taken, no refusal
+        with pytest.raises(RateLimited) as refused:
+            await send(log, "c")
+        # One token comes back every 2 s at 0.5/s.
+        assert 0 < refused.value.retry_after_ms <= 2000
+        assert await stream_seqs(log, 5) == [1, 2]
+        # The bucket is the user's, whatever the room.
+        with pytest.raises(RateLimited):
+            await send(log, "d", room_id=6)
+        ttl = await log.client.pttl(bucket_key(42))
+        assert 0 < ttl <= 5000  # kept only as long as it takes to refill
 
     run(scenario)
