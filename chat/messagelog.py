@@ -144,7 +144,7 @@ class RateLimited(Exception):
         self.retry_after_ms = retry_after_ms
 
 
-# KEYS: seq, stream, dedup, channel, bucket
+# KEYS: seq, stream, dedup, channel, bucket, rooms
 # ARGV: floor, ttl, has_dedup, room_id, slug, uid, username, body, cid, burst ('' = no limit), per_second
 # -> {1, seq, ts} appended | {0, seq, ts} a duplicate of that one | {-1, 0, 0} floor needed
 #    | {-2, retry_after_ms, 0} rate limited
@@ -192,6 +192,7 @@ end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[2], 'persist', '0', 'MKSTREAM')
 end
+redis.call('SADD', KEYS[6], ARGV[4])
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], '0-' .. seq,
   'ts', ts, 'uid', ARGV[6], 'un', ARGV[7], 'body', ARGV[8], 'cid', ARGV[9])
@@ -367,6 +368,7 @@ class MessageLog:
             dedup_key(room_id, user_id, token),
             channel(room_id),
             bucket_key(user_id),
+            ROOMS_KEY,
         ]
         args: list[str | int] = [
             "" if floor is None else str(floor),
@@ -382,11 +384,7 @@ class MessageLog:
             "" if rate is None else repr(float(rate.per_second)),
         ]
 
-        def build(pipe: Pipeline) -> None:
-            pipe.sadd(ROOMS_KEY, room_id)
-            pipe.evalsha(self._append.sha, len(keys), *keys, *args)
-
-        _, result = await self._pipeline(build)
+        result = await self._append(keys=keys, args=args)
         status, seq, ts = (int(x) for x in result)
         if status == -1:
             raise FloorNeeded(room_id)
@@ -575,7 +573,7 @@ class MessageLog:
         execution: a second round trip on each append. Here a script is loaded
         only when Redis answers NOSCRIPT (first use, or after a restart), and
         the pipeline is sent again: NOSCRIPT means that script did not run, and
-        every pipeline built here may safely run twice (SADD, trim, forget).
+        every pipeline built here may safely run twice (trim, forget).
         """
         for attempt in range(2):
             async with self.client.pipeline(transaction=False) as pipe:
@@ -585,7 +583,7 @@ class MessageLog:
                 except NoScriptError:
                     if attempt:
                         raise
-            for script in (self._append, self._trim, self._forget):
+            for script in (self._trim, self._forget):
                 await self.client.script_load(script.script)
         raise AssertionError("unreachable")
 

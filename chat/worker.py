@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import close_old_connections, connection, connections
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -71,14 +71,28 @@ def consumer_name() -> str:
 
 
 def _persist_batch(entries: Sequence[Entry]) -> int:
-    # Runs on the worker's DB thread. Closing around the batch is what lets a
-    # long-lived thread survive a database restart: a broken connection is
-    # dropped (PostgreSQL: returned to the pool, which checks it on checkout).
-    close_old_connections()
+    # Runs on the worker's DB thread.
+    _release_connection()
     try:
         return services.message_bulk_persist(entries=entries, statement_timeout_ms=DB_STATEMENT_TIMEOUT_MS)
     finally:
-        close_old_connections()
+        _release_connection()
+
+
+def _release_connection() -> None:
+    """Close the thread's database connection around a batch, unless it is a healthy SQLite one.
+
+    Closing is what lets a long-lived thread survive a database restart: a
+    broken connection is dropped (PostgreSQL: returned to the pool, which checks
+    it on checkout). A SQLite connection is a file handle with no server to
+    restart, and opening one registers Django's SQL functions each time: kept
+    open, it saved about a tenth of the worker's CPU per batch.
+    """
+    if connection.vendor == "sqlite":
+        if connection.connection is not None and (connection.errors_occurred and not connection.is_usable()):
+            connection.close()
+        return
+    close_old_connections()
 
 
 def _close_db() -> None:
