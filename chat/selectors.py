@@ -55,14 +55,23 @@ def room_get_for_user(*, user: AnyUser, slug: str) -> Room | None:
 
 async def aroom_get_for_user(*, user: AnyUser, slug: str) -> Room | None:
     """Async twin of :func:`room_get_for_user`."""
+    return await aroom_get_for_user_id(user_id=user.pk if user.is_authenticated else None, slug=slug)
+
+
+async def aroom_get_for_user_id(*, user_id: int | None, slug: str) -> Room | None:
+    """:func:`aroom_get_for_user` for a user known by id (``None``: anonymous).
+
+    A WebSocket keeps its user's id, not a ``User`` instance: about a kilobyte
+    per idle socket.
+    """
     room = await Room.objects.filter(slug=slug).afirst()
     if room is None:
         return None
     if not room.private:
         return room
-    if not user.is_authenticated or user.pk is None:
+    if user_id is None:
         return None
-    if await Membership.objects.filter(room=room, user_id=user.pk).aexists():
+    if await Membership.objects.filter(room=room, user_id=user_id).aexists():
         return room
     return None
 

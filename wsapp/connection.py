@@ -7,13 +7,18 @@ client reads too slowly: the queue is dropped and the connection closed with
 1013, so one slow reader can neither stall the fan-out nor grow the server's
 memory.
 
-Write-through: while nothing is queued and the writer is idle, ``put`` starts
-the ASGI send itself. uvicorn completes a send without suspending unless the
-socket pushes back (its transport is paused), so in the common case the frame
-is written at once and no task has to wake up: in the fan-out benchmark that
-wake-up per member per message was a large share of the server's CPU. A send
-that does suspend is handed to the writer task, which finishes it before
-anything queued after it; from then on frames queue as before, in order.
+Write-through: while nothing is queued and no send is under way, ``put``
+starts the ASGI send itself. uvicorn completes a send without suspending
+unless the socket pushes back (its transport is paused), so in the common case
+the frame is written at once and no task has to wake up: in the fan-out
+benchmark that wake-up per member per message was a large share of the
+server's CPU. A send that does suspend is handed to the writer task, which
+finishes it, then sends what queued behind it, in order.
+
+The writer task exists only while there is such work: it is started when a
+send has to wait and ends when the queue is empty. An idle socket holds no
+writer task, no queue and no ``asyncio.Event`` (``Flag`` is its lazy
+stand-in): the idle-memory benchmark counts every one of them per socket.
 """
 
 from __future__ import annotations
@@ -49,20 +54,60 @@ def encode(frame: dict[str, Any]) -> tuple[str, int]:
     return text, len(text.encode("utf-8"))
 
 
-@dataclass
+class Flag:
+    """``asyncio.Event``'s set/clear/wait, allocating only when someone waits.
+
+    An ``asyncio.Event`` allocates its waiter deque (over 600 bytes) up front.
+    """
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
+@dataclass(slots=True)
 class RoomMembership:
     room_id: int
     slug: str
     last_typing: float = 0.0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Connection:
     send: Send
     user_id: int
     username: str
     session_key: str
-    user: Any = None
     # When the session was checked (time.monotonic()): a revocation handled after it is re-checked.
     checked_at: float = 0.0
     id: int = field(default_factory=lambda: next(_ids))
@@ -71,21 +116,22 @@ class Connection:
     close_reason: str = ""
     max_messages: int = 0
     max_bytes: int = 0
-    _queue: deque[tuple[str, int]] = field(default_factory=deque)
+    _started: bool = False
+    # Created on first use: most sockets never queue a frame.
+    _queue: deque[tuple[str, int]] | None = None
     _queued_bytes: int = 0
     # Frames held back by the hub while a backlog is replayed (see Hub.join):
     # they count against the same limits as the queue.
     held_messages: int = 0
     held_bytes: int = 0
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _drained: asyncio.Event = field(default_factory=asyncio.Event)
+    _drained: Flag = field(default_factory=Flag)
     _writer: asyncio.Task[None] | None = None
     # True while a send is under way outside the caller's step: the writer is
     # suspended in one, or a written-through send waits for the writer to finish it.
     _busy: bool = False
     _pending: tuple[Coroutine[Any, Any, None], Any] | None = None
     _closer: asyncio.Task[None] | None = None
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: Flag = field(default_factory=Flag)
     # The endpoint task reading this socket: cancelled when a close frame could
     # not be delivered in time (the client stopped reading altogether).
     reader: asyncio.Task[Any] | None = None
@@ -96,7 +142,8 @@ class Connection:
         self.max_bytes = settings.KAIWA_SEND_QUEUE_MAX_BYTES
 
     def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
+        """The handshake is done: frames may be sent from now on."""
+        self._started = True
 
     @property
     def open(self) -> bool:
@@ -106,7 +153,7 @@ class Connection:
         """Send or queue one frame without waiting; on overflow close 1013. Returns whether it was taken."""
         if self.close_code is not None or self.closed.is_set():
             return False
-        if not self._queue and not self._busy and self.has_room(nbytes) and self._writer is not None:
+        if not self._queue and not self._busy and self._started and self.has_room(nbytes):
             self._write_through(text)
             return True
         if not self.has_room(nbytes):
@@ -115,16 +162,18 @@ class Connection:
                 "closing with 1013",
                 self.id,
                 self.user_id,
-                len(self._queue),
+                len(self._queue or ()),
                 self._queued_bytes,
                 self.held_messages,
                 self.held_bytes,
             )
             self.close(Close.TRY_AGAIN)
             return False
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append((text, nbytes))
         self._queued_bytes += nbytes
-        self._wake.set()
+        self._start_writer()
         return True
 
     def put_frame(self, frame: dict[str, Any]) -> bool:
@@ -133,7 +182,7 @@ class Connection:
     def has_room(self, nbytes: int) -> bool:
         """Whether one more frame of ``nbytes`` fits under the limits (queued and held frames together)."""
         return (
-            len(self._queue) + self.held_messages < self.max_messages
+            len(self._queue or ()) + self.held_messages < self.max_messages
             and self._queued_bytes + self.held_bytes + nbytes <= self.max_bytes
         )
 
@@ -163,7 +212,7 @@ class Connection:
 
     @property
     def queued(self) -> tuple[int, int]:
-        return len(self._queue), self._queued_bytes
+        return len(self._queue or ()), self._queued_bytes
 
     def close(self, code: int, reason: str = "", *, flush: bool = False) -> None:
         """Close with ``code``; ``flush`` first sends what is already queued (graceful shutdown)."""
@@ -172,15 +221,24 @@ class Connection:
         self.close_code = int(code)
         self.close_reason = reason or CLOSE_REASONS.get(code, "")
         if flush and self._writer is not None and not self._writer.done():
-            self._wake.set()  # the writer drains the queue, then sends the close frame
-            return
-        self._queue.clear()
-        self._queued_bytes = 0
-        self._drained.set()
-        self._drop_pending()
+            return  # the writer drains the queue, then sends the close frame
+        self._drop_queue()
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
         self._closer = asyncio.create_task(self._send_close(), name=f"ws-closer-{self.id}")
+
+    def _drop_queue(self) -> None:
+        self._queue = None
+        self._queued_bytes = 0
+        self._drained.set()
+        if self._pending is not None:
+            self._pending[0].close()
+            self._pending = None
+        self._busy = False
+
+    def _start_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
 
     def _write_through(self, text: str) -> None:
         sending = self.send({"type": "websocket.send", "text": text})
@@ -195,7 +253,7 @@ class Connection:
         # The send waits for the socket to drain: the writer task finishes it.
         self._busy = True
         self._pending = (coro, waiting)
-        self._wake.set()
+        self._start_writer()
 
     def _lost(self, exc: BaseException) -> None:
         """The socket failed under a send: stop writing (the reader sees the disconnect and finishes)."""
@@ -203,41 +261,29 @@ class Connection:
             # uvicorn raises ClientDisconnected (an OSError), or RuntimeError after a close.
             logger.error("connection %s: sending failed: %r", self.id, exc)
         self.closed.set()
-        self._drained.set()
-        self._queue.clear()
-        self._queued_bytes = 0
-        self._drop_pending()
+        self._drop_queue()
         if self._writer is not None and self._writer is not asyncio.current_task():
             self._writer.cancel()
 
-    def _drop_pending(self) -> None:
-        if self._pending is not None:
-            self._pending[0].close()
-            self._pending = None
-        self._busy = False
-
     async def _write_loop(self) -> None:
+        """Finish the send that had to wait, then the queue; end when it is empty."""
         try:
-            while True:
-                if self._pending is not None:
-                    coro, waiting = self._pending
-                    await _resume(coro, waiting)
-                    self._pending = None
-                while self._queue:
-                    text, nbytes = self._queue.popleft()
-                    self._queued_bytes -= nbytes
-                    self._drained.set()
-                    self._busy = True
-                    await self.send({"type": "websocket.send", "text": text})
-                self._busy = False
-                if self.close_code is not None:
-                    break
-                self._wake.clear()
-                await self._wake.wait()
+            if self._pending is not None:
+                coro, waiting = self._pending
+                await _resume(coro, waiting)
+                self._pending = None
+            while self._queue:
+                text, nbytes = self._queue.popleft()
+                self._queued_bytes -= nbytes
+                self._drained.set()
+                self._busy = True
+                await self.send({"type": "websocket.send", "text": text})
+            self._busy = False
         except Exception as exc:
             self._lost(exc)
             return
-        await self._send_close()
+        if self.close_code is not None:
+            await self._send_close()  # a graceful close waited for the queue
 
     async def _send_close(self) -> None:
         try:
@@ -262,10 +308,7 @@ class Connection:
         """Stop the tasks once the client is gone (the reader saw the disconnect)."""
         if self.close_code is None:
             self.close_code = Close.NORMAL
-        self._queue.clear()
-        self._queued_bytes = 0
-        self._drained.set()
-        self._drop_pending()
+        self._drop_queue()
         for task in (self._writer, self._closer):
             if task is not None and not task.done():
                 task.cancel()
@@ -303,13 +346,15 @@ async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
 class FrameBudget:
     """Inbound limits of one connection: a token bucket for frames, a window for bad frames."""
 
+    __slots__ = ("bad", "bad_limit", "burst", "rate", "stamp", "tokens")
+
     def __init__(self) -> None:
         self.burst = float(settings.KAIWA_FRAME_RATE_BURST)
         self.rate = float(settings.KAIWA_FRAME_RATE_PER_SECOND)
         self.tokens = self.burst
         self.stamp = time.monotonic()
         self.bad_limit = settings.KAIWA_BAD_FRAMES_PER_MINUTE
-        self.bad: deque[float] = deque()
+        self.bad: deque[float] | None = None  # created by the first bad frame
 
     def take_frame(self) -> bool:
         now = time.monotonic()
@@ -323,6 +368,8 @@ class FrameBudget:
     def bad_frame(self) -> bool:
         """Count a bad frame; False once more than the per-minute allowance arrived."""
         now = time.monotonic()
+        if self.bad is None:
+            self.bad = deque()
         while self.bad and now - self.bad[0] > 60:
             self.bad.popleft()
         self.bad.append(now)

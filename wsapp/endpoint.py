@@ -42,27 +42,49 @@ class Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await self._serve(scope, receive, send)
+            accepted = await self._handshake(scope, receive, send)
         except OSError as exc:
             # The client went away mid-handshake (uvicorn's ClientDisconnected is an OSError).
             logger.debug("connection ended by %r", exc)
+            return
+        if accepted is None:
+            return
+        hub, conn = accepted
+        # The read loop runs in this frame, not one more level down: every
+        # frame of this task lives as long as the socket (idle memory).
+        conn.reader = asyncio.current_task()
+        hub.add(conn)
+        conn.start()
+        try:
+            await self._read_loop(hub, conn, receive)
+        except asyncio.CancelledError:
+            if not conn.abandoned:
+                raise
+        except OSError as exc:
+            logger.debug("connection ended by %r", exc)
+        finally:
+            try:
+                await hub.remove(conn)
+            finally:
+                await conn.finish()
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _handshake(self, scope: Scope, receive: Receive, send: Send) -> tuple[Hub, Connection] | None:
+        """Accept an allowed, authenticated socket; refuse the others (None)."""
         message = await receive()
         if message["type"] != "websocket.connect":
-            return
+            return None
         if not auth.origin_allowed(scope):
             logger.info("refused a WebSocket from foreign origin %r", auth.header(scope, b"origin"))
             # A close before accept is an HTTP 403 at the handshake.
             await send({"type": "websocket.close", "code": Close.POLICY})
-            return
+            return None
         runtime = getattr(self.app.state, "runtime", None)
         hub: Hub | None = getattr(runtime, "hub", None)
         if hub is None or not hub.accepting:
             await send({"type": "websocket.accept"})
             code = Close.RESTART if hub is not None else Close.SERVER_ERROR
             await send({"type": "websocket.close", "code": code, "reason": "server not ready"})
-            return
+            return None
         session_key = auth.cookies(scope).get(settings.SESSION_COOKIE_NAME)
         checked_at = time.monotonic()
         try:
@@ -72,32 +94,19 @@ class Endpoint:
             logger.exception("session check failed at the handshake")
             await send({"type": "websocket.accept"})
             await send({"type": "websocket.close", "code": Close.SERVER_ERROR, "reason": "server error"})
-            return
+            return None
         await send({"type": "websocket.accept"})
         if user is None or session_key is None:
             await send({"type": "websocket.close", "code": Close.UNAUTHENTICATED, "reason": "unauthenticated"})
-            return
+            return None
         conn = Connection(
             send=send,
             user_id=int(user.pk),
             username=user.get_username(),
             session_key=session_key,
-            user=user,
             checked_at=checked_at,
         )
-        conn.reader = asyncio.current_task()
-        hub.add(conn)
-        conn.start()
-        try:
-            await self._read_loop(hub, conn, receive)
-        except asyncio.CancelledError:
-            if not conn.abandoned:
-                raise
-        finally:
-            try:
-                await hub.remove(conn)
-            finally:
-                await conn.finish()
+        return hub, conn
 
     async def _read_loop(self, hub: Hub, conn: Connection, receive: Receive) -> None:
         budget = FrameBudget()
@@ -173,7 +182,7 @@ class Endpoint:
             raise Refused(LIMIT, f"A connection may join at most {limit} rooms; leave one first.")
         await db_ready()
         checked_at = time.monotonic()
-        room = await selectors.aroom_get_for_user(user=conn.user, slug=request.room)
+        room = await selectors.aroom_get_for_user_id(user_id=conn.user_id, slug=request.room)
         if room is None:
             raise Refused(NOT_FOUND, f"There is no room {request.room!r} you can join.")
         await hub.join(conn, room, request.since, checked_at=checked_at)

@@ -50,26 +50,22 @@ def test_anonymous_user_sees_only_public_rooms(people):
 
 @pytest.mark.django_db(transaction=True)
 def test_async_room_get_matches_sync(people):
-    """aroom_get_for_user answers exactly like room_get_for_user."""
+    """aroom_get_for_user, and aroom_get_for_user_id given the user's id, answer exactly like room_get_for_user."""
     alice, bob, carol = people
     services.room_create(name="Secret", private=True, creator=alice, members=[bob])
     services.room_create(name="Lobby", creator=alice)
+    pairs = [(user, slug) for user in (alice, bob, carol, AnonymousUser()) for slug in ("secret", "lobby", "missing")]
 
     async def lookups():
-        return [
-            await selectors.aroom_get_for_user(user=user, slug=slug)
-            for user in (alice, bob, carol)
-            for slug in ("secret", "lobby", "missing")
-        ]
+        by_user = [await selectors.aroom_get_for_user(user=user, slug=slug) for user, slug in pairs]
+        by_id = [await selectors.aroom_get_for_user_id(user_id=user.pk, slug=slug) for user, slug in pairs]
+        return by_user, by_id
 
-    got = run_async(lookups())
-    want = [
-        selectors.room_get_for_user(user=user, slug=slug)
-        for user in (alice, bob, carol)
-        for slug in ("secret", "lobby", "missing")
-    ]
-    assert got == want
-    assert got.count(None) == 4
+    by_user, by_id = run_async(lookups())
+    want = [selectors.room_get_for_user(user=user, slug=slug) for user, slug in pairs]
+    assert by_user == want
+    assert by_id == want
+    assert want.count(None) == 6
 
 
 def test_room_list_is_sorted_and_filtered_without_duplicates(people):
