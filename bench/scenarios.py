@@ -61,7 +61,7 @@ class Config:
 
     @classmethod
     def full(cls) -> Config:
-        rates = [10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 500, 700, 1000, 1400, 2000]
+        rates = [10, 20, 30, 50, 75, 100, 150, 200, 250, 300, 350, 400, 500, 600, 700, 850, 1000, 1200, 1400, 2000]
         return cls(
             mode="full",
             fanout_rates=rates,
