@@ -65,7 +65,7 @@ class Config:
         return cls(
             mode="full",
             fanout_rates=rates,
-            many_rates=[100, 300, 1000, 2000, 4000],
+            many_rates=[100, 200, 300, 500, 700, 1000, 1400, 2000, 3000, 4000],
             idle_conns=10000,
             payload_sizes=[1 * KB, 64 * KB, 1 * MB, 8 * MB],
             calibration_rates=[*rates, 3000, 4000],

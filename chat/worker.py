@@ -31,6 +31,7 @@ import os
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -366,13 +367,14 @@ class Worker:
             got = await asyncio.wait_for(read, timeout=limit)
         except TimeoutError:
             raise RedisTimeoutError(f"no answer to XREADGROUP within {limit:.1f} s") from None
-        # Fewer than one stream's count: every stream was read to its end (a backlog is read
-        # on without pausing).
-        self._caught_up = len(got) < count
+        # Every stream gave fewer than COUNT: all were read to their end (a backlog is read on
+        # without pausing). COUNT applies per stream, so this is counted per stream.
+        per_stream = Counter(item.stream for item in got)
+        self._caught_up = all(n < count for n in per_stream.values())
         if got:
             self._add(got)
             logger.debug("read %d entries, batch now %d", len(got), len(self._batch))
-        if self._batch_full() or (self._batch and (block is None or self._batch_remaining_ms() <= 0)):
+        if self._batch_full() or (self._batch and self._batch_remaining_ms() <= 0):
             await self._flush()
 
     def _claim_interval(self) -> float:

@@ -55,8 +55,15 @@ class Endpoint:
         conn.reader = asyncio.current_task()
         hub.add(conn)
         conn.start()
+        budget = FrameBudget()
         try:
-            await self._read_loop(hub, conn, receive)
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = self._accept_frame(conn, budget, message)
+                if text is not None:
+                    await self._handle(hub, conn, budget, text)
         except asyncio.CancelledError:
             if not conn.abandoned:
                 raise
@@ -108,32 +115,27 @@ class Endpoint:
         )
         return hub, conn
 
-    async def _read_loop(self, hub: Hub, conn: Connection, receive: Receive) -> None:
-        budget = FrameBudget()
+    def _accept_frame(self, conn: Connection, budget: FrameBudget, message: Any) -> str | None:
+        """The text of an incoming frame to handle, or None (ignored, refused, or the socket closed)."""
+        if message["type"] != "websocket.receive" or not conn.open:
+            return None
+        if not budget.take_frame():
+            logger.warning("connection %s (user %s) floods frames; closing with 1008", conn.id, conn.user_id)
+            conn.close(Close.POLICY, "too many frames per second")
+            return None
         limit = settings.KAIWA_MAX_FRAME_BYTES
-        while True:
-            message = await receive()
-            kind = message["type"]
-            if kind == "websocket.disconnect":
-                return
-            if kind != "websocket.receive" or not conn.open:
-                continue
-            if not budget.take_frame():
-                logger.warning("connection %s (user %s) floods frames; closing with 1008", conn.id, conn.user_id)
-                conn.close(Close.POLICY, "too many frames per second")
-                continue
-            text = message.get("text")
-            if text is None:
-                data = message.get("bytes") or b""
-                if len(data) > limit:
-                    conn.close(Close.TOO_BIG)
-                    continue
-                self._refuse_bad(conn, budget, "Binary frames are not accepted: send JSON in a text frame.", None, None)
-                continue
-            if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
-                conn.close(Close.TOO_BIG, f"frame larger than {limit} bytes")
-                continue
-            await self._handle(hub, conn, budget, text)
+        text = message.get("text")
+        if text is None:
+            data = message.get("bytes") or b""
+            if len(data) > limit:
+                conn.close(Close.TOO_BIG)
+                return None
+            self._refuse_bad(conn, budget, "Binary frames are not accepted: send JSON in a text frame.", None, None)
+            return None
+        if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
+            conn.close(Close.TOO_BIG, f"frame larger than {limit} bytes")
+            return None
+        return str(text)
 
     def _refuse_bad(
         self, conn: Connection, budget: FrameBudget, message: str, ref: str | None, room: str | None

@@ -88,7 +88,9 @@ class RoomState:
     ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     # conn -> None when live, or the frames held back while its backlog is fetched
     members: dict[Connection, list[tuple[str, int]] | None] = field(default_factory=dict)
-    users: dict[int, set[Connection]] = field(default_factory=dict)
+    # user id -> that user's connections here (lists: almost always one, and a
+    # one-element set costs four times the memory per idle socket)
+    users: dict[int, list[Connection]] = field(default_factory=dict)
     pending_joins: int = 0
 
     @property
@@ -109,7 +111,7 @@ class Hub:
         self.rooms: dict[int, RoomState] = {}
         self.by_channel: dict[str, RoomState] = {}
         self.connections: set[Connection] = set()
-        self.by_user: dict[int, set[Connection]] = {}
+        self.by_user: dict[int, list[Connection]] = {}  # see RoomState.users
         self.accepting = True
         self.inflight = 0
         self._idle = asyncio.Event()
@@ -236,7 +238,7 @@ class Hub:
 
     def add(self, conn: Connection) -> None:
         self.connections.add(conn)
-        self.by_user.setdefault(conn.user_id, set()).add(conn)
+        _group_add(self.by_user, conn.user_id, conn)
         if self._missed_control(conn.checked_at, self._user_events.get(conn.user_id)):
             # A revocation may have been published between its session check and now.
             self._spawn(self._recheck_retrying([conn], delay=0.0))
@@ -249,11 +251,7 @@ class Hub:
 
     async def remove(self, conn: Connection) -> None:
         self.connections.discard(conn)
-        users = self.by_user.get(conn.user_id)
-        if users is not None:
-            users.discard(conn)
-            if not users:
-                del self.by_user[conn.user_id]
+        _group_discard(self.by_user, conn.user_id, conn)
         for slug in list(conn.rooms):
             await self.leave(conn, slug)
 
@@ -335,7 +333,7 @@ class Hub:
         assert state.last is not None
         last = state.last
         conn.rooms[room.slug] = RoomMembership(room_id=state.room_id, slug=room.slug)
-        state.users.setdefault(conn.user_id, set()).add(conn)
+        _group_add(state.users, conn.user_id, conn)
         if checked_at is not None and self._missed_control(checked_at, self._room_events.get(state.room_id)):
             self._spawn(self._recheck_access_of(user_id=conn.user_id, room_id=state.room_id, conns=[conn]))
         joined: dict[str, Any] = {
@@ -455,11 +453,7 @@ class Hub:
         if state is None:
             return None
         self._release_held(conn, state.members.pop(conn, None))
-        users = state.users.get(conn.user_id)
-        if users is not None:
-            users.discard(conn)
-            if not users:
-                del state.users[conn.user_id]
+        _group_discard(state.users, conn.user_id, conn)
         self._discard_if_empty(state)
         return state
 
@@ -862,3 +856,17 @@ class Hub:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _group_add(groups: dict[int, list[Connection]], key: int, conn: Connection) -> None:
+    group = groups.setdefault(key, [])
+    if conn not in group:
+        group.append(conn)
+
+
+def _group_discard(groups: dict[int, list[Connection]], key: int, conn: Connection) -> None:
+    group = groups.get(key)
+    if group is not None and conn in group:
+        group.remove(conn)
+        if not group:
+            del groups[key]
