@@ -337,13 +337,12 @@ class Worker:
         else:
             remaining_ms = self._batch_remaining_ms()
             if remaining_ms > 0 and self._caught_up:
-                # Let the batch window fill, then read what arrived in one go. (A blocking
-                # read here returns as soon as one entry arrives: under a steady stream of
-                # messages that was one XREADGROUP, and one step, per message.) Capped, so
-                # a stop request is noticed quickly.
+                # Let the window fill, then read what arrived in one go. (A blocking read
+                # here returns as soon as one entry arrives: under a steady stream of
+                # messages that was one XREADGROUP, and one step, per message.) A long
+                # window is read every IDLE_BLOCK_MS, so a batch still flushes as soon as
+                # it is full, and a stop request is noticed quickly.
                 await self._sleep(min(remaining_ms, IDLE_BLOCK_MS) / 1000)
-                if self._batch_remaining_ms() > 0 and not self.stopping:
-                    return
             block = None  # whatever is there, without waiting
         if not self._rooms:
             await self._sleep(IDLE_BLOCK_MS / 1000)

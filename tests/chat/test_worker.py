@@ -528,6 +528,25 @@ def test_server_shutdown_flushes_the_embedded_worker_batch(start_server, make_us
     assert pending_count(lobby) == 0
 
 
+def test_a_full_batch_is_written_without_waiting_for_a_long_window(start_worker, make_user):
+    """Batches are KAIWA_WORKER_BATCH_SIZE entries or KAIWA_WORKER_BATCH_MS, whichever comes first.
+
+    Entries arriving while a batch is open are read during its window (not only
+    when it ends), so a batch that fills up is written at once.
+    """
+    ann = make_user("ann")
+    lobby = make_room("lobby")
+    worker = start_worker(env={"KAIWA_WORKER_BATCH_SIZE": "20", "KAIWA_WORKER_BATCH_MS": "600000"})
+    worker.wait_for_line("persistence worker started")
+    append(lobby, ann, 10)
+    worker.wait_for_line("batch now 10")
+    append(lobby, ann, 10, prefix="n")
+    worker.wait_for_line("writing a batch of 20 entries")
+    wait_until(all_stored((lobby, 20)), "20 rows")
+    seqs = list(Message.objects.filter(room=lobby).order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, 21))
+
+
 def test_backlog_above_the_warning_level_is_logged(start_worker, make_user):
     """A backlog larger than KAIWA_WORKER_BACKLOG_WARN is logged with its size and the oldest entry's age."""
     ann = make_user("ann")
