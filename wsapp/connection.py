@@ -116,7 +116,6 @@ class Connection:
     close_reason: str = ""
     max_messages: int = 0
     max_bytes: int = 0
-    _started: bool = False
     # Created on first use: most sockets never queue a frame.
     _queue: deque[tuple[str, int]] | None = None
     _queued_bytes: int = 0
@@ -141,10 +140,6 @@ class Connection:
         self.max_messages = settings.KAIWA_SEND_QUEUE_MAX_MESSAGES
         self.max_bytes = settings.KAIWA_SEND_QUEUE_MAX_BYTES
 
-    def start(self) -> None:
-        """The handshake is done: frames may be sent from now on."""
-        self._started = True
-
     @property
     def open(self) -> bool:
         return self.close_code is None
@@ -153,7 +148,7 @@ class Connection:
         """Send or queue one frame without waiting; on overflow close 1013. Returns whether it was taken."""
         if self.close_code is not None or self.closed.is_set():
             return False
-        if not self._queue and not self._busy and self._started and self.has_room(nbytes):
+        if not self._queue and not self._busy and self.has_room(nbytes):
             self._write_through(text)
             return True
         if not self.has_room(nbytes):

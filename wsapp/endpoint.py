@@ -54,7 +54,6 @@ class Endpoint:
         # frame of this task lives as long as the socket (idle memory).
         conn.reader = asyncio.current_task()
         hub.add(conn)
-        conn.start()
         budget = FrameBudget()
         try:
             while True:

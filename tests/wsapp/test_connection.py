@@ -49,11 +49,14 @@ class Socket:
                 await self.progress.wait()
 
 
-def connection(socket: Socket, *, max_messages: int = 100) -> Connection:
+def connected(*, paused: bool = False, max_messages: int = 100) -> tuple[Socket, Connection]:
+    """A socket (``paused``: its transport pushes back) and the connection sending on it."""
+    socket = Socket()
+    if paused:
+        socket.writable.clear()
     conn = Connection(send=socket, user_id=1, username="alice", session_key="k")
     conn.max_messages = max_messages
-    conn.start()
-    return conn
+    return socket, conn
 
 
 def put(conn: Connection, text: str) -> bool:
@@ -76,8 +79,7 @@ def test_frames_to_a_writable_socket_are_written_during_put(run):
     """While the socket takes frames, put() writes them itself, in order, with nothing queued."""
 
     async def scenario() -> None:
-        socket = Socket()
-        conn = connection(socket)
+        socket, conn = connected()
         for i in range(5):
             assert put(conn, f"m{i}")
             assert socket.texts == [f"m{j}" for j in range(i + 1)]
@@ -91,9 +93,7 @@ def test_a_send_that_waits_is_finished_by_the_writer_before_later_frames(run):
     """A paused socket: the waiting send goes first, the frames queued behind it follow in order."""
 
     async def scenario() -> None:
-        socket = Socket()
-        conn = connection(socket)
-        socket.writable.clear()
+        socket, conn = connected(paused=True)
         assert put(conn, "first")  # suspends inside send: handed to the writer
         for i in range(3):
             assert put(conn, f"q{i}")
@@ -115,9 +115,7 @@ def test_a_reader_that_never_drains_is_closed_with_1013(run):
     """Frames queued behind a waiting send count against the limit; past it the socket closes 1013."""
 
     async def scenario() -> None:
-        socket = Socket()
-        conn = connection(socket, max_messages=3)
-        socket.writable.clear()
+        socket, conn = connected(paused=True, max_messages=3)
         assert put(conn, "pending")
         assert all(put(conn, f"q{i}") for i in range(3))
         assert not put(conn, "overflow")
@@ -136,9 +134,7 @@ def test_graceful_close_sends_the_waiting_and_queued_frames_first(run):
     """close(flush=True) while a send waits: everything taken is sent, then the close frame."""
 
     async def scenario() -> None:
-        socket = Socket()
-        conn = connection(socket)
-        socket.writable.clear()
+        socket, conn = connected(paused=True)
         put(conn, "pending")
         put(conn, "queued")
         conn.close(Close.RESTART, flush=True)
@@ -157,8 +153,7 @@ def test_a_send_failing_during_put_stops_the_connection_quietly(run):
     """The client vanished under a written-through send: later frames are refused, nothing raises."""
 
     async def scenario() -> None:
-        socket = Socket()
-        conn = connection(socket)
+        socket, conn = connected()
         socket.fail = ConnectionResetError("gone")
         assert put(conn, "lost")
         assert conn.closed.is_set()
@@ -175,9 +170,7 @@ def test_finish_while_a_send_waits_leaves_no_task_or_coroutine_behind(run):
     """The client disconnected while its socket was paused: finish() ends the writer and the waiting send."""
 
     async def scenario() -> None:
-        socket = Socket()
-        conn = connection(socket)
-        socket.writable.clear()
+        socket, conn = connected(paused=True)
         put(conn, "pending")
         put(conn, "queued")
         await asyncio.sleep(0)  # the writer picks the waiting send up
