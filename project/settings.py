@@ -178,7 +178,74 @@ def _embedded_redis_socket() -> Path:
     return Path(tempfile.gettempdir()) / f"kaiwa-{digest}" / "redis.sock"
 
 
+def _host_port(item: str, name: str) -> tuple[str, int]:
+    host, _, port = item.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ImproperlyConfigured(f"{name}: {item.strip()!r} is not host:port; write e.g. 10.0.0.5:26379.")
+    return host.strip("[]"), int(port)
+
+
+# Redis deployment (protocol 7.2): one server, Sentinel, or Cluster; see docs/redis-deployments.md.
+KAIWA_REDIS_MODE = os.environ.get("KAIWA_REDIS_MODE", "").strip().lower() or "single"
+if KAIWA_REDIS_MODE not in {"single", "sentinel", "cluster"}:
+    raise ImproperlyConfigured(
+        f"KAIWA_REDIS_MODE={KAIWA_REDIS_MODE!r} is not a Redis deployment: use single (one server at REDIS_URL), "
+        "sentinel (with KAIWA_REDIS_SENTINELS and KAIWA_REDIS_SENTINEL_SERVICE) or cluster (seed nodes in REDIS_URL)."
+    )
+KAIWA_REDIS_SENTINELS = [_host_port(s, "KAIWA_REDIS_SENTINELS") for s in _env_list("KAIWA_REDIS_SENTINELS", [])]
+KAIWA_REDIS_SENTINEL_SERVICE = os.environ.get("KAIWA_REDIS_SENTINEL_SERVICE", "").strip()
+KAIWA_REDIS_CLUSTER_NODES: list[tuple[str, int]] = []
+# An ack waits for this many replicas (Redis WAIT) for at most the timeout, else the sender gets `unavailable`.
+KAIWA_ACK_REPLICAS = _env_int("KAIWA_ACK_REPLICAS", 0, minimum=0)
+KAIWA_ACK_REPLICA_TIMEOUT_MS = _env_int("KAIWA_ACK_REPLICA_TIMEOUT_MS", 500)
+if KAIWA_ACK_REPLICA_TIMEOUT_MS > 4000:
+    raise ImproperlyConfigured(
+        f"KAIWA_ACK_REPLICA_TIMEOUT_MS={KAIWA_ACK_REPLICA_TIMEOUT_MS} is longer than a Redis command may take "
+        "(5 s socket timeout): use at most 4000 (default 500)."
+    )
+if KAIWA_REDIS_MODE == "sentinel":
+    if not KAIWA_REDIS_SENTINELS or not KAIWA_REDIS_SENTINEL_SERVICE:
+        raise ImproperlyConfigured(
+            "KAIWA_REDIS_MODE=sentinel needs KAIWA_REDIS_SENTINELS (comma-separated host:port of your Sentinels, "
+            "e.g. 10.0.0.5:26379,10.0.0.6:26379,10.0.0.7:26379) and KAIWA_REDIS_SENTINEL_SERVICE (the master's "
+            "name in their 'sentinel monitor' line)."
+        )
+elif KAIWA_REDIS_SENTINELS or KAIWA_REDIS_SENTINEL_SERVICE:
+    raise ImproperlyConfigured(
+        f"KAIWA_REDIS_SENTINELS/KAIWA_REDIS_SENTINEL_SERVICE are set but KAIWA_REDIS_MODE={KAIWA_REDIS_MODE}: "
+        "set KAIWA_REDIS_MODE=sentinel to use them, or unset them."
+    )
+
 REDIS_URL = os.environ.get("REDIS_URL", "").strip()
+if KAIWA_REDIS_MODE == "sentinel":
+    # Sentinel names the master; REDIS_URL may still carry the database, credentials and rediss://.
+    REDIS_URL = REDIS_URL or "redis:///0"
+    if "," in REDIS_URL:
+        raise ImproperlyConfigured("REDIS_URL lists several hosts, which only KAIWA_REDIS_MODE=cluster reads.")
+elif KAIWA_REDIS_MODE == "cluster":
+    if not REDIS_URL:
+        raise ImproperlyConfigured(
+            "KAIWA_REDIS_MODE=cluster needs REDIS_URL with one or more seed nodes: "
+            "export REDIS_URL=redis://10.0.0.5:7000,10.0.0.6:7000/0."
+        )
+    _scheme, _, _rest = REDIS_URL.partition("://")
+    _netloc, _, _path = _rest.partition("/")
+    _path = _path.partition("?")[0]
+    if _scheme not in {"redis", "rediss"}:
+        raise ImproperlyConfigured(f"REDIS_URL={REDIS_URL!r}: a cluster is reached with redis:// or rediss://.")
+    if _path not in {"", "0"}:
+        raise ImproperlyConfigured(
+            f"REDIS_URL={REDIS_URL!r} selects database {_path}: Redis Cluster has only database 0; end it in /0."
+        )
+    KAIWA_REDIS_CLUSTER_NODES = [
+        _host_port(item, "REDIS_URL") for item in _netloc.rpartition("@")[2].split(",") if item.strip()
+    ]
+    if not KAIWA_REDIS_CLUSTER_NODES:
+        raise ImproperlyConfigured(f"REDIS_URL={REDIS_URL!r} names no seed node: write redis://host:7000/0.")
+elif "," in REDIS_URL:
+    raise ImproperlyConfigured(
+        "REDIS_URL lists several hosts: set KAIWA_REDIS_MODE=cluster for a Redis Cluster, or give one server."
+    )
 KAIWA_EMBEDDED_REDIS_SOCKET: Path | None = None
 if not REDIS_URL:
     if not DEBUG:
@@ -211,6 +278,17 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# The throttle backend refuses a throttled attempt before ModelBackend hashes a password (chat/throttle.py).
+AUTHENTICATION_BACKENDS = [
+    "chat.throttle.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+KAIWA_LOGIN_FAILURES = _env_int("KAIWA_LOGIN_FAILURES", 10)
+KAIWA_LOGIN_WINDOW_SECONDS = _env_int("KAIWA_LOGIN_WINDOW_SECONDS", 900)
+KAIWA_SIGNUP_PER_ADDRESS = _env_int("KAIWA_SIGNUP_PER_ADDRESS", 20)
+KAIWA_SIGNUP_WINDOW_SECONDS = _env_int("KAIWA_SIGNUP_WINDOW_SECONDS", 3600)
+# 0: the client address is the connection's peer. N: the N-th entry from the right of X-Forwarded-For.
+KAIWA_TRUSTED_PROXY_HOPS = _env_int("KAIWA_TRUSTED_PROXY_HOPS", 0, minimum=0)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:room_list"
 LOGOUT_REDIRECT_URL = "login"
@@ -279,6 +357,8 @@ KAIWA_UNAVAILABLE_RETRY_MS = _env_int("KAIWA_UNAVAILABLE_RETRY_MS", 1000)
 KAIWA_SHUTDOWN_GRACE_SECONDS = _env_float("KAIWA_SHUTDOWN_GRACE_SECONDS", 5.0)
 KAIWA_REDIS_POOL_SIZE = _env_int("KAIWA_REDIS_POOL_SIZE", 64)
 KAIWA_HISTORY_PAGE_SIZE = _env_int("KAIWA_HISTORY_PAGE_SIZE", 50)
+# Off: every frame goes through the writer task's plain ``await send()`` (docs/architecture.md, "Write-through").
+KAIWA_WS_WRITE_THROUGH = _env_bool("KAIWA_WS_WRITE_THROUGH", True)
 
 KAIWA_WORKER_EMBEDDED = _env_bool("KAIWA_WORKER_EMBEDDED", True)
 KAIWA_WORKER_BATCH_SIZE = _env_int("KAIWA_WORKER_BATCH_SIZE", 500)
