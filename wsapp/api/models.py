@@ -1,0 +1,69 @@
+"""The API's answers as pydantic models: what ``/api/openapi.json`` publishes.
+
+Every route declares its answer with one of these and its refusals with the
+error bodies below, so the schema and the wire cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class User(BaseModel):
+    id: int
+    username: str
+
+
+class Room(BaseModel):
+    slug: str
+    name: str
+    private: bool
+    last_seq: int = Field(
+        description="The highest stored seq (0: none). The live stream may be ahead by the worker's delay."
+    )
+
+
+class RoomList(BaseModel):
+    rooms: list[Room] = Field(description="Every room the user may see, by name.")
+
+
+class Message(BaseModel):
+    """A stored message, in the shape of the WebSocket ``message`` frame (protocol.md section 2)."""
+
+    # Fields later contract versions add to the frame pass through unchanged
+    # until they are declared here.
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["message"]
+    room: str
+    seq: int
+    ts: str = Field(description="ISO-8601 UTC with milliseconds, e.g. 2026-11-21T12:01:11.123Z")
+    user: User
+    body: str
+    client_id: str | None
+
+
+class MessagePage(BaseModel):
+    messages: list[Message] = Field(description="Oldest first.")
+    has_more: bool = Field(description="Older messages exist: ask again with before= the first seq of this page.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(
+        description="bad_request, forbidden, not_found, method_not_allowed, unavailable, server_error, ..."
+    )
+    message: str = Field(description="What went wrong and how to fix it.")
+
+
+class ErrorBody(BaseModel):
+    """A refusal (protocol.md section 7.3)."""
+
+    error: ErrorDetail
+
+
+class V1ErrorBody(BaseModel):
+    """A refusal of the version 1 read API (``GET /api/rooms/...``), which v1 clients read as a string."""
+
+    error: str = Field(description="What went wrong and how to fix it.")
