@@ -14,7 +14,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 
 from chat import selectors, services
-from chat.api import BadParameter, parse_before
+from chat.paging import BadParameter, parse_before
 from chat.forms import MemberAddForm, RoomCreateForm, SignupForm
 from chat.models import Room
 
@@ -78,7 +78,7 @@ def room_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "archive": before is not None,
         "last_seq": history[-1].seq if history else 0,
         "ws_path": WS_PATH,
-        "history_url": reverse("chat:api_message_list", kwargs={"slug": room.slug}),
+        "history_url": f"/api/rooms/{room.slug}/messages",
         "max_body_chars": settings.KAIWA_MAX_BODY_CHARS,
         "can_manage": room.private and room.created_by_id == request.user.pk,
     }

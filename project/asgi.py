@@ -2,13 +2,14 @@
 
 * ``lifespan`` goes to the FastAPI app: Django's handler refuses it, and a
   mounted sub-app would never see it, so the dispatcher hands it over itself.
-* ``websocket`` (``/ws``) and ``/healthz`` go to the FastAPI app. A ``/ws``
+* ``websocket`` (``/ws``), ``/healthz`` and the JSON API (``/api/...``) go to
+  the FastAPI app; HEAD under ``/api/`` is answered as GET without a body. A ``/ws``
   socket goes straight to the app's endpoint: Starlette's middleware stack
   would wrap every frame the server sends on it (measured at about 4% of the
   server's CPU in the fan-out benchmark) and has nothing to add to a raw ASGI
   endpoint.
 * ``STATIC_URL`` is served asynchronously by Starlette.
-* everything else is Django: pages, auth, the history API, the admin.
+* everything else is Django: pages, auth, the admin.
 """
 
 from __future__ import annotations
@@ -26,13 +27,19 @@ django_application = get_asgi_application()
 from django.conf import settings  # noqa: E402
 from starlette.types import Receive, Scope, Send  # noqa: E402
 
+from wsapp import controlframes  # noqa: E402
+from wsapp.api import head_as_get  # noqa: E402
 from wsapp.app import create_app  # noqa: E402
 from wsapp.staticfiles import create_static_app  # noqa: E402
+
+# uvicorn answers WebSocket pings itself: bound what a ping flood can cost (close 1008).
+controlframes.install()
 
 # Django's handler is typed with narrower ASGI types than Starlette's.
 _django: Any = django_application
 fastapi_application = create_app()
 _ws_endpoint = fastapi_application.state.ws_endpoint
+_api = head_as_get(fastapi_application)
 static_application = create_static_app()
 _static_prefix = settings.STATIC_URL if settings.STATIC_URL.startswith("/") else "/" + settings.STATIC_URL
 
@@ -43,6 +50,8 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if path.startswith(_static_prefix):
             await static_application(scope, receive, send)
+        elif path.startswith("/api/") or path == "/api":
+            await _api(scope, receive, send)
         elif path == "/healthz":
             await fastapi_application(scope, receive, send)
         else:

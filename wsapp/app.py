@@ -1,4 +1,4 @@
-"""The FastAPI app: ``/ws``, ``/healthz``, and the process lifespan.
+"""The FastAPI app: ``/ws``, ``/healthz``, the JSON API ``/api/*`` (``wsapp/api/``), and the process lifespan.
 
 The lifespan owns every long-lived resource of a server process: the embedded
 development Redis (if any), the Redis clients, the hub that fans messages out
@@ -20,12 +20,12 @@ from django.conf import settings
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
-from starlette.routing import WebSocketRoute
 
 from chat import embedded_redis
 from chat.messagelog import MessageLog
 from chat.redisclient import make_async_client
 from chat.worker import Worker
+from wsapp import api
 from wsapp.endpoint import Endpoint
 from wsapp.hub import Hub
 
@@ -75,12 +75,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(lifespan=lifespan, openapi_url=api.OPENAPI_URL, docs_url=None, redoc_url=None)
     app.state.runtime = None
+    # /ws is no route: the dispatcher hands sockets straight to the endpoint (see project/asgi.py).
     endpoint = Endpoint(app)
-    app.router.routes.append(WebSocketRoute("/ws", endpoint))
-    # The dispatcher calls the endpoint directly (see project/asgi.py).
     app.state.ws_endpoint = endpoint
+    api.install(app)  # /api/*: wsapp/api/
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -1,7 +1,7 @@
 """The JSON API: everything under ``/api/`` (protocol.md sections 5 and 7.6).
 
 One router holds every endpoint. Each sub-router is one module of this
-package; adding one is one line below (``router.include_router(x.router)``).
+package; adding one is one line: its ``router`` in ``ROUTERS`` below.
 Every route gets, before its own dependencies: private cache headers, the
 Django user of the session cookie (anonymous: 403), and Django's CSRF rule
 for unsafe methods. The schema is at ``/api/openapi.json``.
@@ -15,23 +15,34 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from wsapp.api import errors, rooms
 from wsapp.api.deps import CurrentUser, csrf_protect, current_user, no_store
 
-__all__ = ["CurrentUser", "csrf_protect", "current_user", "head_as_get", "install", "router"]
+__all__ = ["CurrentUser", "api_router", "csrf_protect", "current_user", "head_as_get", "install", "router"]
 
 PREFIX = "/api"
 OPENAPI_URL = PREFIX + "/openapi.json"
 
-router = APIRouter(prefix=PREFIX, dependencies=[Depends(no_store), Depends(current_user), Depends(csrf_protect)])
-router.include_router(rooms.router)
+# Every endpoint module's router. Adding one is one line here.
+ROUTERS: tuple[APIRouter, ...] = (rooms.router,)
 
 
-def install(app: FastAPI) -> None:
-    """Serve the API from ``app``: its routes, and JSON for every refusal."""
+def api_router(*routers: APIRouter) -> APIRouter:
+    """``routers`` under ``/api``, behind the dependencies every API route gets."""
+    combined = APIRouter(prefix=PREFIX, dependencies=[Depends(no_store), Depends(current_user), Depends(csrf_protect)])
+    for sub in routers:
+        combined.include_router(sub)
+    return combined
+
+
+router = api_router(*ROUTERS)
+
+
+def install(app: FastAPI, api: APIRouter = router) -> None:
+    """Serve ``api`` (by default, Kaiwa's) from ``app``, with JSON for every refusal."""
     app.title = "Kaiwa API"
     app.description = (
         "The JSON API of a Kaiwa server. Authenticate with Django's session cookie; "
         "send the csrftoken cookie's value in an X-CSRFToken header with POST, PUT, PATCH and DELETE."
     )
-    app.include_router(router)
+    app.include_router(api)
     errors.install(app)
     # "/api/rooms" is not "/api/rooms/": a JSON 404 naming the endpoints, never a redirect.
     app.router.redirect_slashes = False

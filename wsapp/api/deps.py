@@ -80,7 +80,7 @@ async def current_user(
             f"You are not logged in. Log in at {resolve_url(settings.LOGIN_URL)} "
             "and send the session cookie with the request.",
         )
-    return user  # type: ignore[no-any-return]
+    return user
 
 
 CurrentUser = Annotated[AbstractBaseUser, Depends(current_user)]
@@ -104,7 +104,6 @@ def _no_view(request: HttpRequest) -> HttpResponse:
     raise AssertionError("the CSRF check never calls the view")
 
 
-_csrf_check = _CsrfCheck(_no_view)
 _CSRF_HEADER = settings.CSRF_HEADER_NAME.removeprefix("HTTP_").replace("_", "-")
 # Django's default header name reads better in its usual spelling.
 _CSRF_HEADER_SHOWN = "X-CSRFToken" if _CSRF_HEADER == "X-CSRFTOKEN" else _CSRF_HEADER
@@ -123,7 +122,9 @@ def django_request(request: Request) -> HttpRequest:
 
 
 def _check(converted: HttpRequest) -> None:
-    _csrf_check.process_view(converted, _no_view, (), {})
+    # A new instance each time: the middleware caches CSRF_TRUSTED_ORIGINS in
+    # cached properties, which would miss a settings change (tests override it).
+    _CsrfCheck(_no_view).process_view(converted, _no_view, (), {})
 
 
 async def csrf_protect(request: Request, _db: Annotated[None, Depends(db_context)]) -> None:

@@ -1,4 +1,4 @@
-"""The JSON history API (protocol.md section 5), including every bad parameter."""
+"""The rooms and history API (protocol.md section 5) through FastAPI, including every bad parameter."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 
 from chat import services
 from tests.chat.factories import add_messages
+from tests.wsapp.api.conftest import Api
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_passwords")]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
@@ -24,15 +25,15 @@ def messages_url(slug: str = "lobby") -> str:
 # -- room list ---------------------------------------------------------------------
 
 
-def test_room_list_shape_and_last_seq(client_alice, alice, make_user, lobby):
+def test_room_list_shape_and_last_seq(api_alice: Api, alice, make_user, lobby):
     """/api/rooms/ lists visible rooms with slug, name, private flag and the last stored seq."""
     bob = make_user("bob")
     services.room_create(name="Secret", private=True, creator=alice)
     services.room_create(name="Not mine", private=True, creator=bob)
     services.room_create(name="Empty", creator=bob)
-    response = client_alice.get("/api/rooms/")
+    response = api_alice.get("/api/rooms/")
     assert response.status_code == 200
-    assert response["Content-Type"] == "application/json"
+    assert response.headers["Content-Type"] == "application/json"
     assert response.json() == {
         "rooms": [
             {"slug": "empty", "name": "Empty", "private": False, "last_seq": 0},
@@ -42,18 +43,26 @@ def test_room_list_shape_and_last_seq(client_alice, alice, make_user, lobby):
     }
 
 
-def test_responses_are_not_cached(client_alice, lobby):
-    """API answers carry Cache-Control: private, no-store."""
-    assert client_alice.get("/api/rooms/")["Cache-Control"] == "private, no-store"
-    assert client_alice.get(messages_url())["Cache-Control"] == "private, no-store"
+def test_responses_are_not_cached(api_alice: Api, anonymous: Api, lobby):
+    """API answers, refusals included, carry Cache-Control: private, no-store and nosniff."""
+    for response in (
+        api_alice.get("/api/rooms/"),
+        api_alice.get(messages_url()),
+        api_alice.get(messages_url("nope")),
+        api_alice.get(messages_url(), params={"limit": "0"}),
+        anonymous.get("/api/rooms/"),
+        api_alice.get("/api/nope"),
+    ):
+        assert response.headers["Cache-Control"] == "private, no-store", response.url
+        assert response.headers["X-Content-Type-Options"] == "nosniff", response.url
 
 
 # -- messages ----------------------------------------------------------------------
 
 
-def test_messages_default_page(client_alice, alice, lobby):
+def test_messages_default_page(api_alice: Api, alice, lobby):
     """Without parameters: the latest 50 messages oldest first, each in the message frame shape."""
-    body = client_alice.get(messages_url()).json()
+    body = api_alice.get(messages_url()).json()
     assert body["has_more"] is True
     assert [m["seq"] for m in body["messages"]] == list(range(71, 121))
     assert body["messages"][0] == {
@@ -67,48 +76,58 @@ def test_messages_default_page(client_alice, alice, lobby):
     }
 
 
-def test_messages_before_and_limit_walk_back(client_alice, lobby):
+def test_messages_before_and_limit_walk_back(api_alice: Api, lobby):
     """before and limit page backwards; the first page has has_more false."""
-    body = client_alice.get(messages_url(), {"before": "71", "limit": "100"}).json()
+    body = api_alice.get(messages_url(), params={"before": "71", "limit": "100"}).json()
     assert [m["seq"] for m in body["messages"]] == list(range(1, 71))
     assert body["has_more"] is False
-    body = client_alice.get(messages_url(), {"before": "10", "limit": "3"}).json()
+    body = api_alice.get(messages_url(), params={"before": "10", "limit": "3"}).json()
     assert [m["seq"] for m in body["messages"]] == [7, 8, 9]
     assert body["has_more"] is True
 
 
 @pytest.mark.parametrize(("limit", "count"), [("1", 1), ("100", 100), ("050", 50)])
-def test_messages_limit_bounds(client_alice, lobby, limit, count):
+def test_messages_limit_bounds(api_alice: Api, lobby, limit, count):
     """limit accepts 1 to 100 (leading zeros allowed)."""
-    body = client_alice.get(messages_url(), {"limit": limit}).json()
+    body = api_alice.get(messages_url(), params={"limit": limit}).json()
     assert len(body["messages"]) == count
 
 
-def test_messages_before_beyond_the_end_and_before_one(client_alice, lobby):
+def test_messages_before_beyond_the_end_and_before_one(api_alice: Api, lobby):
     """A before above the last seq gives the latest; before=1 gives an empty page."""
-    body = client_alice.get(messages_url(), {"before": str(2**63 - 1), "limit": "2"}).json()
+    body = api_alice.get(messages_url(), params={"before": str(2**63 - 1), "limit": "2"}).json()
     assert [m["seq"] for m in body["messages"]] == [119, 120]
-    body = client_alice.get(messages_url(), {"before": "1"}).json()
+    body = api_alice.get(messages_url(), params={"before": "1"}).json()
     assert body == {"messages": [], "has_more": False}
 
 
-def test_messages_of_an_empty_room(client_alice, alice):
+def test_messages_of_an_empty_room(api_alice: Api, alice):
     """A room without messages gives an empty page."""
     services.room_create(name="Quiet", creator=alice)
-    assert client_alice.get(messages_url("quiet")).json() == {"messages": [], "has_more": False}
+    assert api_alice.get(messages_url("quiet")).json() == {"messages": [], "has_more": False}
 
 
-def test_unknown_query_parameters_are_ignored(client_alice, lobby):
+def test_message_of_a_deleted_account_keeps_its_name(api_alice: Api, alice, make_user):
+    """A message whose author account was deleted keeps the username, with user id 0."""
+    bob = make_user("bob")
+    room = services.room_create(name="Old", creator=alice)
+    add_messages(room, 1, author=bob)
+    bob.delete()
+    [message] = api_alice.get(messages_url("old")).json()["messages"]
+    assert message["user"] == {"id": 0, "username": "bob"}
+
+
+def test_unknown_query_parameters_are_ignored(api_alice: Api, lobby):
     """Parameters other than before and limit are ignored, like unknown frame fields."""
-    body = client_alice.get(messages_url(), {"limit": "2", "_": "12345"}).json()
+    body = api_alice.get(messages_url(), params={"limit": "2", "_": "12345"}).json()
     assert [m["seq"] for m in body["messages"]] == [119, 120]
 
 
-def test_bodies_come_back_verbatim(client_alice, alice):
+def test_bodies_come_back_verbatim(api_alice: Api, alice):
     """Bodies are returned as stored: markup, quotes and unicode are not altered."""
     room = services.room_create(name="Raw", creator=alice)
     add_messages(room, 1, author=alice, body="<script>alert('x')</script> & 会話 \U0001f600")
-    body = client_alice.get(messages_url("raw")).json()
+    body = api_alice.get(messages_url("raw")).json()
     assert body["messages"][0]["body"] == "<script>alert('x')</script> & 会話 \U0001f600"
 
 
@@ -116,40 +135,41 @@ def test_bodies_come_back_verbatim(client_alice, alice):
 
 
 @pytest.mark.parametrize("path", ["/api/rooms/", "/api/rooms/lobby/messages", "/api/rooms/nope/messages"])
-def test_anonymous_gets_403_json_not_a_redirect(client, lobby, path):
-    """An anonymous request gets 403 JSON that says how to log in."""
-    response = client.get(path)
+def test_anonymous_gets_403_json_not_a_redirect(anonymous: Api, lobby, path):
+    """An anonymous request gets 403 JSON that says how to log in (the v1 body: error is a string)."""
+    response = anonymous.get(path)
     assert response.status_code == 403
-    assert response["Content-Type"] == "application/json"
-    assert "log in" in response.json()["error"].lower()
-    assert "Location" not in response
+    assert response.headers["Content-Type"] == "application/json"
+    assert "log in at /accounts/login/" in response.json()["error"].lower()
+    assert "Location" not in response.headers
 
 
 @pytest.mark.parametrize("slug", ["nope", "Not-A-Slug", "x" * 200, "%E4%BC%9A"])
-def test_unknown_room_is_404_json(client_alice, slug):
+def test_unknown_room_is_404_json(api_alice: Api, slug):
     """An unknown (or malformed) room slug is a JSON 404."""
-    response = client_alice.get(messages_url(slug))
+    response = api_alice.get(messages_url(slug))
     assert response.status_code == 404
     assert "No room" in response.json()["error"]
 
 
-def test_private_room_of_others_is_404_like_unknown(client_alice, make_user):
+def test_private_room_of_others_is_404_like_unknown(api_alice: Api, make_user):
     """A private room the user is not a member of answers exactly like an unknown room."""
     bob = make_user("bob")
     room = services.room_create(name="Secret", private=True, creator=bob)
     add_messages(room, 3, author=bob)
-    hidden = client_alice.get(messages_url("secret"))
-    unknown = client_alice.get(messages_url("secreu"))
+    hidden = api_alice.get(messages_url("secret"))
+    unknown = api_alice.get(messages_url("secreu"))
     assert hidden.status_code == unknown.status_code == 404
     assert hidden.json()["error"].replace("secret", "X") == unknown.json()["error"].replace("secreu", "X")
 
 
-def test_member_of_private_room_reads_it(client_alice, alice, make_user):
-    """A member reads a private room's history."""
+def test_member_of_private_room_reads_it(api_alice: Api, alice, make_user):
+    """A member reads a private room's history, and sees the room in the list."""
     bob = make_user("bob")
     room = services.room_create(name="Secret", private=True, creator=bob, members=[alice])
     add_messages(room, 2, author=bob)
-    assert [m["seq"] for m in client_alice.get(messages_url("secret")).json()["messages"]] == [1, 2]
+    assert [m["seq"] for m in api_alice.get(messages_url("secret")).json()["messages"]] == [1, 2]
+    assert [r["slug"] for r in api_alice.get("/api/rooms/").json()["rooms"]] == ["secret"]
 
 
 BAD_PARAMETERS = [
@@ -178,50 +198,63 @@ BAD_PARAMETERS = [
 
 
 @pytest.mark.parametrize(("query", "fragment"), BAD_PARAMETERS)
-def test_bad_parameters_are_400_json_with_a_clear_message(client_alice, lobby, query, fragment):
+def test_bad_parameters_are_400_json_with_a_clear_message(api_alice: Api, lobby, query, fragment):
     """Every malformed, out-of-range or repeated parameter gets 400 JSON saying how to fix it."""
-    response = client_alice.get(f"{messages_url()}?{query}")
+    response = api_alice.get(f"{messages_url()}?{query}")
     assert response.status_code == 400
-    assert response["Content-Type"] == "application/json"
+    assert response.headers["Content-Type"] == "application/json"
     message = response.json()["error"]
     assert fragment in message
     assert "use " in message or "give it at most once" in message
 
 
-def test_long_bad_values_are_shortened_in_the_message(client_alice, lobby):
+def test_long_bad_values_are_shortened_in_the_message(api_alice: Api, lobby):
     """A huge bad value is not echoed back in full."""
-    response = client_alice.get(messages_url(), {"before": "z" * 5000})
+    response = api_alice.get(messages_url(), params={"before": "z" * 5000})
     assert response.status_code == 400
     assert len(response.json()["error"]) < 300
 
 
-@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
-def test_other_methods_are_405_json(client_alice, lobby, method):
+def test_bad_parameters_are_checked_after_the_session(anonymous: Api, lobby):
+    """An anonymous request with a bad parameter is told to log in first."""
+    response = anonymous.get(messages_url(), params={"limit": "0"})
+    assert response.status_code == 403
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+def test_other_methods_are_405_json(api_alice: Api, lobby, method):
     """Only GET (and HEAD) are allowed; other methods get 405 JSON with an Allow header."""
-    response = getattr(client_alice, method)(messages_url())
+    response = api_alice.request(method, messages_url())
     assert response.status_code == 405
-    assert response["Allow"] == "GET, HEAD"
+    assert response.headers["Allow"] == "GET, HEAD"
     assert "use GET" in response.json()["error"]
 
 
-def test_inactive_user_is_treated_as_anonymous(client_alice, alice, lobby):
+def test_inactive_user_is_treated_as_anonymous(api_alice: Api, alice, lobby):
     """A deactivated account's session no longer opens the API."""
     alice.is_active = False
     alice.save()
-    assert client_alice.get(messages_url()).status_code == 403
+    assert api_alice.get(messages_url()).status_code == 403
 
 
-@pytest.mark.parametrize("path", ["/api/nope", "/api/rooms/lobby/messages/", "/api/rooms/lobby/", "/api/v2/rooms/"])
-def test_other_api_paths_are_json_404(client_alice, lobby, path):
-    """Unknown paths under /api/ get a JSON 404 naming the real endpoints."""
-    response = client_alice.get(path)
+@pytest.mark.parametrize(
+    "path", ["/api/nope", "/api/rooms/lobby/messages/", "/api/rooms/lobby/", "/api/v2/rooms/", "/api/rooms", "/api"]
+)
+def test_other_api_paths_are_json_404(api_alice: Api, lobby, path):
+    """Unknown paths under /api/ get a JSON 404 naming the real endpoints and the schema, never a redirect."""
+    response = api_alice.get(path)
     assert response.status_code == 404
-    assert response["Content-Type"] == "application/json"
-    assert "GET /api/rooms/<slug>/messages" in response.json()["error"]
+    assert response.headers["Content-Type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == "not_found"
+    assert "GET /api/rooms/{slug}/messages" in error["message"]
+    assert "/api/openapi.json" in error["message"]
 
 
-def test_head_is_allowed(client_alice, lobby):
+def test_head_is_allowed(api_alice: Api, lobby):
     """HEAD answers like GET, without a body."""
-    response = client_alice.head(messages_url())
-    assert response.status_code == 200
-    assert response.content == b""
+    get = api_alice.get(messages_url())
+    head = api_alice.request("HEAD", messages_url())
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["Content-Length"] == get.headers["Content-Length"]
