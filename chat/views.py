@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect, render, resolve_url
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
@@ -18,8 +20,20 @@ from chat.paging import BadParameter, parse_before
 from chat.forms import MemberAddForm, RoomCreateForm, SignupForm
 from chat.models import Room
 
-# The path the FastAPI app answers WebSockets on (project/asgi.py).
+# The paths the FastAPI app answers (project/asgi.py): not Django URLs, so
+# they cannot be reversed; protocol.md fixes them.
 WS_PATH = "/ws"
+API_MESSAGES_PATH = "/api/rooms/{slug}/messages"
+# Avatar colours; render.js's avatarColour() picks the same one for a name.
+AVATAR_COLOURS = 8
+
+
+def avatar_colour(username: str) -> int:
+    """The avatar colour of a name: the same hash as render.js, so live and server-rendered messages agree."""
+    value = 0
+    for char in username:
+        value = (value * 31 + ord(char)) & 0xFFFFFFFF
+    return value % AVATAR_COLOURS
 
 
 def _visible_room_or_404(request: HttpRequest, slug: str) -> Room:
@@ -69,20 +83,60 @@ def room_detail(request: HttpRequest, slug: str) -> HttpResponse:
         return _bad_request(request, str(exc))
     history, has_more = selectors.message_page(room=room, before=before, limit=settings.KAIWA_HISTORY_PAGE_SIZE)
     frames = [selectors.message_frame(m, slug=room.slug) for m in history]
+    rooms = selectors.room_list_for_user(user=request.user)
+    last_seqs = selectors.room_last_seqs(room_ids=[r.pk for r in rooms])
     context = {
         "room": room,
-        "history": list(zip(history, frames, strict=True)),
+        # The live client binds to this markup (chat/static/chat/js/view.js):
+        # each <li> carries the message frame's fields, so the first page is
+        # read from the page, never fetched a second time.
+        "history": [
+            {
+                "frame": frame,
+                "own": message.author_id == request.user.pk,
+                "avatar_colour": avatar_colour(message.author_username),
+                "initial": message.author_username[:1].upper() or "?",
+                "created_at": message.created_at,
+            }
+            for message, frame in zip(history, frames, strict=True)
+        ],
         "has_more": has_more,
         "oldest_seq": history[0].seq if history else None,
         # With ?before= the page is a look at older history, not the live view.
         "archive": before is not None,
-        "last_seq": history[-1].seq if history else 0,
-        "ws_path": WS_PATH,
-        "history_url": f"/api/rooms/{room.slug}/messages",
-        "max_body_chars": settings.KAIWA_MAX_BODY_CHARS,
+        # The sidebar: every room the user may see, with the seq the unread counts start from.
+        "rooms": [
+            {"slug": r.slug, "name": r.name, "private": r.private, "last_seq": last_seqs.get(r.pk, 0)} for r in rooms
+        ],
         "can_manage": room.private and room.created_by_id == request.user.pk,
+        "client_config": _client_config(request, room, has_more=has_more),
     }
     return render(request, "chat/room_detail.html", context)
+
+
+def _client_config(request: HttpRequest, room: Room, *, has_more: bool) -> dict[str, object]:
+    """What room.js needs from the server, embedded with json_script (static/chat/js/config.js reads it).
+
+    Every server limit the client obeys is here, from the settings, so the
+    JavaScript has no copy that could disagree with the server.
+    """
+    return {
+        "room": {"slug": room.slug, "name": room.name, "private": room.private},
+        "user": {"id": request.user.pk, "username": request.user.get_username()},
+        "urls": {
+            "ws": WS_PATH,
+            "messages": API_MESSAGES_PATH.format(slug=quote(room.slug)),
+            "login": resolve_url(settings.LOGIN_URL),
+        },
+        "history": {"has_more": has_more, "page_size": settings.KAIWA_HISTORY_PAGE_SIZE},
+        "limits": {
+            "max_body_chars": settings.KAIWA_MAX_BODY_CHARS,
+            "max_frame_bytes": settings.KAIWA_MAX_FRAME_BYTES,
+            "max_rooms_per_connection": settings.KAIWA_MAX_ROOMS_PER_CONNECTION,
+            "dedup_seconds": settings.KAIWA_DEDUP_SECONDS,
+            "typing_interval_ms": settings.KAIWA_TYPING_INTERVAL_MS,
+        },
+    }
 
 
 @login_required

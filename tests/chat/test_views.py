@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import httpx
@@ -12,6 +13,7 @@ from django.test import Client, override_settings
 
 from chat import services
 from chat.models import Membership, Room
+from chat.views import avatar_colour
 from tests.chat.factories import add_messages
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_passwords")]
@@ -27,7 +29,8 @@ def assert_strict_csp_page(response) -> None:
     """The page carries the CSP header and nothing the CSP would block."""
     assert "script-src 'self'" in response["Content-Security-Policy"]
     page = html_of(response)
-    assert not re.search(r"<script(?![^>]*\bsrc=)", page), "inline <script> found"
+    # A JSON data block (json_script) is not run; any other inline script would be.
+    assert not re.search(r'<script(?![^>]*\b(?:src=|type="application/json"))', page), "inline <script> found"
     assert " style=" not in page and "<style" not in page, "inline style found"
     assert "//cdn" not in page and "https://" not in page, "external resource found"
 
@@ -234,8 +237,16 @@ def test_create_room_errors(client_alice, alice, make_user, data, fragment):
 # -- room page -----------------------------------------------------------------------
 
 
+def client_config_of(page: str) -> dict:
+    """The kaiwa-config JSON the room page embeds for room.js."""
+    match = re.search(r'<script id="kaiwa-config" type="application/json">(.*?)</script>', page, re.S)
+    assert match, "no kaiwa-config JSON in the page"
+    return json.loads(match.group(1))
+
+
 def test_room_page_renders_latest_history_and_client_hooks(client_alice, alice, settings):
-    """The room page shows the latest KAIWA_HISTORY_PAGE_SIZE messages and the data the live client needs."""
+    """The room page shows the latest KAIWA_HISTORY_PAGE_SIZE messages in the live client's own markup, each
+    carrying its message frame's fields, plus the configuration the client needs."""
     settings.KAIWA_HISTORY_PAGE_SIZE = 20
     room = services.room_create(name="Lobby", creator=alice)
     add_messages(room, 45, author=alice)
@@ -243,22 +254,72 @@ def test_room_page_renders_latest_history_and_client_hooks(client_alice, alice, 
     assert response.status_code == 200
     assert_strict_csp_page(response)
     page = html_of(response)
-    seqs = [int(s) for s in re.findall(r'<li class="message[^"]*" id="m\d+" data-seq="(\d+)"', page)]
+    seqs = [int(s) for s in re.findall(r'<li class="msg msg--own" data-seq="(\d+)" data-user-id="\d+"', page)]
     assert seqs == list(range(26, 46))
-    for attribute in (
-        'data-room="lobby"',
-        'data-last-seq="45"',
-        'data-ws-path="/ws"',
-        'data-history-url="/api/rooms/lobby/messages"',
-        f'data-user-id="{alice.pk}"',
-        'data-username="alice"',
-        'data-live="true"',
-        'data-max-body-chars="4000"',
-    ):
-        assert attribute in page
+    assert 'data-room="lobby"' in page and 'data-live="true"' in page
+    assert f'data-seq="45" data-user-id="{alice.pk}" data-ts="2026-11-21T12:00:45.123Z"' in page
     assert 'datetime="2026-11-21T12:00:26.123Z"' in page
     assert 'href="?before=26"' in page
-    assert 'maxlength="4000"' in page
+    assert '<script type="module" src="/static/chat/js/room.js"></script>' in page
+    assert client_config_of(page) == {
+        "room": {"slug": "lobby", "name": "Lobby", "private": False},
+        "user": {"id": alice.pk, "username": "alice"},
+        "urls": {"ws": "/ws", "messages": "/api/rooms/lobby/messages", "login": "/accounts/login/"},
+        "history": {"has_more": True, "page_size": 20},
+        "limits": {
+            "max_body_chars": 4000,
+            "max_frame_bytes": 65536,
+            "max_rooms_per_connection": 100,
+            "dedup_seconds": 600,
+            "typing_interval_ms": 1000,
+        },
+    }
+
+
+def test_room_page_settings_reach_the_client(client_alice, alice, settings):
+    """Every server limit the client obeys comes from the settings through the page, never a copy in JS:
+    an operator who lowers KAIWA_DEDUP_SECONDS or the body limit changes what the page is told."""
+    settings.KAIWA_DEDUP_SECONDS = 30
+    settings.KAIWA_MAX_BODY_CHARS = 10
+    settings.KAIWA_MAX_FRAME_BYTES = 2048
+    settings.KAIWA_MAX_ROOMS_PER_CONNECTION = 2
+    settings.KAIWA_TYPING_INTERVAL_MS = 5000
+    settings.KAIWA_HISTORY_PAGE_SIZE = 7
+    services.room_create(name="Lobby", creator=alice)
+    config = client_config_of(html_of(client_alice.get("/rooms/lobby/")))
+    assert config["limits"] == {
+        "max_body_chars": 10,
+        "max_frame_bytes": 2048,
+        "max_rooms_per_connection": 2,
+        "dedup_seconds": 30,
+        "typing_interval_ms": 5000,
+    }
+    assert config["history"] == {"has_more": False, "page_size": 7}
+
+
+def test_room_page_sidebar_lists_visible_rooms_with_their_last_seq(client_alice, alice, make_user):
+    """The sidebar is server-rendered: every room the user may see, with the stored last seq the unread
+    counts start from, and the current room marked."""
+    bob = make_user("bob")
+    lobby = services.room_create(name="Lobby", creator=alice)
+    services.room_create(name="Ours", private=True, creator=alice)
+    services.room_create(name="Bobs secret", private=True, creator=bob)
+    add_messages(lobby, 3, author=alice)
+    page = html_of(client_alice.get("/rooms/ours/"))
+    assert re.findall(r'<li class="rooms__item" data-room="([^"]+)" data-last-seq="(\d+)"', page) == [
+        ("lobby", "3"),
+        ("ours", "0"),
+    ]
+    assert '<a class="rooms__link" href="/rooms/ours/" aria-current="page">' in page
+    assert '<a class="rooms__link" href="/rooms/lobby/">' in page
+    assert "bobs-secret" not in page
+
+
+@pytest.mark.parametrize(("name", "colour"), [("alice", 0), ("bob", 5), ("Zoë", 6), ("?", 7)])
+def test_avatar_colour_matches_render_js(name, colour):
+    """Server-rendered and live messages give a name the same avatar colour (tests/js/test-render.mjs checks
+    the same table against render.js)."""
+    assert avatar_colour(name) == colour
 
 
 def test_room_page_escapes_bodies(client_alice, alice):
@@ -267,26 +328,28 @@ def test_room_page_escapes_bodies(client_alice, alice):
     add_messages(room, 1, author=alice, body="<img src=x onerror=alert(1)>")
     page = html_of(client_alice.get("/rooms/lobby/"))
     assert "<img src=x" not in page
-    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert '<div class="msg__body">&lt;img src=x onerror=alert(1)&gt;</div>' in page
 
 
 def test_room_page_empty_room(client_alice, alice):
-    """An empty room shows an invitation to write and last seq 0."""
+    """An empty room shows an invitation to write, no link to older messages, and last seq 0."""
     services.room_create(name="Quiet", creator=alice)
     page = html_of(client_alice.get("/rooms/quiet/"))
-    assert 'data-last-seq="0"' in page and "No messages yet." in page
-    assert "Older messages" not in page
+    assert 'data-room="quiet" data-last-seq="0"' in page and "No messages yet." in page
+    assert re.search(r'<a class="[^"]*chat__older" hidden>', page)
+    assert client_config_of(page)["history"]["has_more"] is False
 
 
 def test_room_page_older_history_archive(client_alice, alice, settings):
-    """?before= shows an older page without the live hooks, with a way back to the latest."""
+    """?before= shows an older page without the live client, with a way back to the latest."""
     settings.KAIWA_HISTORY_PAGE_SIZE = 10
     room = services.room_create(name="Lobby", creator=alice)
     add_messages(room, 25, author=alice)
     page = html_of(client_alice.get("/rooms/lobby/?before=16"))
     assert re.findall(r'data-seq="(\d+)"', page) == [str(s) for s in range(6, 16)]
     assert 'data-live="false"' in page and 'href="?before=6"' in page
-    assert "Back to the latest messages" in page and 'id="composer"' not in page
+    assert "Back to the latest messages" in page and 'id="kaiwa-composer"' not in page
+    assert "kaiwa-config" not in page and "room.js" not in page
 
 
 @pytest.mark.parametrize("query", ["before=abc", "before=0", "before=1&before=2"])

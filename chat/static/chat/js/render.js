@@ -1,7 +1,10 @@
-// DOM building. Everything a user typed goes in through textContent or a
-// Text node, never innerHTML: a body of `<img src=x onerror=...>` is shown as
-// those characters. Links become <a> only for http(s) URLs, opened in a new
-// tab with rel="noopener noreferrer".
+// DOM building for what only the client knows (live and pending messages,
+// presence); everything else is the server's markup (room_detail.html), and
+// a server-rendered message is only enhanced in place (enhanceMessage).
+// Everything a user typed goes in through textContent or a Text node, never
+// innerHTML: a body of `<img src=x onerror=...>` is shown as those
+// characters. Links become <a> only for http(s) URLs, opened in a new tab
+// with rel="noopener noreferrer".
 
 const URL_PATTERN = /\bhttps?:\/\/[^\s<>"]+/gi;
 // Punctuation that ends a sentence rather than a URL ("see https://x.org.").
@@ -21,43 +24,6 @@ export function el(tag, { cls = null, attrs = {}, text = null } = {}, ...childre
   if (text !== null) node.textContent = text;
   for (const child of children) if (child) node.append(child);
   return node;
-}
-
-const SVG_NS = "http://www.w3.org/2000/svg";
-// Stroke icons drawn with paths: no icon font, and no emoji (many Linux
-// machines have no emoji font and show a box).
-const ICONS = {
-  lock: ["M7 11V8a5 5 0 0 1 10 0v3", "M5 11h14v10H5z"],
-  menu: ["M4 6h16", "M4 12h16", "M4 18h16"],
-  people: [
-    "M16 21v-2a4 4 0 0 0-4-4H6a4 4 0 0 0-4 4v2",
-    "M9 11a4 4 0 1 0 0-8 4 4 0 0 0 0 8z",
-    "M22 21v-2a4 4 0 0 0-3-3.87",
-    "M16 3.13a4 4 0 0 1 0 7.75",
-  ],
-};
-
-export function icon(name, cls = "") {
-  const svg = document.createElementNS(SVG_NS, "svg");
-  for (const [attr, value] of Object.entries({
-    viewBox: "0 0 24 24",
-    fill: "none",
-    stroke: "currentColor",
-    "stroke-width": "2",
-    "stroke-linecap": "round",
-    "stroke-linejoin": "round",
-    "aria-hidden": "true",
-    focusable: "false",
-    class: `icon icon--${name} ${cls}`.trim(),
-  })) {
-    svg.setAttribute(attr, value);
-  }
-  for (const d of ICONS[name] || []) {
-    const path = document.createElementNS(SVG_NS, "path");
-    path.setAttribute("d", d);
-    svg.append(path);
-  }
-  return svg;
 }
 
 /** A safe absolute http(s) URL, or null. */
@@ -113,7 +79,8 @@ export function formatTimestamp(ts, now = new Date()) {
   return { short: (sameDay ? timeFormat : dayTimeFormat).format(date), full: fullFormat.format(date) };
 }
 
-function colourIndex(name) {
+/** The avatar colour of a name (chat/views.py's avatar_colour() is the same hash). */
+export function avatarColour(name) {
   let hash = 0;
   for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
   return hash % AVATAR_COLOURS;
@@ -123,7 +90,7 @@ export function avatar(user, extra = "") {
   const name = user.username || "?";
   const initial = Array.from(name)[0].toUpperCase();
   return el("span", {
-    cls: `avatar avatar--c${colourIndex(name)} ${extra}`.trim(),
+    cls: `avatar avatar--c${avatarColour(name)} ${extra}`.trim(),
     attrs: { "aria-hidden": "true" },
     text: initial,
   });
@@ -182,6 +149,36 @@ export function messageElement(
   }
   li.append(avatar(user, "msg__avatar"), content);
   return li;
+}
+
+/** The message frame a server-rendered <li class="msg"> carries (templates/chat/_message.html). */
+export function messageOfElement(li, room) {
+  const userId = Number.parseInt(li.dataset.userId || "", 10);
+  const author = li.querySelector(".msg__author");
+  const body = li.querySelector(".msg__body");
+  return {
+    type: "message",
+    room,
+    seq: Number.parseInt(li.dataset.seq || "", 10),
+    ts: li.dataset.ts || null,
+    user: { id: Number.isInteger(userId) ? userId : null, username: author ? author.textContent : "?" },
+    body: body ? body.textContent : "",
+    client_id: li.dataset.clientId || null,
+  };
+}
+
+/** Give a server-rendered message what the client adds: links in the body and the local time. */
+export function enhanceMessage(li) {
+  const body = li.querySelector(".msg__body");
+  if (body) body.replaceChildren(renderBody(body.textContent));
+  const time = li.querySelector("time.msg__time");
+  if (time) {
+    const when = formatTimestamp(time.getAttribute("datetime"));
+    if (when.short) {
+      time.textContent = when.short;
+      time.title = when.full;
+    }
+  }
 }
 
 /** Mark `li` as a continuation of `prev` (same author, within a few minutes) so its header hides. */

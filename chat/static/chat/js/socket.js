@@ -4,25 +4,33 @@
 // reconnects with exponential backoff and jitter, and tells its owner when it
 // is open so the owner can rejoin its rooms with `since` and re-send what was
 // never acked. Close codes are mapped to behaviour here and nowhere else.
+//
+// No globals are touched at import or construction: the WebSocket class,
+// timers, clock and randomness are injected (the page passes the browser's;
+// tests/js/test-socket.mjs passes fakes), and the page's entry wires the
+// browser's online/offline/visibility events to reconnectNow()/goOffline().
 
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 30000;
 // After this many failed attempts in a row the indicator says "offline":
 // the user should know this is not a blip.
-const OFFLINE_AFTER_ATTEMPTS = 4;
+export const OFFLINE_AFTER_ATTEMPTS = 4;
 // Application-level keep-alive: a connection that answers nothing for
 // PING_INTERVAL_MS + PONG_TIMEOUT_MS is dead even if TCP has not noticed
 // (laptop lid closed, Wi-Fi handover, a proxy that dropped the flow).
-const PING_INTERVAL_MS = 25000;
-const PONG_TIMEOUT_MS = 10000;
+export const PING_INTERVAL_MS = 25000;
+export const PONG_TIMEOUT_MS = 10000;
 
 // 1012/1013 reconnect at once, but at most once in this long.
-const IMMEDIATE_MIN_GAP_MS = 10000;
+export const IMMEDIATE_MIN_GAP_MS = 10000;
 
 export const CLOSE_UNAUTHENTICATED = 4401;
 const CLOSE_SERVICE_RESTART = 1012;
 const CLOSE_TRY_AGAIN_LATER = 1013;
 const CLOSE_TOO_BIG = 1009;
+// WebSocket.readyState values (the spec's numbers, so a fake needs no constants).
+const CONNECTING = 0;
+const OPEN = 1;
 
 /** Full-jitter exponential backoff: a random delay in [d/2, d], d doubling per attempt. */
 export function backoffDelay(attempt, random = Math.random) {
@@ -30,12 +38,14 @@ export function backoffDelay(attempt, random = Math.random) {
   return Math.round(ceiling / 2 + random() * (ceiling / 2));
 }
 
-export function socketUrl(loc = window.location) {
+/** The ws:// or wss:// URL of `path` on the page's own host. */
+export function socketUrl(path, loc) {
   const scheme = loc.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${loc.host}/ws`;
+  return `${scheme}//${loc.host}${path}`;
 }
 
-export function loginUrl(base, loc = window.location) {
+/** The login page, coming back to where the user is now. */
+export function loginUrl(base, loc) {
   const next = loc.pathname + loc.search + loc.hash;
   const sep = base.includes("?") ? "&" : "?";
   return `${base}${sep}next=${encodeURIComponent(next)}`;
@@ -45,20 +55,34 @@ export class Socket {
   /**
    * @param {object} options
    * @param {string} options.url          ws:// or wss:// URL of /ws
-   * @param {string} options.loginUrl     where to send the browser on 4401
    * @param {(frame: object) => void} options.onFrame   every parsed server frame
    * @param {() => void} options.onOpen   the socket is open: rejoin rooms now
    * @param {(status: string, detail: object) => void} options.onStatus
    *        "connecting" | "connected" | "reconnecting" | "offline" | "unauthenticated"
-   * @param {(info: object) => void} [options.onClose]   a live connection was lost
+   * @param {(info: object) => void} [options.onClose]   a connection was lost
+   * @param {() => void} options.onUnauthenticated      closed with 4401: go to the login page
+   * @param {Function} [options.WebSocket]   the WebSocket class
+   * @param {{setTimeout: Function, clearTimeout: Function}} [options.timers]
+   * @param {() => number} [options.now]
+   * @param {() => number} [options.random]  in [0, 1), for the jitter
+   * @param {() => boolean} [options.isOnline]   false when the browser knows it is offline
+   * @param {(...args: any[]) => void} [options.warn]
    */
   constructor(options) {
     this.url = options.url;
-    this.loginUrl = options.loginUrl;
     this.onFrame = options.onFrame;
     this.onOpen = options.onOpen;
     this.onStatus = options.onStatus;
     this.onClose = options.onClose || (() => {});
+    this.onUnauthenticated = options.onUnauthenticated;
+    this.WebSocket = options.WebSocket || globalThis.WebSocket;
+    const timers = options.timers || globalThis;
+    this.setTimer = (fn, ms) => timers.setTimeout(fn, ms);
+    this.clearTimer = (id) => timers.clearTimeout(id);
+    this.now = options.now || Date.now;
+    this.random = options.random || Math.random;
+    this.isOnline = options.isOnline || (() => true);
+    this.warn = options.warn || ((...args) => console.warn(...args));
     this.ws = null;
     this.attempt = 0;
     this.status = "connecting";
@@ -67,24 +91,11 @@ export class Socket {
     this.pongTimer = null;
     this.stopped = false;
     this.nextRetryAt = 0;
-    this.lastImmediateAt = 0;
-
-    window.addEventListener("online", () => this.reconnectNow());
-    window.addEventListener("offline", () => {
-      // The browser knows the network is gone: say so at once, and drop a
-      // socket that would otherwise look open until a ping times out.
-      this.abandon("browser offline");
-      this.setStatus("offline");
-    });
-    // A tab coming back from the background gets a fresh chance at once
-    // rather than waiting out a long backoff.
-    document.addEventListener("visibilitychange", () => {
-      if (document.visibilityState === "visible" && !this.isOpen()) this.reconnectNow();
-    });
+    this.lastImmediateAt = -Infinity;
   }
 
   isOpen() {
-    return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
+    return this.ws !== null && this.ws.readyState === OPEN;
   }
 
   start() {
@@ -105,12 +116,12 @@ export class Socket {
   }
 
   connect() {
-    clearTimeout(this.retryTimer);
+    this.clearTimer(this.retryTimer);
     this.retryTimer = null;
     if (this.stopped) return;
     let ws;
     try {
-      ws = new WebSocket(this.url);
+      ws = new this.WebSocket(this.url);
     } catch (err) {
       this.scheduleRetry();
       return;
@@ -130,7 +141,7 @@ export class Socket {
       try {
         frame = JSON.parse(event.data);
       } catch (err) {
-        console.warn("kaiwa: ignoring a frame that is not JSON", err);
+        this.warn("kaiwa: ignoring a frame that is not JSON", err);
         return;
       }
       if (frame && typeof frame === "object" && typeof frame.type === "string") this.onFrame(frame);
@@ -140,6 +151,12 @@ export class Socket {
       this.handleClose(event.code, event.reason, event.wasClean);
     });
     // "error" is always followed by "close"; nothing to do here.
+  }
+
+  /** The browser says the network is gone: say so at once, and drop a socket that would look open until a ping times out. */
+  goOffline() {
+    this.abandon("browser offline");
+    if (!this.stopped) this.setStatus("offline", { retryAt: this.nextRetryAt, attempt: this.attempt });
   }
 
   /** Drop the current socket without waiting for a closing handshake that may never come. */
@@ -165,10 +182,10 @@ export class Socket {
       // changed, account deactivated): retrying cannot help.
       this.stopped = true;
       this.setStatus("unauthenticated");
-      window.location.assign(loginUrl(this.loginUrl));
+      this.onUnauthenticated();
       return;
     }
-    const now = Date.now();
+    const now = this.now();
     if ((code === CLOSE_SERVICE_RESTART || code === CLOSE_TRY_AGAIN_LATER) && now - this.lastImmediateAt > IMMEDIATE_MIN_GAP_MS) {
       // The server asked us to come back (restart, or we read too slowly):
       // reconnect at once and resume with `since`; backoff only if that fails
@@ -180,37 +197,35 @@ export class Socket {
       this.attempt = 1;
       return;
     }
-    if (code === CLOSE_TOO_BIG) {
-      console.warn("kaiwa: the server refused a frame as too large");
-    }
+    if (code === CLOSE_TOO_BIG) this.warn("kaiwa: the server refused a frame as too large");
     this.scheduleRetry();
   }
 
   scheduleRetry() {
     if (this.stopped) return;
-    const delay = backoffDelay(this.attempt);
+    const delay = backoffDelay(this.attempt, this.random);
     this.attempt += 1;
-    this.nextRetryAt = Date.now() + delay;
-    const offline = navigator.onLine === false || this.attempt > OFFLINE_AFTER_ATTEMPTS;
-    this.setStatus(offline ? "offline" : "reconnecting", { retryAt: this.nextRetryAt, attempt: this.attempt });
-    this.retryTimer = setTimeout(() => this.connect(), delay);
+    this.nextRetryAt = this.now() + delay;
+    const offline = !this.isOnline() || this.attempt > OFFLINE_AFTER_ATTEMPTS;
+    this.setStatus(offline ? "offline" : "reconnecting", { retryAt: this.nextRetryAt, attempt: this.attempt, delay });
+    this.retryTimer = this.setTimer(() => this.connect(), delay);
   }
 
   /** Skip the rest of the backoff (network came back, tab became visible, user asked). */
   reconnectNow() {
     if (this.stopped || this.isOpen()) return;
-    if (this.ws && this.ws.readyState === WebSocket.CONNECTING) return;
+    if (this.ws && this.ws.readyState === CONNECTING) return;
     this.attempt = 0;
     this.connect();
   }
 
   armPing() {
-    clearTimeout(this.pingTimer);
-    clearTimeout(this.pongTimer);
+    this.clearTimer(this.pingTimer);
+    this.clearTimer(this.pongTimer);
     this.pongTimer = null;
-    this.pingTimer = setTimeout(() => {
+    this.pingTimer = this.setTimer(() => {
       if (!this.send({ type: "ping" })) return;
-      this.pongTimer = setTimeout(() => {
+      this.pongTimer = this.setTimer(() => {
         // No answer at all: the connection is dead; closing it runs the
         // normal reconnect path.
         this.abandon("keep-alive timeout");
@@ -219,8 +234,8 @@ export class Socket {
   }
 
   disarmPing() {
-    clearTimeout(this.pingTimer);
-    clearTimeout(this.pongTimer);
+    this.clearTimer(this.pingTimer);
+    this.clearTimer(this.pongTimer);
     this.pingTimer = null;
     this.pongTimer = null;
   }

@@ -1,36 +1,57 @@
 // Client-side state: per-room messages keyed by seq, sends awaiting an ack
-// keyed by client_id, presence, typing and unread counts.
+// keyed by client_id, presence, typing and read marks.
 //
-// Pure bookkeeping, no DOM and no network, so every rule about ordering and
-// duplicates lives in one place:
+// Pure bookkeeping, no DOM, no network and no globals at import time (it
+// runs under `node --test`: tests/js/test-store.mjs), so every rule about
+// ordering and duplicates lives in one place:
 // * a seq is stored once, whatever path it came by (HTTP page, join backlog,
 //   live frame, ack);
 // * `lastSeq` only advances over messages actually received (never over an
 //   ack, which may overtake the message frames of lower seq), and is what a
 //   rejoin sends as `since`;
 // * a pending send leaves the pending set exactly once: when its ack or its
-//   own message (same author, same client_id) arrives.
+//   own message (same author, same client_id) arrives;
+// * a pending send is re-sent on its own only while the server still
+//   de-duplicates its client_id (the page's `KAIWA_DEDUP_SECONDS`).
 
 const PENDING_STORAGE_PREFIX = "kaiwa:pending:";
 const LAST_READ_PREFIX = "kaiwa:lastread:";
-// The server de-duplicates a client_id for 10 minutes; past that, re-sending
-// a send we never saw acked could post it twice, so we ask the user instead.
-export const DEDUP_WINDOW_MS = 9 * 60 * 1000;
-const TYPING_SHOWN_MS = 6000;
+// The server counts its window from when it accepted the send, which is after
+// we created it; the margin covers the re-send's own trip and a busy server.
+const RESEND_SAFETY = 0.9;
 
-export function newClientId() {
-  if (window.crypto && typeof window.crypto.randomUUID === "function") return window.crypto.randomUUID();
+/**
+ * How long after it was typed a send may still be re-sent automatically:
+ * a little less than the server's de-duplication window (KAIWA_DEDUP_SECONDS,
+ * from the page). Past it, a re-send of a send whose ack was lost could post
+ * it twice, so the user is asked instead.
+ */
+export function resendWindowMs(dedupSeconds) {
+  if (!Number.isFinite(dedupSeconds) || dedupSeconds <= 0) return 0;
+  return Math.floor(dedupSeconds * 1000 * RESEND_SAFETY);
+}
+
+export function newClientId(crypto = globalThis.crypto) {
+  if (crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
   // randomUUID needs a secure context; plain-http deployments on a LAN host are not one.
   const bytes = new Uint8Array(16);
-  window.crypto.getRandomValues(bytes);
+  crypto.getRandomValues(bytes);
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 export class RoomState {
-  constructor(slug, name = slug, isPrivate = false) {
+  /**
+   * @param {string} slug
+   * @param {object} [options]
+   * @param {string} [options.name]
+   * @param {boolean} [options.isPrivate]
+   * @param {number} [options.typingShownMs]  how long "x is typing" lasts after the last typing frame
+   */
+  constructor(slug, { name = slug, isPrivate = false, typingShownMs = 6000 } = {}) {
     this.slug = slug;
     this.name = name;
     this.private = isPrivate;
+    this.typingShownMs = typingShownMs;
     /** @type {Map<number, object>} */
     this.messages = new Map();
     this.lastSeq = 0; // highest seq received contiguously; `since` for a rejoin
@@ -39,6 +60,7 @@ export class RoomState {
     this.hasMore = false;
     this.historyLoaded = false;
     this.joined = false;
+    this.joinSent = false;
     /** @type {Map<number, object>} user id -> user */
     this.presence = new Map();
     /** @type {Map<number, {user: object, until: number}>} */
@@ -67,7 +89,7 @@ export class RoomState {
     return added;
   }
 
-  /** History over HTTP: the latest page sets the resume point for the join. */
+  /** History over HTTP (or the page's own first page): the latest page sets the resume point for the join. */
   addHistoryPage(messages, hasMore, { latest }) {
     const wasEmpty = this.oldestSeq === null;
     const added = this.addMessages(messages);
@@ -115,7 +137,7 @@ export class RoomState {
   }
 
   userTyping(user, now = Date.now()) {
-    this.typing.set(user.id, { user, until: now + TYPING_SHOWN_MS });
+    this.typing.set(user.id, { user, until: now + this.typingShownMs });
   }
 
   stopTyping(userId) {
@@ -150,15 +172,29 @@ export function typingText(users) {
   return `${names.length} people are typing…`;
 }
 
+const EXPIRED_MESSAGE = "Not confirmed by the server in time to re-send it safely. Retry to send it again.";
+
 /**
  * Sends that have not been acked, in the order they were typed. Kept in
  * sessionStorage so a reload of the tab re-sends (same client_id: the server
  * acks the original, never posts twice) instead of losing what was typed.
  */
 export class PendingSends {
-  constructor(userId, storage = window.sessionStorage) {
+  /**
+   * @param {string|number} userId
+   * @param {object} options
+   * @param {Storage} options.storage          sessionStorage in the page
+   * @param {number} options.resendWindowMs    see resendWindowMs(KAIWA_DEDUP_SECONDS)
+   * @param {() => number} [options.now]
+   * @param {() => string} [options.newId]
+   */
+  constructor(userId, { storage, resendWindowMs: windowMs, now = Date.now, newId = newClientId }) {
+    if (!Number.isFinite(windowMs)) throw new TypeError("PendingSends needs resendWindowMs (from the page's KAIWA_DEDUP_SECONDS)");
     this.key = PENDING_STORAGE_PREFIX + userId;
     this.storage = storage;
+    this.windowMs = windowMs;
+    this.now = now;
+    this.newId = newId;
     /** @type {Map<string, object>} */
     this.items = new Map();
     this.load();
@@ -175,23 +211,18 @@ export class PendingSends {
     for (const item of saved) {
       if (!item || typeof item.clientId !== "string" || typeof item.room !== "string") continue;
       if (typeof item.body !== "string") continue;
-      const restored = {
+      this.items.set(item.clientId, {
         clientId: item.clientId,
         room: item.room,
         body: item.body,
-        createdAt: Number(item.createdAt) || Date.now(),
+        createdAt: Number(item.createdAt) || this.now(),
         state: item.state === "failed" ? "failed" : "pending",
         error: typeof item.error === "string" ? item.error : null,
         code: typeof item.code === "string" ? item.code : null,
         retryAt: 0,
-      };
-      if (restored.state === "pending" && Date.now() - restored.createdAt > DEDUP_WINDOW_MS) {
-        restored.state = "failed";
-        restored.code = "expired";
-        restored.error = "Not confirmed by the server before the page was closed. Retry to send it again.";
-      }
-      this.items.set(restored.clientId, restored);
+      });
     }
+    this.expire();
   }
 
   save() {
@@ -202,12 +233,38 @@ export class PendingSends {
     }
   }
 
+  /** Mark pending sends older than the re-send window as failed; returns them. */
+  expire() {
+    const expired = [];
+    const now = this.now();
+    for (const item of this.items.values()) {
+      if (item.state === "pending" && now - item.createdAt > this.windowMs) {
+        item.state = "failed";
+        item.code = "expired";
+        item.error = EXPIRED_MESSAGE;
+        expired.push(item);
+      }
+    }
+    if (expired.length) this.save();
+    return expired;
+  }
+
+  /**
+   * What to (re-)send now for a room: its pending sends still inside the
+   * re-send window, in the order typed. Older ones become failed first (the
+   * caller shows them with Retry), so a long offline spell never re-posts.
+   */
+  dueForResend(room) {
+    this.expire();
+    return this.forRoom(room, "pending");
+  }
+
   add(room, body) {
     const item = {
-      clientId: newClientId(),
+      clientId: this.newId(),
       room,
       body,
-      createdAt: Date.now(),
+      createdAt: this.now(),
       state: "pending",
       error: null,
       code: null,
@@ -237,7 +294,7 @@ export class PendingSends {
     item.state = "failed";
     item.code = code;
     item.error = message;
-    item.retryAt = retryAfterMs > 0 ? Date.now() + retryAfterMs : 0;
+    item.retryAt = retryAfterMs > 0 ? this.now() + retryAfterMs : 0;
     this.save();
     return item;
   }
@@ -249,8 +306,8 @@ export class PendingSends {
     item.code = null;
     item.error = null;
     item.retryAt = 0;
-    // A deliberate retry restarts the dedup window from now.
-    item.createdAt = Date.now();
+    // A deliberate retry restarts the window from now.
+    item.createdAt = this.now();
     this.save();
     return item;
   }
@@ -265,7 +322,7 @@ export class PendingSends {
  * (localStorage), so unread counts agree across tabs and reloads.
  */
 export class ReadMarks {
-  constructor(userId, storage = window.localStorage) {
+  constructor(userId, storage) {
     this.prefix = `${LAST_READ_PREFIX}${userId}:`;
     this.storage = storage;
   }

@@ -1,0 +1,465 @@
+// The room page's logic: server frames in, the send pipeline out, history
+// paging and read marks. State lives in store.js (RoomState, PendingSends,
+// ReadMarks); the DOM is the view's (view.js); the network is the injected
+// socket (socket.js) and `fetchJson`. Every server limit comes from the
+// page's config (config.js), never from a constant here.
+
+import { RoomState, typingText } from "./store.js";
+
+// Our own pace for "I am typing" frames; never faster than the server accepts them.
+const TYPING_THROTTLE_MS = 3000;
+const ENCODER = new TextEncoder();
+
+/** The database has not caught up with the live stream yet (the worker lags): try again shortly. */
+export class CatchingUp extends Error {}
+
+export class HttpError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+export class RoomController {
+  /**
+   * @param {object} deps
+   * @param {object} deps.config      parseConfig()'s result
+   * @param {import("./view.js").RoomView} deps.view
+   * @param {import("./store.js").PendingSends} deps.pending
+   * @param {import("./store.js").ReadMarks} deps.marks
+   * @param {(url: string) => Promise<object>} deps.fetchJson
+   * @param {() => boolean} deps.visible      the tab is visible
+   */
+  constructor({ config, view, pending, marks, fetchJson, visible }) {
+    this.config = config;
+    this.view = view;
+    this.pending = pending;
+    this.marks = marks;
+    this.fetchJson = fetchJson;
+    this.visible = visible;
+    this.socket = null; // set by attach()
+    this.me = { id: config.userId, username: config.username };
+    this.typingThrottleMs = Math.max(TYPING_THROTTLE_MS, config.typingIntervalMs);
+    // Shown a little longer than a typist's pace, so it does not flicker between frames.
+    this.typingShownMs = 2 * this.typingThrottleMs;
+    this.rooms = new Map();
+    this.active = this.newRoom(config.slug, config.roomName, config.roomPrivate);
+    this.rooms.set(config.slug, this.active);
+    this.loadingOlder = false;
+    this.lastTypingSentAt = 0;
+    this.retryTimers = new Map();
+  }
+
+  newRoom(slug, name, isPrivate = false) {
+    return new RoomState(slug, { name, isPrivate, typingShownMs: this.typingShownMs });
+  }
+
+  attach(socket) {
+    this.socket = socket;
+  }
+
+  /** Everything the page already holds: the sidebar's rooms, the first page, the unacked sends. */
+  start() {
+    for (const info of this.view.readRooms()) {
+      let room = this.rooms.get(info.slug);
+      if (room === undefined) {
+        // One socket joins every room shown, up to the server's per-connection limit.
+        if (this.rooms.size >= this.config.maxRooms) continue;
+        room = this.newRoom(info.slug, info.name);
+        // Other rooms only count what arrives after what the page reported.
+        room.lastSeq = info.lastSeq;
+        this.rooms.set(info.slug, room);
+      }
+      room.knownLastSeq = Math.max(room.knownLastSeq, info.lastSeq);
+      if (room !== this.active && this.marks.get(room.slug) === null) {
+        // First visit from this browser: nothing before now counts as unread.
+        this.marks.mark(room.slug, room.knownLastSeq);
+      }
+    }
+    // Read before this visit marks anything read: where the user left off.
+    this.view.leftOff = this.marks.get(this.active.slug);
+    const page = this.view.readFirstPage(this.active.slug);
+    this.active.addHistoryPage(page, this.config.hasMore, { latest: true });
+    this.settleFromHistory(page);
+    this.view.markLeftOff();
+    for (const item of this.pending.forRoom(this.active.slug)) this.view.renderPending(item, this.pendingText());
+    this.renderHistoryEdge();
+    this.view.scrollToBottom();
+    for (const room of this.rooms.values()) if (room !== this.active) this.renderUnread(room);
+    this.view.renderTitle();
+  }
+
+  // --------------------------------------------------------------- history
+
+  /**
+   * Load the latest page of history after a `joined.reset`, retrying with
+   * backoff: the page must reach `boundary` (the `joined.last_seq`), since the
+   * live stream starts right after it; until the worker has persisted it
+   * there would be a hole.
+   */
+  async reloadLatest(boundary) {
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        await this.loadLatest(boundary);
+        this.view.hideHistoryError();
+        // The socket may have reconnected meanwhile: join now that `since` is known.
+        if (this.socket.isOpen()) this.joinAll();
+        return;
+      } catch (err) {
+        if (err instanceof HttpError && err.status === 404) {
+          this.view.showHistoryError("This room does not exist, or you are not a member of it.");
+          return;
+        }
+        if (err instanceof CatchingUp) this.view.showHistoryError("Catching up with the history…");
+        else this.view.showHistoryError(`Could not load the history: ${err.message} Retrying…`);
+        await new Promise((resolve) => setTimeout(resolve, Math.min(30000, 250 * 2 ** attempt)));
+      }
+    }
+  }
+
+  async loadLatest(boundary) {
+    const before = boundary > 0 ? `&before=${boundary + 1}` : "";
+    const data = await this.fetchJson(`${this.config.messagesUrl}?limit=${this.config.pageSize}${before}`);
+    const messages = Array.isArray(data.messages) ? data.messages : [];
+    const added = this.active.addHistoryPage(messages, Boolean(data.has_more), { latest: true });
+    this.settleFromHistory(messages);
+    for (const msg of added) this.view.insertMessage(msg);
+    this.renderHistoryEdge();
+    this.view.scrollToBottom();
+    if (before && !this.active.messages.has(boundary)) throw new CatchingUp(`seq ${boundary} is not stored yet`);
+  }
+
+  async loadOlder() {
+    const room = this.active;
+    if (this.loadingOlder || !room.hasMore || room.oldestSeq === null) return;
+    this.loadingOlder = true;
+    this.view.setLoadingOlder(true);
+    try {
+      const data = await this.fetchJson(`${this.config.messagesUrl}?before=${room.oldestSeq}&limit=${this.config.pageSize}`);
+      const messages = Array.isArray(data.messages) ? data.messages : [];
+      this.view.keepPosition(() => {
+        for (const msg of room.addHistoryPage(messages, Boolean(data.has_more), { latest: false })) {
+          this.view.insertMessage(msg);
+        }
+      });
+      this.view.hideHistoryError();
+    } catch (err) {
+      this.view.showHistoryError(`Could not load older messages: ${err.message}`);
+    } finally {
+      this.loadingOlder = false;
+      this.view.setLoadingOlder(false);
+      this.renderHistoryEdge();
+    }
+  }
+
+  renderHistoryEdge() {
+    const room = this.active;
+    this.view.renderHistoryEdge({ hasMore: room.hasMore, historyLoaded: room.historyLoaded, oldestSeq: room.oldestSeq });
+  }
+
+  /** A message in history that is one of our pending sends settles it (it was accepted before a reload). */
+  settleFromHistory(messages) {
+    for (const msg of messages) {
+      if (msg.client_id && msg.user && msg.user.id === this.me.id && this.pending.resolve(msg.client_id)) {
+        this.view.removePending(msg.client_id);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- socket
+
+  onSocketClosed() {
+    for (const room of this.rooms.values()) {
+      room.joined = false;
+      room.joinSent = false;
+    }
+  }
+
+  joinAll() {
+    const rooms = [this.active, ...Array.from(this.rooms.values()).filter((r) => r !== this.active)];
+    for (const room of rooms) {
+      if (room.joined || room.joinSent) continue;
+      // The active room joins only once its history is in, so `since` is right.
+      if (room === this.active && !room.historyLoaded) continue;
+      const frame = { type: "join", room: room.slug };
+      if (room.lastSeq > 0 || room.historyLoaded) frame.since = room.lastSeq;
+      if (this.socket.send(frame)) room.joinSent = true;
+    }
+  }
+
+  handleFrame(frame) {
+    const room = typeof frame.room === "string" ? this.rooms.get(frame.room) : undefined;
+    switch (frame.type) {
+      case "joined":
+        if (room) this.onJoined(room, frame);
+        break;
+      case "left":
+        if (room) room.joined = false;
+        break;
+      case "message":
+        if (room) this.onMessage(room, frame);
+        break;
+      case "ack":
+        if (room) this.onAck(room, frame);
+        break;
+      case "typing":
+        if (room && frame.user && frame.user.id !== this.me.id) {
+          room.userTyping(frame.user);
+          if (room === this.active) this.renderTyping();
+        }
+        break;
+      case "presence":
+        if (room && frame.user) {
+          room.presenceEvent(frame.event, frame.user);
+          if (room === this.active) {
+            this.renderPresence();
+            this.renderTyping();
+          }
+        }
+        break;
+      case "error":
+        this.onError(frame);
+        break;
+      default:
+        // pong, and frame types a newer server may add.
+        break;
+    }
+  }
+
+  onJoined(room, frame) {
+    room.joined = true;
+    room.joinSent = false;
+    room.error = null;
+    if (Array.isArray(frame.presence)) room.setPresence(frame.presence);
+    const lastSeq = Number(frame.last_seq) || 0;
+    if (frame.reset) {
+      // The gap was longer than the server replays: start over from HTTP.
+      room.reset();
+      room.lastSeq = lastSeq;
+      if (room === this.active) {
+        this.view.clearMessages();
+        this.reloadLatest(lastSeq);
+      }
+    }
+    room.knownLastSeq = Math.max(room.knownLastSeq, lastSeq);
+    if (room === this.active) {
+      this.renderPresence();
+      this.renderTyping();
+    } else {
+      this.renderUnread(room);
+    }
+    this.resendPending(room);
+  }
+
+  /**
+   * Whatever was typed while disconnected (or never acked) goes out now with
+   * its original client_id, so the server acks the original instead of
+   * posting twice -- but only while the server still remembers that
+   * client_id (KAIWA_DEDUP_SECONDS, from the page): older ones are shown as
+   * failed, for the user to decide.
+   */
+  resendPending(room) {
+    for (const item of this.pending.expire()) if (item.room === this.active.slug) this.view.renderPending(item, this.pendingText());
+    for (const item of this.pending.dueForResend(room.slug)) this.transmit(item);
+  }
+
+  onMessage(room, frame) {
+    if (!Number.isInteger(frame.seq)) return;
+    const own = frame.user && frame.user.id === this.me.id;
+    if (own && frame.client_id && this.pending.resolve(frame.client_id)) this.view.removePending(frame.client_id);
+    if (frame.user) room.stopTyping(frame.user.id);
+    const added = room.addMessages([frame], { live: true });
+    if (room !== this.active) {
+      if (own && this.marks.get(room.slug) === frame.seq - 1) this.marks.mark(room.slug, frame.seq);
+      this.renderUnread(room);
+      return;
+    }
+    if (added.length === 0) return;
+    const atBottom = this.view.isAtBottom();
+    for (const msg of added) this.view.insertMessage(msg);
+    this.renderTyping();
+    if (atBottom || own) this.view.scrollToBottom();
+    // Scrolled up, or looking at another tab: mark where the new messages start.
+    if (!own && (!atBottom || !this.visible())) this.view.noteUnseen(frame.seq, !atBottom);
+    if (!own) this.view.announce(`${frame.user ? frame.user.username : "Someone"}: ${frame.body}`);
+    this.view.renderTitle();
+  }
+
+  onAck(room, frame) {
+    const item = this.pending.resolve(frame.client_id);
+    if (item === undefined) return; // the message frame settled it first
+    this.clearRetryTimer(item.clientId);
+    if (room !== this.active) return;
+    this.view.removePending(item.clientId);
+    // The ack can overtake message frames of lower seq: store it for display,
+    // but it does not move `lastSeq` (the frame itself will still arrive).
+    // A re-sent message acked with an old seq (accepted before a reload, long
+    // scrolled out of the loaded page) shows up when older pages load, not
+    // as a lone message that would also move the `before` cursor past a gap.
+    if (room.oldestSeq !== null && frame.seq < room.oldestSeq && room.hasMore) return;
+    const msg = { room: room.slug, seq: frame.seq, ts: frame.ts, user: this.me, body: item.body, client_id: item.clientId };
+    for (const m of room.addMessages([msg])) this.view.insertMessage(m);
+    this.view.scrollToBottom();
+  }
+
+  onError(frame) {
+    const ref = frame.ref;
+    const item = typeof ref === "string" ? this.pending.get(ref) : undefined;
+    if (item !== undefined) {
+      this.onSendRefused(item, frame);
+      return;
+    }
+    if (ref === "join" && typeof frame.room === "string") {
+      const room = this.rooms.get(frame.room);
+      if (room) {
+        room.joinSent = false;
+        room.error = frame.message;
+        if (room === this.active) this.view.showHistoryError(`Could not join this room: ${frame.message}`);
+      }
+      return;
+    }
+    if (ref === "send" && frame.room === this.active.slug) {
+      this.view.showComposerError(frame.message);
+      return;
+    }
+    console.warn("kaiwa: server refused a request", frame);
+  }
+
+  onSendRefused(item, frame) {
+    const retryAfter = Number(frame.retry_after_ms) || 0;
+    const transient = frame.code === "rate_limited" || frame.code === "unavailable";
+    let text = frame.message || "The server refused this message.";
+    if (transient && retryAfter > 0) text += ` Retrying in ${(retryAfter / 1000).toFixed(1)} s.`;
+    this.pending.fail(item.clientId, frame.code, text, retryAfter);
+    if (transient) {
+      // The server told us when it will take it: try again then by ourselves.
+      this.clearRetryTimer(item.clientId);
+      this.retryTimers.set(item.clientId, setTimeout(() => this.retry(item.clientId), Math.max(retryAfter, 250)));
+    } else if (frame.code === "not_joined") {
+      // Our join has not been answered yet (or was lost): it is safe to try again.
+      const room = this.rooms.get(item.room);
+      if (room) room.joined = false;
+      this.joinAll();
+    }
+    this.view.renderPending(this.pending.get(item.clientId), this.pendingText());
+  }
+
+  clearRetryTimer(clientId) {
+    const timer = this.retryTimers.get(clientId);
+    if (timer !== undefined) clearTimeout(timer);
+    this.retryTimers.delete(clientId);
+  }
+
+  // --------------------------------------------------------------- sending
+
+  /** The body limit (KAIWA_MAX_BODY_CHARS, from the page), checked before anything is sent. */
+  validateLength() {
+    const limit = this.config.maxBodyChars;
+    const over = this.view.composerText().length - limit;
+    if (over > 0) this.view.showComposerError(`${over} character${over === 1 ? "" : "s"} over the limit of ${limit}.`);
+    else this.view.hideComposerError();
+    return over <= 0;
+  }
+
+  onInput() {
+    this.validateLength();
+    this.maybeSendTyping();
+  }
+
+  submit() {
+    const body = this.view.composerText();
+    if (body.trim() === "") return;
+    if (!this.validateLength()) return;
+    const item = this.pending.add(this.config.slug, body);
+    this.view.clearComposer();
+    this.lastTypingSentAt = 0;
+    this.view.leftOff = null;
+    this.view.renderPending(item, this.pendingText());
+    this.view.scrollToBottom();
+    this.transmit(item);
+  }
+
+  /** Hand a pending send to the socket if the room is joined; otherwise it goes on the next `joined`. */
+  transmit(item) {
+    const room = this.rooms.get(item.room);
+    if (!room || !room.joined) return;
+    const frame = { type: "send", room: item.room, body: item.body, client_id: item.clientId };
+    // A frame over KAIWA_MAX_FRAME_BYTES closes the socket (1009); re-sending it
+    // after every reconnect would loop, so it fails here with the reason.
+    if (ENCODER.encode(JSON.stringify(frame)).length > this.config.maxFrameBytes) {
+      this.pending.fail(item.clientId, "too_large", "This message is larger than the server accepts in one frame: shorten it.");
+      this.view.renderPending(this.pending.get(item.clientId), this.pendingText());
+      return;
+    }
+    this.socket.send(frame);
+  }
+
+  retry(clientId) {
+    this.clearRetryTimer(clientId);
+    const item = this.pending.retry(clientId);
+    if (item === undefined) return;
+    this.view.renderPending(item, this.pendingText());
+    this.transmit(item);
+  }
+
+  discard(clientId) {
+    this.clearRetryTimer(clientId);
+    this.pending.resolve(clientId);
+    this.view.removePending(clientId);
+  }
+
+  maybeSendTyping() {
+    if (this.view.composerText().trim() === "" || !this.active.joined) return;
+    const now = Date.now();
+    if (now - this.lastTypingSentAt < this.typingThrottleMs) return;
+    this.lastTypingSentAt = now;
+    this.socket.send({ type: "typing", room: this.active.slug });
+  }
+
+  pendingText() {
+    return this.socket && this.socket.status === "connected" ? "Sending…" : "Not connected: will send when back online";
+  }
+
+  // ------------------------------------------------------------- rendering
+
+  renderTyping() {
+    this.view.renderTyping(this.active, typingText(this.active.typingUsers()));
+  }
+
+  renderPresence() {
+    this.view.renderPresence(Array.from(this.active.presence.values()));
+  }
+
+  renderStatus(status, detail) {
+    this.view.renderStatus(status, detail, this.pendingText());
+  }
+
+  unreadCount(room) {
+    if (room === this.active) return 0;
+    const read = this.marks.get(room.slug);
+    if (read === null) return 0;
+    return Math.max(0, room.knownLastSeq - read);
+  }
+
+  renderUnread(room) {
+    room.unread = this.unreadCount(room);
+    this.view.renderUnread(room.slug, room.unread);
+    let others = 0;
+    for (const r of this.rooms.values()) others += r === this.active ? 0 : r.unread;
+    this.view.setOthersUnread(others);
+  }
+
+  /** Another tab moved a read mark. */
+  onStorage(key) {
+    const slug = this.marks.roomOfKey(key);
+    const room = slug === null ? undefined : this.rooms.get(slug);
+    if (room) this.renderUnread(room);
+  }
+
+  /** The user sees the newest messages of the active room. */
+  markActiveRead() {
+    if (!this.visible()) return;
+    const seq = this.active.knownLastSeq;
+    if (seq > 0) this.marks.mark(this.active.slug, seq);
+  }
+}

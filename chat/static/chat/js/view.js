@@ -1,0 +1,437 @@
+// The room page's DOM: binds to the server-rendered markup (room_detail.html)
+// and keeps it in step with the controller's state. Message list insertion by
+// seq, grouping, the "New messages" divider, scrolling, status, presence,
+// typing, unread badges, the title, and the phone panels live here; the view
+// holds no chat state of its own beyond what is on screen (scroll position,
+// unseen count) and reports what the user does through `handlers`.
+
+import { el, enhanceMessage, messageElement, messageOfElement, renderPresence, updateGrouping } from "./render.js";
+
+const NEAR_BOTTOM_PX = 48;
+const LOAD_OLDER_WITHIN_PX = 240;
+const STATUS_LABELS = {
+  connecting: "Connecting…",
+  connected: "Connected",
+  reconnecting: "Reconnecting…",
+  offline: "Offline",
+  unauthenticated: "Signed out",
+};
+
+function find(root, selector) {
+  const node = root.querySelector(selector);
+  // The template and this file change together; say which part is missing.
+  if (node === null) throw new Error(`kaiwa: the room page has no ${selector}; is chat/room_detail.html up to date?`);
+  return node;
+}
+
+export class RoomView {
+  /**
+   * @param {HTMLElement} root    the section[data-room] of room_detail.html
+   * @param {object} options
+   * @param {{id: number, username: string}} options.me
+   * @param {string} options.roomName
+   * @param {Document} [options.doc]
+   */
+  constructor(root, { me, roomName, doc = document }) {
+    this.root = root;
+    this.doc = doc;
+    this.me = me;
+    this.roomName = roomName;
+    this.handlers = {};
+    this.stick = true; // the user is reading the newest messages
+    this.unseen = 0; // messages that arrived while the user was scrolled up (or away)
+    this.othersUnread = 0;
+    this.leftOff = null; // last visit's read mark: the "New messages" line goes after it
+    this.typingTimer = null;
+
+    this.roomList = find(root, ".rooms__list");
+    this.roomsPanel = find(root, ".rooms");
+    this.roomsToggle = find(root, ".chat__rooms-toggle");
+    this.roomsBadge = find(root, ".badge--toggle");
+    this.status = find(root, ".conn");
+    this.statusText = find(root, ".conn__text");
+    this.statusRetry = find(root, ".conn__retry");
+    this.peopleToggle = find(root, ".chat__people-toggle");
+    this.peopleCount = find(root, ".chat__people-count");
+    this.scroller = find(root, ".chat__scroll");
+    this.beginning = find(root, ".chat__beginning");
+    this.olderLink = find(root, ".chat__older");
+    this.historyError = find(root, ".chat__error");
+    this.list = find(root, ".chat__list");
+    this.empty = root.querySelector(".chat__empty");
+    this.jumpButton = find(root, ".chat__jump");
+    this.typing = find(root, ".chat__typing");
+    this.form = find(root, ".chat-composer");
+    this.textarea = find(root, ".chat-composer__input");
+    this.sendButton = find(root, ".chat-composer__send");
+    this.composerError = find(root, ".chat-composer__error");
+    this.peoplePanel = find(root, ".presence");
+    this.presenceTitle = find(root, ".presence__title");
+    this.presenceList = find(root, ".presence__list");
+    this.scrim = find(root, ".kaiwa__scrim");
+    this.announcer = find(root, "[aria-live='polite']");
+  }
+
+  // ------------------------------------------------------- reading the page
+
+  /** The first page of history, as the server rendered it. */
+  readFirstPage(slug) {
+    return Array.from(this.list.querySelectorAll("li.msg[data-seq]"), (li) => messageOfElement(li, slug));
+  }
+
+  /** The sidebar's rooms: [{slug, name, lastSeq}] in page order. */
+  readRooms() {
+    return Array.from(this.roomList.querySelectorAll("li[data-room]"), (li) => ({
+      slug: li.dataset.room,
+      name: li.querySelector(".rooms__name")?.textContent || li.dataset.room,
+      lastSeq: Number.parseInt(li.dataset.lastSeq || "0", 10) || 0,
+    }));
+  }
+
+  // ------------------------------------------------------------------ bind
+
+  /** Turn the static page into the live one: enhance what the server drew, enable the composer, listen. */
+  bind(handlers) {
+    this.handlers = handlers;
+    const items = Array.from(this.list.querySelectorAll("li.msg"));
+    for (const li of items) enhanceMessage(li);
+    for (const li of items) updateGrouping(li, li.previousElementSibling);
+    this.textarea.disabled = false;
+    this.sendButton.disabled = false;
+
+    this.form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      handlers.submit();
+    });
+    this.textarea.addEventListener("keydown", (event) => {
+      // isComposing: Enter that confirms an IME candidate (Japanese, Chinese) must not send.
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !event.altKey && !event.ctrlKey) {
+        event.preventDefault();
+        handlers.submit();
+      } else if (event.key === "Escape") {
+        this.setPanel(null);
+      }
+    });
+    this.textarea.addEventListener("input", () => handlers.input());
+    this.scroller.addEventListener("scroll", () => this.onScroll(), { passive: true });
+    // Without JavaScript the link opens the archive page; here the page grows upwards instead.
+    this.olderLink.addEventListener("click", (event) => {
+      event.preventDefault();
+      handlers.loadOlder();
+    });
+    this.jumpButton.addEventListener("click", () => {
+      this.scrollToBottom();
+      this.textarea.focus();
+    });
+    this.statusRetry.addEventListener("click", () => handlers.retryNow());
+    this.roomsToggle.addEventListener("click", () => this.togglePanel("rooms"));
+    this.peopleToggle.addEventListener("click", () => this.togglePanel("people"));
+    this.scrim.addEventListener("click", () => this.setPanel(null));
+    this.doc.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && this.root.dataset.panel) this.setPanel(null);
+    });
+    this.doc.addEventListener("visibilitychange", () => {
+      if (this.visible() && this.isAtBottom()) this.clearUnseen();
+      this.renderTitle();
+    });
+    // The composer growing, the phone keyboard opening or a rotation shrinks
+    // the history: whoever was reading the newest messages keeps them in view.
+    if (typeof ResizeObserver === "function") {
+      new ResizeObserver(() => {
+        if (this.stick) this.scroller.scrollTop = this.scroller.scrollHeight;
+      }).observe(this.scroller);
+    }
+  }
+
+  visible() {
+    return this.doc.visibilityState === "visible";
+  }
+
+  togglePanel(name) {
+    this.setPanel(this.root.dataset.panel === name ? null : name);
+  }
+
+  /** Phones show the rooms or people panel over the chat; one at a time. */
+  setPanel(name) {
+    const was = this.root.dataset.panel;
+    if (name) this.root.dataset.panel = name;
+    else delete this.root.dataset.panel;
+    this.roomsToggle.setAttribute("aria-expanded", String(name === "rooms"));
+    this.peopleToggle.setAttribute("aria-expanded", String(name === "people"));
+    this.scrim.hidden = !name;
+    if (name === "rooms") {
+      const current = this.roomList.querySelector("a[aria-current]") || this.roomList.querySelector("a");
+      if (current) current.focus();
+    } else if (!name && was) {
+      // Closing a panel returns focus to the button that opened it.
+      const panel = was === "rooms" ? this.roomsPanel : this.peoplePanel;
+      if (panel.contains(this.doc.activeElement)) (was === "rooms" ? this.roomsToggle : this.peopleToggle).focus();
+    }
+  }
+
+  // ------------------------------------------------------------- composer
+
+  composerText() {
+    return this.textarea.value;
+  }
+
+  clearComposer() {
+    this.textarea.value = "";
+    this.composerError.hidden = true;
+  }
+
+  focusComposer() {
+    this.textarea.focus();
+  }
+
+  showComposerError(text) {
+    this.composerError.textContent = text;
+    this.composerError.hidden = false;
+  }
+
+  hideComposerError() {
+    this.composerError.hidden = true;
+  }
+
+  // -------------------------------------------------------------- messages
+
+  /** Insert a stored message at its place by seq (before any pending sends). */
+  insertMessage(msg) {
+    if (this.list.querySelector(`li[data-seq="${msg.seq}"]`)) return;
+    const li = messageElement(msg, { own: Boolean(msg.user && msg.user.id === this.me.id) });
+    let anchor = this.list.querySelector("li.msg--pending, li.msg--failed");
+    // Walk back from the end of the sent messages to the first one with a lower seq.
+    let prev = anchor ? anchor.previousElementSibling : this.list.lastElementChild;
+    while (prev && (!prev.dataset.seq || Number(prev.dataset.seq) > msg.seq)) {
+      anchor = prev;
+      prev = prev.previousElementSibling;
+    }
+    this.list.insertBefore(li, anchor);
+    updateGrouping(li, li.previousElementSibling);
+    updateGrouping(li.nextElementSibling, li);
+    this.markLeftOff();
+    this.renderEmpty();
+  }
+
+  /** Drop every stored message (a reset reloads them), keeping the pending sends. */
+  clearMessages() {
+    for (const node of Array.from(this.list.querySelectorAll("li:not(.msg--pending):not(.msg--failed)"))) node.remove();
+  }
+
+  renderEmpty() {
+    if (this.empty) this.empty.hidden = this.list.querySelector("li.msg") !== null;
+  }
+
+  /** Keep the "New messages" line above the first message after where the user left off last visit. */
+  markLeftOff() {
+    if (this.leftOff === null || this.leftOff === undefined) return;
+    let first = null;
+    for (const node of this.list.querySelectorAll("li[data-seq]")) {
+      if (Number(node.dataset.seq) > this.leftOff) {
+        first = node;
+        break;
+      }
+    }
+    if (first === null) return;
+    const before = first.previousElementSibling;
+    if (before && before.classList.contains("chat__divider")) return;
+    this.placeDivider(Number(first.dataset.seq));
+  }
+
+  pendingElement(clientId) {
+    return this.list.querySelector(`li[data-client-id="${CSS.escape(clientId)}"]:not([data-seq])`);
+  }
+
+  /** Show a send that has no ack yet (or was refused), at the end of the list. */
+  renderPending(item, pendingText) {
+    if (!item) return;
+    const li = messageElement(
+      { room: item.room, user: this.me, body: item.body, client_id: item.clientId, ts: null },
+      {
+        own: true,
+        kind: item.state === "failed" ? "failed" : "pending",
+        error: item.error,
+        onRetry: () => {
+          this.handlers.retry(item.clientId);
+          // The button is gone with the re-rendered message: keep focus somewhere useful.
+          this.textarea.focus();
+        },
+        onDiscard: () => {
+          this.handlers.discard(item.clientId);
+          this.textarea.focus();
+        },
+        pendingText,
+      },
+    );
+    if (item.state === "failed" && item.retryAt > Date.now()) {
+      const button = li.querySelector(".msg__retry");
+      if (button) {
+        button.disabled = true;
+        setTimeout(() => {
+          button.disabled = false;
+        }, item.retryAt - Date.now());
+      }
+    }
+    const existing = this.pendingElement(item.clientId);
+    if (existing) existing.replaceWith(li);
+    else this.list.append(li);
+    updateGrouping(li, li.previousElementSibling);
+    updateGrouping(li.nextElementSibling, li);
+    this.renderEmpty();
+  }
+
+  removePending(clientId) {
+    const li = this.pendingElement(clientId);
+    if (!li) return;
+    const next = li.nextElementSibling;
+    const prev = li.previousElementSibling;
+    li.remove();
+    updateGrouping(next, prev);
+    this.renderEmpty();
+  }
+
+  // --------------------------------------------------------- history edge
+
+  renderHistoryEdge({ hasMore, historyLoaded, oldestSeq }) {
+    this.olderLink.hidden = !hasMore;
+    if (oldestSeq !== null) this.olderLink.setAttribute("href", `?before=${oldestSeq}`);
+    this.beginning.hidden = hasMore || !historyLoaded;
+  }
+
+  setLoadingOlder(loading) {
+    this.olderLink.setAttribute("aria-disabled", String(loading));
+    this.olderLink.textContent = loading ? "Loading…" : "Load older messages";
+  }
+
+  showHistoryError(text) {
+    this.historyError.textContent = text;
+    this.historyError.hidden = false;
+  }
+
+  hideHistoryError() {
+    this.historyError.hidden = true;
+  }
+
+  // ------------------------------------------------------ people and status
+
+  renderTyping(room, text) {
+    clearTimeout(this.typingTimer);
+    this.typing.textContent = text;
+    this.typing.classList.toggle("chat__typing--active", text !== "");
+    const next = room.nextTypingExpiry();
+    if (Number.isFinite(next)) this.typingTimer = setTimeout(() => this.handlers.typingExpired(), next - Date.now() + 50);
+  }
+
+  renderPresence(users) {
+    renderPresence(this.presenceList, users, this.me.id);
+    this.presenceTitle.textContent = `Online — ${users.length}`;
+    this.peopleCount.textContent = String(users.length);
+  }
+
+  renderStatus(status, detail, pendingText) {
+    this.status.dataset.state = status;
+    this.statusText.textContent = STATUS_LABELS[status] || status;
+    this.statusRetry.hidden = status !== "offline";
+    this.root.dataset.connection = status;
+    for (const node of this.list.querySelectorAll("li.msg--pending .msg__status")) node.textContent = pendingText;
+    if (status === "offline" && detail && detail.retryAt) {
+      this.statusRetry.title = `Next attempt at ${new Date(detail.retryAt).toLocaleTimeString()}`;
+    }
+  }
+
+  renderUnread(slug, count) {
+    const item = this.roomList.querySelector(`li[data-room="${CSS.escape(slug)}"]`);
+    if (!item) return;
+    const badge = item.querySelector(".badge");
+    badge.hidden = count === 0;
+    badge.replaceChildren(
+      this.doc.createTextNode(count > 99 ? "99+" : String(count)),
+      el("span", { cls: "sr-only", text: count === 1 ? " unread message" : " unread messages" }),
+    );
+    item.classList.toggle("rooms__item--unread", count > 0);
+  }
+
+  /** Unread messages in the other rooms; the title adds the ones not yet seen here. */
+  setOthersUnread(count) {
+    this.othersUnread = count;
+    this.renderTitle();
+  }
+
+  renderTitle() {
+    const others = this.othersUnread;
+    const total = others + this.unseen;
+    this.roomsBadge.hidden = others === 0;
+    this.roomsBadge.textContent = others > 99 ? "99+" : String(others);
+    const base = `#${this.roomName} · Kaiwa`;
+    this.doc.title = total > 0 ? `(${total}) ${base}` : base;
+  }
+
+  announce(text) {
+    // Long bodies are cut for the screen reader; the message is in the list in full.
+    this.announcer.textContent = text.length > 200 ? `${text.slice(0, 200)}…` : text;
+  }
+
+  // ------------------------------------------------------------- scrolling
+
+  isAtBottom() {
+    const s = this.scroller;
+    return s.scrollHeight - s.scrollTop - s.clientHeight <= NEAR_BOTTOM_PX;
+  }
+
+  scrollToBottom() {
+    this.scroller.scrollTop = this.scroller.scrollHeight;
+    this.stick = true;
+    this.clearUnseen();
+  }
+
+  /** Run `change` (which adds content above) without moving the message under the user's eyes. */
+  keepPosition(change) {
+    const fromBottom = this.scroller.scrollHeight - this.scroller.scrollTop;
+    change();
+    this.scroller.scrollTop = this.scroller.scrollHeight - fromBottom;
+  }
+
+  /** New messages that the user has not seen: scrolled up (`showButton`), or in a hidden tab. */
+  noteUnseen(seq, showButton) {
+    if (this.unseen === 0) {
+      this.leftOff = null;
+      this.placeDivider(seq);
+    }
+    this.unseen += 1;
+    this.jumpButton.textContent = `${this.unseen} new message${this.unseen === 1 ? "" : "s"} ↓`;
+    if (showButton) this.jumpButton.hidden = false;
+    this.renderTitle();
+  }
+
+  /** The "New messages" line, above the message with this seq (one line at a time). */
+  placeDivider(seq) {
+    const marker = this.list.querySelector("li.chat__divider");
+    if (marker) {
+      const next = marker.nextElementSibling;
+      marker.remove();
+      updateGrouping(next, next ? next.previousElementSibling : null);
+    }
+    const first = this.list.querySelector(`li[data-seq="${seq}"]`);
+    if (!first) return;
+    const divider = el("li", { cls: "chat__divider", attrs: { "aria-hidden": "true" } }, el("span", { text: "New messages" }));
+    this.list.insertBefore(divider, first);
+    updateGrouping(first, divider);
+  }
+
+  clearUnseen() {
+    // A hidden tab has not seen anything, wherever it is scrolled.
+    if (!this.visible()) return;
+    if (this.unseen > 0) {
+      this.unseen = 0;
+      this.jumpButton.hidden = true;
+      this.renderTitle();
+    }
+    if (this.isAtBottom() && this.handlers.readToBottom) this.handlers.readToBottom();
+  }
+
+  onScroll() {
+    this.stick = this.isAtBottom();
+    if (this.stick) this.clearUnseen();
+    if (this.scroller.scrollTop < LOAD_OLDER_WITHIN_PX) this.handlers.nearTop();
+  }
+}
