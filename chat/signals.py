@@ -16,6 +16,10 @@ server process re-checks, or closes with 4401, the affected sockets at once:
   ``{"kind": "user", "user_id": N}``; that user's sockets re-check their
   session (the new hash no longer matches old sessions).
 
+The same handlers drop the handshake's cached session check
+(``chat.authcache``) of the sessions and users concerned, also once the
+transaction commits.
+
 Signals run in sync code (a request, the admin, a shell). A Redis error must
 never break a logout or a password change: it is logged, and the periodic
 re-check (``KAIWA_SESSION_RECHECK_SECONDS``) catches up.
@@ -33,6 +37,7 @@ from django.contrib.sessions.models import Session
 from django.db.models.signals import post_delete, post_init, post_save
 from django.dispatch import receiver
 
+from chat.authcache import invalidate_sessions, invalidate_users
 from chat.messagelog import CONTROL_CHANNEL
 from chat.models import Membership, Room
 from chat.redisclient import sync_client
@@ -62,11 +67,13 @@ def on_logout(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     event: dict[str, Any] = {"kind": "session", "user_id": user.pk}
     if session_key:
         event["session_key"] = session_key
+        invalidate_sessions([session_key])
     publish_revocation(event)
 
 
 @receiver(post_delete, sender=Session)
 def on_session_deleted(sender: Any, instance: Session, **kwargs: Any) -> None:
+    invalidate_sessions([instance.session_key])
     try:
         user_id = instance.get_decoded().get("_auth_user_id")
     except Exception:
@@ -78,6 +85,13 @@ def on_session_deleted(sender: Any, instance: Session, **kwargs: Any) -> None:
     except (TypeError, ValueError):
         return
     publish_revocation({"kind": "session", "user_id": uid, "session_key": instance.session_key})
+
+
+@receiver(post_save, sender=Session, dispatch_uid="kaiwa_session_saved")
+def on_session_saved(sender: Any, instance: Session, created: bool, **kwargs: Any) -> None:
+    """A session's data or expiry changed: the handshake's cached check of it is no longer proof."""
+    if not created:
+        invalidate_sessions([instance.session_key])
 
 
 def _auth_state(instance: Any) -> tuple[Any, Any]:
@@ -96,7 +110,14 @@ def _on_user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> 
     setattr(instance, _WATCHED, now)
     if created or instance.pk is None or before == now:
         return
+    invalidate_users([instance.pk])
     publish_revocation({"kind": "user", "user_id": instance.pk})
+
+
+def _on_user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    # Sessions are not tied to users by a foreign key: a deleted user's sessions
+    # stay in the database, and only the user lookup ends them.
+    invalidate_users([instance.pk])
 
 
 # -- room access: sockets joined to a room the user may no longer see -----------------
@@ -131,3 +152,4 @@ def on_room_deleted(sender: Any, instance: Room, **kwargs: Any) -> None:
 _user_model = get_user_model()
 post_init.connect(_on_user_init, sender=_user_model, dispatch_uid="kaiwa_user_init")
 post_save.connect(_on_user_saved, sender=_user_model, dispatch_uid="kaiwa_user_saved")
+post_delete.connect(_on_user_deleted, sender=_user_model, dispatch_uid="kaiwa_user_deleted")

@@ -13,12 +13,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
 from django.core.cache import caches
-from django.core.exceptions import ValidationError
 from django.http.request import split_domain_port, validate_host
-from django.utils.crypto import constant_time_compare
 from django.utils.http import is_same_domain
+
+from wsapp import sessioncheck
+from wsapp.sessioncheck import AuthUnavailable
+
+__all__ = ["AuthUnavailable", "cookies", "header", "origin_allowed", "session_store", "session_user"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -131,29 +133,11 @@ async def session_user(session_key: str | None) -> Any | None:
     password change, which would log out the browser that changed it) and
     cycles the key on a fallback match (a WebSocket cannot hand the browser the
     new cookie, so its session would be orphaned).
+
+    A session checked before is answered from one Redis read with no thread
+    and no database (``wsapp.sessioncheck``). Raises ``AuthUnavailable`` (a
+    ``DatabaseError``) when the session is not cached and the database fails or
+    does not answer within ``KAIWA_AUTH_DB_TIMEOUT_SECONDS``: answer "try again
+    later" (close 1013), without a traceback.
     """
-    if not session_key:
-        return None
-    store = session_store(session_key)
-    raw_id = await store.aget(SESSION_KEY)
-    backend_path = await store.aget(BACKEND_SESSION_KEY)
-    if raw_id is None or backend_path not in settings.AUTHENTICATION_BACKENDS:
-        return None
-    try:
-        user_id = get_user_model()._meta.pk.to_python(raw_id)
-    except ValidationError:
-        return None
-    backend = load_backend(backend_path)
-    user = await backend.aget_user(user_id)
-    if user is None:
-        return None
-    if hasattr(user, "get_session_auth_hash"):
-        session_hash = await store.aget(HASH_SESSION_KEY)
-        if not session_hash:
-            return None
-        if constant_time_compare(session_hash, user.get_session_auth_hash()):
-            return user
-        if any(constant_time_compare(session_hash, h) for h in user.get_session_auth_fallback_hash()):
-            return user
-        return None
-    return user
+    return await sessioncheck.session_user(session_key)
