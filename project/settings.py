@@ -342,6 +342,14 @@ KAIWA_RATE_PER_SECOND = _env_float("KAIWA_RATE_PER_SECOND", 10.0, minimum=0.001)
 KAIWA_MAX_ROOMS_PER_CONNECTION = _env_int("KAIWA_MAX_ROOMS_PER_CONNECTION", 100)
 KAIWA_BACKLOG_LIMIT = _env_int("KAIWA_BACKLOG_LIMIT", 1000)
 KAIWA_SESSION_RECHECK_SECONDS = _env_float("KAIWA_SESSION_RECHECK_SECONDS", 60.0, minimum=0.1)
+# The handshake's cached session check (wsapp.sessioncheck): how long a checked
+# session is trusted without the database (revocations drop it at once; this
+# bounds changes that bypass model signals, e.g. QuerySet.update()), how long a
+# check that needs the database may wait before "try again later" (1013), and
+# the threads (each with its own kept-open SQLite connection) those checks use.
+KAIWA_AUTH_CACHE_SECONDS = _env_int("KAIWA_AUTH_CACHE_SECONDS", 300, minimum=0)
+KAIWA_AUTH_DB_TIMEOUT_SECONDS = _env_float("KAIWA_AUTH_DB_TIMEOUT_SECONDS", 0.5, minimum=0.05)
+KAIWA_AUTH_DB_THREADS = _env_int("KAIWA_AUTH_DB_THREADS", 4, minimum=1)
 KAIWA_SEND_QUEUE_MAX_MESSAGES = _env_int("KAIWA_SEND_QUEUE_MAX_MESSAGES", 1000)
 KAIWA_SEND_QUEUE_MAX_BYTES = _env_int("KAIWA_SEND_QUEUE_MAX_BYTES", 4 * 1024 * 1024, minimum=1024)
 
