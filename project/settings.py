@@ -262,7 +262,10 @@ KAIWA_EMBEDDED_REDIS_DIR = KAIWA_EMBEDDED_REDIS_SOCKET.parent if KAIWA_EMBEDDED_
 # WebSocket handshake, and deleting a session (logout) takes effect at once.
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        # Django's backend takes one server URL; Sentinel and Cluster need Kaiwa's client.
+        "BACKEND": "django.core.cache.backends.redis.RedisCache"
+        if KAIWA_REDIS_MODE == "single"
+        else "chat.redistopology.TopologyRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "kaiwa:cache",
     }

@@ -1,0 +1,441 @@
+"""The three Redis deployments against real servers: Sentinel failover, Cluster MOVED and failover, WAIT.
+
+The topologies come from tests/redis_topology.py (Debian's Redis 7). Each
+async scenario runs under a timeout; waiting for a failover polls the
+servers against a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, TimeoutError
+
+from chat import redistopology
+from tests.redis_topology import ClusterTopology, SentinelTopology
+
+pytest_plugins = ["tests.redis_topology_fixtures"]
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+# A script that writes its key, as the append script does, and returns a value.
+INCR_SCRIPT = "return redis.call('INCR', KEYS[1])"
+
+
+def run(coroutine: Coroutine[Any, Any, T], timeout: float = 40.0) -> T:
+    async def main() -> T:
+        return await asyncio.wait_for(coroutine, timeout=timeout)
+
+    return asyncio.run(main())
+
+
+async def until_ok(call: Callable[[], Awaitable[T]], *, within: float = 20.0) -> T:
+    """Retry ``call`` as a client would while a failover runs; errors after the deadline propagate."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await call()
+        except (RedisConnectionError, TimeoutError, ReadOnlyError):
+            if time.monotonic() > deadline:
+                raise
+            # A client backing off between attempts during a failover, not test synchronisation.
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def sentinel_settings(settings: Any, sentinel_topology: SentinelTopology) -> SentinelTopology:
+    settings.KAIWA_REDIS_MODE = "sentinel"
+    settings.KAIWA_REDIS_SENTINELS = sentinel_topology.sentinel_addresses
+    settings.KAIWA_REDIS_SENTINEL_SERVICE = sentinel_topology.service
+    settings.REDIS_URL = "redis:///0"
+    return sentinel_topology
+
+
+@pytest.fixture
+def cluster_settings(settings: Any, cluster_topology: ClusterTopology) -> ClusterTopology:
+    settings.KAIWA_REDIS_MODE = "cluster"
+    settings.REDIS_URL = cluster_topology.url
+    return cluster_topology
+
+
+# Sentinel -----------------------------------------------------------------------
+
+
+def test_sentinel_topology_has_one_master_and_a_linked_replica(sentinel_topology: SentinelTopology) -> None:
+    """The fixture's Sentinels agree on a master, and its replica's link is up."""
+    primary = sentinel_topology.primary
+    with primary.client() as client:
+        info: Any = client.info("replication")
+    assert info["role"] == "master"
+    assert info["connected_slaves"] == 1
+    assert [r.name for r in sentinel_topology.replicas] != [primary.name]
+
+
+def test_sentinel_clients_reach_the_master_and_a_script_waits_for_its_replica(
+    sentinel_settings: SentinelTopology,
+) -> None:
+    """make_async_client in sentinel mode writes to the master; WAIT 1 confirms the write on the replica."""
+
+    async def scenario() -> tuple[int, redistopology.Replicated]:
+        client = redistopology.make_async_client()
+        try:
+            script = client.register_script(INCR_SCRIPT)
+            result = await redistopology.call_script_with_replicas(
+                client, script, keys=["sentinel:wait"], args=[], replicas=1, timeout_ms=2000
+            )
+            return int(await client.get("sentinel:wait") or 0), result
+        finally:
+            await client.aclose()
+
+    value, result = run(scenario())
+    assert value == result.reply == 1
+    assert (result.replicas, result.confirmed) == (1, True)
+    replica = sentinel_settings.replicas[0]
+    with replica.client() as client:
+        assert client.get("sentinel:wait") == b"1"
+
+
+def test_sentinel_pubsub_and_sync_client_and_cache(sentinel_settings: SentinelTopology) -> None:
+    """The sync client and the Django cache backend write to the master; a pub/sub client gets a PUBLISH."""
+    sync = redistopology.make_sync_client()
+    try:
+        sync.set("sentinel:sync", "yes")
+    finally:
+        sync.close()
+    cache = redistopology.TopologyRedisCache("", {"OPTIONS": {}})
+    cache.set_many({"a": 1, "b": 2}, timeout=60)
+    assert cache.get_many(["a", "b", "c"]) == {"a": 1, "b": 2}
+
+    async def scenario() -> Any:
+        reader = redistopology.make_async_client(blocking_reads=True)
+        writer = redistopology.make_async_client()
+        pubsub = redistopology.make_pubsub(reader)
+        try:
+            await pubsub.subscribe("control")
+            assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"
+            assert await writer.publish("control", "hello") == 1
+            return await pubsub.get_message(timeout=5)
+        finally:
+            await pubsub.aclose()
+            await reader.aclose()
+            await writer.aclose()
+
+    message = run(scenario())
+    assert message["data"] == b"hello"
+    with sentinel_settings.primary.client() as client:
+        assert client.get("sentinel:sync") == b"yes"
+
+
+def test_sentinel_failover_is_followed_and_wait_reports_the_missing_replica(
+    settings: Any, fresh_sentinel_topology: SentinelTopology
+) -> None:
+    """kill -9 the master: the Sentinels promote the replica, the same async client and the same
+    PubSub reach it without being re-made (after failing while it ran), the replicated write is there,
+    and WAIT 1 now answers 0 replicas (confirmed false: the sender would get `unavailable`)."""
+    deployment = fresh_sentinel_topology
+    settings.KAIWA_REDIS_MODE = "sentinel"
+    settings.KAIWA_REDIS_SENTINELS = deployment.sentinel_addresses
+    settings.KAIWA_REDIS_SENTINEL_SERVICE = deployment.service
+    settings.REDIS_URL = "redis:///0"
+
+    async def scenario() -> dict[str, Any]:
+        client = redistopology.make_async_client()
+        assert isinstance(client, redistopology.SentinelRedis)
+        pool: Any = client.connection_pool
+        reader = redistopology.make_async_client(blocking_reads=True)
+        pubsub = redistopology.make_pubsub(reader)
+        try:
+            script = client.register_script(INCR_SCRIPT)
+            before = await redistopology.call_script_with_replicas(
+                client, script, keys=["failover"], args=[], replicas=1, timeout_ms=2000
+            )
+            await pubsub.subscribe("control")
+            await pubsub.get_message(timeout=5)
+            old = deployment.kill_primary()
+            started = time.monotonic()
+            new = await asyncio.to_thread(deployment.wait_for_failover, old)
+            promoted_after = time.monotonic() - started
+            value = await until_ok(lambda: client.get("failover"))
+            address = await until_ok(lambda: pool.get_master_address())
+            after = await until_ok(
+                lambda: redistopology.call_script_with_replicas(
+                    client, script, keys=["failover"], args=[], replicas=1, timeout_ms=100
+                )
+            )
+
+            async def resubscribed() -> Any:
+                # The first read fails on the dead connection; the next reconnects via
+                # the Sentinels and subscribes again.
+                await writer_publish(client)
+                return await pubsub.get_message(timeout=1)
+
+            message = None
+            deadline = time.monotonic() + 10
+            while message is None or message["type"] != "message":
+                message = await until_ok(resubscribed)
+                assert time.monotonic() < deadline, "the PubSub did not follow the failover"
+            return {
+                "before": before,
+                "value": value,
+                "address": address,
+                "new": new,
+                "after": after,
+                "promoted_after": promoted_after,
+                "message": message,
+            }
+        finally:
+            await pubsub.aclose()
+            await reader.aclose()
+            await client.aclose()
+
+    async def writer_publish(client: aioredis.Redis) -> None:
+        await client.publish("control", "after-failover")
+
+    got = run(scenario(), timeout=60)
+    assert got["before"].confirmed
+    assert got["value"] == b"1"
+    assert tuple(got["address"]) == got["new"].address
+    assert got["after"].reply == 2
+    assert (got["after"].replicas, got["after"].confirmed) == (0, False)
+    assert got["message"]["data"] == b"after-failover"
+    assert got["promoted_after"] < 15
+
+
+# Cluster ------------------------------------------------------------------------
+
+
+def test_cluster_topology_covers_every_slot_with_three_primaries(cluster_topology: ClusterTopology) -> None:
+    """The fixture's cluster has three masters, each with a replica whose link is up."""
+    primaries = cluster_topology.primaries()
+    assert len(primaries) == 3
+    assert {cluster_topology.replica_of(p).name for p in primaries}.isdisjoint({p.name for p in primaries})
+
+
+def test_cluster_client_follows_moved_after_a_slot_migrates(cluster_settings: ClusterTopology) -> None:
+    """A slot moved to another primary under a running client: redis-py follows MOVED, reads the moved key
+    and sends the next command straight to the new owner; a replicated script call confirms 1 replica there."""
+    cluster = cluster_settings
+
+    async def scenario() -> dict[str, Any]:
+        client = redistopology.make_async_client()
+        assert isinstance(client, RedisCluster)
+        try:
+            await client.set("{room:7}:seq", "41")
+            slot = client.keyslot("{room:7}:seq")
+            source = cluster.owner_of_slot(slot)
+            target = next(p for p in cluster.primaries() if p is not source)
+            await asyncio.to_thread(cluster.move_slot, slot, target)
+            value = await client.get("{room:7}:seq")
+            owner: Any = client.get_node_from_key("{room:7}:seq")
+            script = client.register_script(INCR_SCRIPT)
+            result = await redistopology.call_script_with_replicas(
+                client, script, keys=["{room:7}:seq"], args=[], replicas=1, timeout_ms=2000
+            )
+            return {"value": value, "owner": owner.port, "target": target.port, "result": result}
+        finally:
+            await client.aclose()
+
+    got = run(scenario())
+    assert got["value"] == b"41"
+    assert got["owner"] == got["target"]
+    assert got["result"].reply == 42
+    assert got["result"].confirmed
+
+
+def test_cluster_sharded_pubsub_reaches_subscribers_on_every_primary(cluster_settings: ClusterTopology) -> None:
+    """SSUBSCRIBE to channels hashed to all three primaries: every SPUBLISH reaches exactly this subscriber,
+    and a plain PUBLISH (control events) reaches a SUBSCRIBE made on any node."""
+
+    async def scenario() -> tuple[set[bytes], set[int], list[int], Any]:
+        reader = redistopology.make_async_client(blocking_reads=True)
+        writer = redistopology.make_async_client()
+        assert isinstance(reader, RedisCluster) and isinstance(writer, RedisCluster)
+        # ClusterPubSub.ssubscribe and get_node_from_key need the slot map.
+        await reader.initialize()
+        await writer.initialize()
+        pubsub = redistopology.make_pubsub(reader)
+        control = redistopology.make_pubsub(reader)
+        assert isinstance(pubsub, ClusterPubSub)
+        channels = [f"{{room:{i}}}:events" for i in range(12)]
+        try:
+            await pubsub.ssubscribe(*channels)
+            await control.subscribe("kaiwa:control")
+            await control.get_message(timeout=5)
+            nodes = {int(node.port) for c in channels if (node := writer.get_node_from_key(c))}
+            counts = [await writer.spublish(c, c) for c in channels]
+            received: set[bytes] = set()
+            deadline = time.monotonic() + 10
+            while len(received) < len(channels) and time.monotonic() < deadline:
+                message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=0.1)
+                if message is not None:
+                    received.add(message["data"])
+            await writer.publish("kaiwa:control", "ctl")
+            event = await control.get_message(timeout=5)
+            return received, nodes, counts, event
+        finally:
+            await pubsub.aclose()
+            await control.aclose()
+            await reader.aclose()
+            await writer.aclose()
+
+    received, nodes, counts, event = run(scenario())
+    assert len(nodes) == 3
+    assert counts == [1] * 12
+    assert received == {f"{{room:{i}}}:events".encode() for i in range(12)}
+    assert event["data"] == b"ctl"
+
+
+def test_cluster_failover_is_followed_by_commands_and_sharded_pubsub(
+    settings: Any, fresh_cluster_topology: ClusterTopology
+) -> None:
+    """kill -9 the primary of a room's slot: its replica is promoted, the same client's next commands
+    reach it (one fails first), the replicated key is there, and after resync_sharded_subscriptions the
+    sharded subscription receives from the new primary; WAIT 1 there answers 0 (no replica left)."""
+    cluster = fresh_cluster_topology
+    settings.KAIWA_REDIS_MODE = "cluster"
+    settings.REDIS_URL = cluster.url
+    channel, key = "{room:3}:events", "{room:3}:seq"
+
+    async def scenario() -> dict[str, Any]:
+        client = redistopology.make_async_client()
+        reader = redistopology.make_async_client(blocking_reads=True)
+        assert isinstance(client, RedisCluster) and isinstance(reader, RedisCluster)
+        await reader.initialize()
+        pubsub = redistopology.make_pubsub(reader)
+        assert isinstance(pubsub, ClusterPubSub)
+        try:
+            script = client.register_script(INCR_SCRIPT)
+            before = await redistopology.call_script_with_replicas(
+                client, script, keys=[key], args=[], replicas=1, timeout_ms=2000
+            )
+            await pubsub.ssubscribe(channel)
+            await pubsub.get_sharded_message(timeout=5)
+            slot = client.keyslot(key)
+            old = cluster.kill_primary_of(slot)
+            new = await asyncio.to_thread(cluster.wait_for_failover, old, slot)
+            value = await until_ok(lambda: client.get(key))
+            after = await until_ok(
+                lambda: redistopology.call_script_with_replicas(
+                    client, script, keys=[key], args=[], replicas=1, timeout_ms=100
+                )
+            )
+            failed_reads = 0
+            message = None
+            deadline = time.monotonic() + 10
+            while message is None or message["type"] != "smessage":
+                assert time.monotonic() < deadline, "the sharded subscription did not follow the failover"
+                await client.spublish(channel, "after-failover")
+                try:
+                    message = await pubsub.get_sharded_message(timeout=0.2)
+                except RedisConnectionError:
+                    failed_reads += 1
+                    await redistopology.resync_sharded_subscriptions(reader, pubsub)
+            return {
+                "before": before,
+                "value": value,
+                "after": after,
+                "message": message,
+                "new": new.port,
+                "owner": getattr(client.get_node_from_key(key), "port", None),
+                "failed_reads": failed_reads,
+            }
+        finally:
+            await pubsub.aclose()
+            await reader.aclose()
+            await client.aclose()
+
+    got = run(scenario(), timeout=60)
+    assert got["before"].confirmed
+    assert got["value"] == b"1"
+    assert got["owner"] == got["new"]
+    assert got["after"].reply == 2
+    assert (got["after"].replicas, got["after"].confirmed) == (0, False)
+    assert got["message"]["data"] == b"after-failover"
+    assert got["failed_reads"] >= 1
+
+
+# Settings -----------------------------------------------------------------------
+
+BASE_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "HOME": str(ROOT),
+    "SECRET_KEY": "k" * 20 + "-production-secret-" + "z" * 30,
+    "ALLOWED_HOSTS": "chat.example.com",
+}
+
+
+def check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env={**BASE_ENV, "DJANGO_SETTINGS_MODULE": "project.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"KAIWA_REDIS_MODE": "sentinel"}, "KAIWA_REDIS_MODE=sentinel needs KAIWA_REDIS_SENTINELS"),
+        (
+            {"KAIWA_REDIS_MODE": "sentinel", "KAIWA_REDIS_SENTINELS": "10.0.0.5", "KAIWA_REDIS_SENTINEL_SERVICE": "m"},
+            "is not host:port",
+        ),
+        ({"KAIWA_REDIS_MODE": "cluster", "REDIS_URL": "redis://h1:7000,h2:7000/3"}, "has only database 0"),
+        ({"KAIWA_REDIS_MODE": "cluster"}, "needs REDIS_URL with one or more seed nodes"),
+        ({"KAIWA_REDIS_MODE": "shard", "REDIS_URL": "redis://h:1/0"}, "is not a Redis deployment"),
+        ({"REDIS_URL": "redis://h1:7000,h2:7000/0"}, "set KAIWA_REDIS_MODE=cluster"),
+        ({"REDIS_URL": "redis://h:1/0", "KAIWA_ACK_REPLICAS": "-1"}, "KAIWA_ACK_REPLICAS=-1 is too small"),
+        ({"REDIS_URL": "redis://h:1/0", "KAIWA_ACK_REPLICA_TIMEOUT_MS": "0"}, "KAIWA_ACK_REPLICA_TIMEOUT_MS=0"),
+        ({"REDIS_URL": "redis://h:1/0", "KAIWA_ACK_REPLICA_TIMEOUT_MS": "9000"}, "use at most 4000"),
+        ({"REDIS_URL": "redis://h:1/0", "KAIWA_REDIS_SENTINELS": "h:26379"}, "set KAIWA_REDIS_MODE=sentinel"),
+    ],
+)
+def test_bad_redis_deployment_settings_stop_startup_with_a_clear_message(env: dict[str, str], expected: str) -> None:
+    """A Redis deployment setting that cannot work stops startup and says what to write instead."""
+    result = check(env)
+    assert result.returncode != 0
+    assert expected in result.stderr
+
+
+def test_good_redis_deployment_settings_are_parsed() -> None:
+    """Sentinel addresses and cluster seeds come out as (host, port) pairs; the cache uses Kaiwa's backend."""
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(s.KAIWA_REDIS_MODE, s.KAIWA_REDIS_CLUSTER_NODES, s.KAIWA_ACK_REPLICAS, "
+        "s.KAIWA_ACK_REPLICA_TIMEOUT_MS, s.CACHES['default']['BACKEND'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={
+            **BASE_ENV,
+            "DJANGO_SETTINGS_MODULE": "project.settings",
+            "KAIWA_REDIS_MODE": "cluster",
+            "REDIS_URL": "redis://:pw@h1:7000,[::1]:7001/0",
+            "KAIWA_ACK_REPLICAS": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split(" ", 1)[1].strip() == (
+        "[('h1', 7000), ('::1', 7001)] 1 500 chat.redistopology.TopologyRedisCache"
+    )
+    assert redistopology.split_url("redis://:pw@h1:7000,[::1]:7001/0?x=1") == (
+        "redis://:pw@h1:7000/0?x=1",
+        [("h1", 7000), ("::1", 7001)],
+    )
