@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -72,3 +73,57 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.room_id}#{self.seq}"
+
+
+def _attachment_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Attachment(models.Model):
+    """An uploaded file (protocol.md 7.3), stored in the "attachments" storage.
+
+    A message's attachments are found by ``(room, message_seq)``: the
+    persistence worker sets ``message_seq`` in the transaction that writes the
+    message row, and only on an attachment still unused or already its own, so
+    a replayed batch changes nothing (exactly once, like the message). A
+    ``send`` first claims the ids with its dedup token (``claim``): two sends
+    cannot both take one upload, and a re-send of the same message can.
+    """
+
+    id = models.CharField(primary_key=True, max_length=32, default=_attachment_id, editable=False)
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="attachments")
+    uploader = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    name = models.CharField(max_length=255, help_text="The file name shown to users (a HEIC photo's ends in .jpg).")
+    content_type = models.CharField(max_length=100, help_text="Found from the content, as served.")
+    size = models.BigIntegerField(help_text="Bytes of the served file.")
+    file = models.CharField(max_length=255, help_text="Name of the served file in the attachments storage.")
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    thumbnail = models.CharField(max_length=255, blank=True, default="")
+    thumbnail_content_type = models.CharField(max_length=100, blank=True, default="")
+    thumbnail_width = models.PositiveIntegerField(null=True, blank=True)
+    thumbnail_height = models.PositiveIntegerField(null=True, blank=True)
+    thumbnail_size = models.BigIntegerField(default=0, help_text="Bytes of the thumbnail.")
+    message_seq = models.BigIntegerField(
+        null=True, blank=True, help_text="The message (room, seq) it belongs to; empty while unused."
+    )
+    claim = models.CharField(max_length=100, blank=True, default="", help_text="Dedup token of the send using it.")
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["room", "message_seq"], name="chat_attachment_message_idx"),
+            # The orphan sweep: unused uploads, oldest first.
+            models.Index(
+                fields=["created_at"], name="chat_attachment_unused_idx", condition=models.Q(message_seq__isnull=True)
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+    @property
+    def is_image(self) -> bool:
+        return bool(self.thumbnail)

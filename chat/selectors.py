@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from django.db.models import Max, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Max, OuterRef, Q, QuerySet, Subquery, Sum
 
 from chat.messagelog import Entry, ts_ms_of
-from chat.models import Membership, Message, Room
+from chat.models import Attachment, Membership, Message, Room
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -164,3 +164,64 @@ def message_frame(message: Message, *, slug: str | None = None) -> dict[str, Any
     Pass ``slug`` when the caller already has it, to avoid loading ``message.room``.
     """
     return message_entry(message, slug=slug if slug is not None else message.room.slug).frame()
+
+# Attachments (protocol.md 7.3) --------------------------------------------------
+
+# Where the API serves an attachment and its thumbnail (wsapp/api/attachments.py).
+ATTACHMENT_URL = "/api/attachments/{id}"
+ATTACHMENT_THUMBNAIL_URL = "/api/attachments/{id}/thumbnail"
+
+
+def attachment_dict(attachment: Attachment) -> dict[str, Any]:
+    """The wire object ``A`` of an attachment."""
+    data: dict[str, Any] = {
+        "id": attachment.pk,
+        "name": attachment.name,
+        "content_type": attachment.content_type,
+        "size": attachment.size,
+        "url": ATTACHMENT_URL.format(id=attachment.pk),
+    }
+    if attachment.thumbnail:
+        data.update(
+            width=attachment.width,
+            height=attachment.height,
+            thumbnail_url=ATTACHMENT_THUMBNAIL_URL.format(id=attachment.pk),
+            thumbnail_width=attachment.thumbnail_width,
+            thumbnail_height=attachment.thumbnail_height,
+        )
+    return data
+
+
+async def aattachment_get_for_user_id(*, user_id: int | None, attachment_id: str) -> Attachment | None:
+    """The attachment if the user may see its room (public, or private and a member), else None."""
+    visible = Q(room__private=False)
+    if user_id is not None:
+        visible |= Q(room__memberships__user_id=user_id)
+    return await Attachment.objects.filter(visible, pk=attachment_id).distinct().afirst()
+
+
+def attachments_for_messages(*, room_id: int, seqs: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The ``A`` objects of each of a room's messages, by seq (messages without any are absent)."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    if not seqs:
+        return found
+    rows = Attachment.objects.filter(room_id=room_id, message_seq__in=seqs).order_by("message_seq", "created_at")
+    for attachment in rows:
+        assert attachment.message_seq is not None
+        found.setdefault(attachment.message_seq, []).append(attachment_dict(attachment))
+    return found
+
+
+def attachments_of_message(*, room_id: int, seq: int) -> list[Attachment]:
+    """A stored message's attachments, in upload order."""
+    return list(Attachment.objects.filter(room_id=room_id, message_seq=seq).order_by("created_at"))
+
+
+def room_attachment_bytes(*, room_ids: list[int]) -> dict[int, int]:
+    """Total bytes of stored attachments (files and thumbnails) per room; rooms without any are absent."""
+    rows = (
+        Attachment.objects.filter(room_id__in=room_ids)
+        .values("room_id")
+        .annotate(total=Sum("size") + Sum("thumbnail_size"))
+    )
+    return {row["room_id"]: int(row["total"] or 0) for row in rows}

@@ -8,6 +8,7 @@ code base reads the environment.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -376,3 +377,59 @@ KAIWA_WORKER_BATCH_SIZE = _env_int("KAIWA_WORKER_BATCH_SIZE", 500)
 KAIWA_WORKER_BATCH_MS = _env_int("KAIWA_WORKER_BATCH_MS", 50, minimum=0)
 KAIWA_WORKER_CLAIM_IDLE_MS = _env_int("KAIWA_WORKER_CLAIM_IDLE_MS", 30000)
 KAIWA_WORKER_BACKLOG_WARN = _env_int("KAIWA_WORKER_BACKLOG_WARN", 10000)
+
+# Attachments (protocol.md 7.3) ------------------------------------------------
+
+# Uploaded files live in the "attachments" storage: by default a directory
+# under MEDIA_ROOT; any Django storage (e.g. django-storages' S3Storage, see
+# README "Attachment storage") by naming its class and options. They are never
+# served from MEDIA_URL: every download goes through the API's room check.
+MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", "").strip() or STATE_DIR / "media")
+KAIWA_ATTACHMENT_STORAGE = (
+    os.environ.get("KAIWA_ATTACHMENT_STORAGE", "").strip() or "django.core.files.storage.FileSystemStorage"
+)
+_attachment_options_raw = os.environ.get("KAIWA_ATTACHMENT_STORAGE_OPTIONS", "").strip()
+if _attachment_options_raw:
+    try:
+        KAIWA_ATTACHMENT_STORAGE_OPTIONS: dict[str, Any] = json.loads(_attachment_options_raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            f"KAIWA_ATTACHMENT_STORAGE_OPTIONS is not JSON ({exc}); give a JSON object, "
+            'e.g. {"bucket_name": "kaiwa-attachments"}.'
+        ) from None
+    if not isinstance(KAIWA_ATTACHMENT_STORAGE_OPTIONS, dict):
+        raise ImproperlyConfigured("KAIWA_ATTACHMENT_STORAGE_OPTIONS must be a JSON object of the storage's options.")
+elif KAIWA_ATTACHMENT_STORAGE == "django.core.files.storage.FileSystemStorage":
+    KAIWA_ATTACHMENT_STORAGE_OPTIONS = {"location": str(MEDIA_ROOT / "attachments")}
+else:
+    KAIWA_ATTACHMENT_STORAGE_OPTIONS = {}
+STORAGES: dict[str, dict[str, Any]] = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "attachments": {"BACKEND": KAIWA_ATTACHMENT_STORAGE, "OPTIONS": KAIWA_ATTACHMENT_STORAGE_OPTIONS},
+}
+
+KAIWA_MAX_UPLOAD_BYTES = _env_int("KAIWA_MAX_UPLOAD_BYTES", 25 * 1024 * 1024)
+KAIWA_UPLOAD_TYPES = _env_list(
+    "KAIWA_UPLOAD_TYPES",
+    [
+        "image/jpeg",
+        "image/png",
+        "image/gif",
+        "image/webp",
+        "image/heic",
+        "image/heif",
+        "application/pdf",
+        "text/plain",
+    ],
+)
+KAIWA_MAX_IMAGE_PIXELS = _env_int("KAIWA_MAX_IMAGE_PIXELS", 50_000_000)
+KAIWA_THUMBNAIL_PX = _env_int("KAIWA_THUMBNAIL_PX", 640, minimum=16)
+KAIWA_ATTACHMENT_ORPHAN_HOURS = _env_float("KAIWA_ATTACHMENT_ORPHAN_HOURS", 24.0, minimum=0.01)
+# A user's upload budget: bursts of KAIWA_UPLOAD_RATE_BURST, then this many per minute.
+KAIWA_UPLOAD_RATE_BURST = _env_int("KAIWA_UPLOAD_RATE_BURST", 20)
+KAIWA_UPLOAD_RATE_PER_MINUTE = _env_float("KAIWA_UPLOAD_RATE_PER_MINUTE", 30.0, minimum=0.01)
+# Worker processes per server process that decode images and make thumbnails
+# (each needs up to ~13 bytes per pixel of the largest image while it works).
+KAIWA_IMAGE_WORKERS = _env_int("KAIWA_IMAGE_WORKERS", 2)
+KAIWA_MAX_ATTACHMENTS_PER_MESSAGE = _env_int("KAIWA_MAX_ATTACHMENTS_PER_MESSAGE", 10)

@@ -1,0 +1,203 @@
+"""Attachment services and selectors: storing, claiming for a message, linking, orphans, access."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from chat import images, selectors, services
+from chat.attachmentstore import attachment_storage
+from chat.models import Attachment, Room
+from tests import samplefiles
+from tests.chat.conftest import run_async
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def media(settings: Any, tmp_path: Path) -> Path:
+    """The attachments storage in a fresh directory."""
+    root = tmp_path / "media"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "attachments": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(root)},
+        },
+    }
+    return root
+
+
+@pytest.fixture
+def room(alice: Any) -> Room:
+    return services.room_create(name="Photos", creator=alice)
+
+
+def _upload(tmp_path: Path, data: bytes, *, room: Room, user: Any, name: str = "file") -> Attachment:
+    src = tmp_path / f"src-{name}"
+    src.write_bytes(data)
+    work = tmp_path / f"work-{name}"
+    work.mkdir()
+    return services.attachment_create(room_id=room.pk, uploader_id=user.pk, path=str(src), name=name, workdir=str(work))
+
+
+def test_create_stores_served_copy_and_thumbnail(media: Path, tmp_path: Path, room: Room, alice: Any) -> None:
+    """A photo becomes a row plus two files in the attachments storage: the clean copy and the thumbnail."""
+    att = _upload(tmp_path, samplefiles.jpeg_with_gps(), room=room, user=alice, name="IMG.jpg")
+    storage = attachment_storage()
+    assert storage.exists(att.file) and storage.exists(att.thumbnail)
+    assert att.file.startswith(f"{att.pk[:2]}/{att.pk}")
+    assert storage.size(att.file) == att.size
+    assert storage.size(att.thumbnail) == att.thumbnail_size > 0
+    with storage.open(att.file) as fp:
+        data = fp.read()
+    assert not any(secret in data for secret in samplefiles.SECRETS)
+    assert (media / att.file).is_file()
+    assert selectors.attachment_dict(att) == {
+        "id": att.pk,
+        "name": "IMG.jpg",
+        "content_type": "image/jpeg",
+        "size": att.size,
+        "url": f"/api/attachments/{att.pk}",
+        "width": 200,
+        "height": 300,
+        "thumbnail_url": f"/api/attachments/{att.pk}/thumbnail",
+        "thumbnail_width": 200,
+        "thumbnail_height": 300,
+    }
+
+
+def test_file_attachment_has_no_image_fields(media: Path, tmp_path: Path, room: Room, alice: Any) -> None:
+    """A PDF's A object has id, name, content_type, size and url only."""
+    att = _upload(tmp_path, samplefiles.PDF, room=room, user=alice, name="report.pdf")
+    assert set(selectors.attachment_dict(att)) == {"id", "name", "content_type", "size", "url"}
+    assert att.thumbnail == ""
+
+
+def test_unreachable_storage_keeps_nothing(settings: Any, tmp_path: Path, room: Room, alice: Any) -> None:
+    """When the storage cannot be written, the upload is refused as unavailable and no row is left."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x")
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "attachments": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(blocker)},
+        },
+    }
+    with pytest.raises(services.UploadRefused) as info:
+        _upload(tmp_path, samplefiles.jpeg_with_gps(), room=room, user=alice)
+    assert info.value.code == "unavailable"
+    assert "nothing was kept" in info.value.message
+    assert not Attachment.objects.exists()
+
+
+def test_async_create_runs_the_picture_work_in_a_worker(media: Path, tmp_path: Path, room: Room, alice: Any) -> None:
+    """The async service gives the same result, the image work done by a worker process."""
+    src = tmp_path / "photo.heic"
+    src.write_bytes(samplefiles.heic_with_gps())
+    work = tmp_path / "work"
+    work.mkdir()
+    try:
+        att = run_async(
+            services.aattachment_create(
+                room_id=room.pk, uploader_id=alice.pk, path=str(src), name="photo.heic", workdir=str(work)
+            ),
+            timeout=60,
+        )
+    finally:
+        images.shutdown_pool()
+    assert (att.name, att.content_type, att.width, att.height) == ("photo.jpg", "image/jpeg", 200, 300)
+    assert Attachment.objects.get(pk=att.pk).file == att.file
+
+
+def test_claim_link_and_replay_are_exactly_once(
+    media: Path, tmp_path: Path, room: Room, alice: Any, make_user: Any
+) -> None:
+    """Only the uploader's unused uploads to that room can be claimed; a re-send re-claims; linking is idempotent."""
+    bob = make_user("bob")
+    other = services.room_create(name="Other", creator=alice)
+    a1 = _upload(tmp_path, samplefiles.PDF, room=room, user=alice, name="a1.pdf")
+    a2 = _upload(tmp_path, samplefiles.TEXT, room=room, user=alice, name="a2.txt")
+    elsewhere = _upload(tmp_path, samplefiles.TEXT, room=other, user=alice, name="x.txt")
+    bobs = _upload(tmp_path, samplefiles.TEXT, room=room, user=bob, name="b.txt")
+
+    def claim(ids: list[str], token: str, user: Any = alice) -> None:
+        run_async(services.aattachments_claim(ids=ids, room_id=room.pk, user_id=user.pk, token=token))
+
+    for bad in ([elsewhere.pk], [bobs.pk], ["nope"], [], [a1.pk, a1.pk], [a1.pk] * 11):
+        with pytest.raises(services.AttachmentsInvalid):
+            claim(bad, "t0")
+    # A refused claim of several ids changes none of them.
+    with pytest.raises(services.AttachmentsInvalid):
+        claim([a1.pk, bobs.pk], "t0")
+    assert Attachment.objects.get(pk=a1.pk).claim == ""
+
+    claim([a1.pk, a2.pk], "c1")
+    claim([a1.pk, a2.pk], "c1")  # a re-send of the same message
+    with pytest.raises(services.AttachmentsInvalid):
+        claim([a1.pk], "c2")  # another message
+    with pytest.raises(services.AttachmentsInvalid):
+        claim([bobs.pk], "c1", user=alice)
+
+    assert services.attachments_link(room_id=room.pk, seq=7, ids=[a1.pk, a2.pk]) == 2
+    assert services.attachments_link(room_id=room.pk, seq=7, ids=[a1.pk, a2.pk]) == 2  # replayed batch
+    assert services.attachments_link(room_id=room.pk, seq=8, ids=[a1.pk]) == 0  # never into a second message
+    assert services.attachments_link(room_id=other.pk, seq=7, ids=[a1.pk]) == 0
+    claim([a1.pk], "c1")  # the same message re-sent after it was stored: still fine
+    by_seq = selectors.attachments_for_messages(room_id=room.pk, seqs=[7, 8])
+    assert [a["id"] for a in by_seq[7]] == [a1.pk, a2.pk] and 8 not in by_seq
+
+
+def test_orphans_are_deleted_with_their_files(
+    media: Path, tmp_path: Path, room: Room, alice: Any, settings: Any
+) -> None:
+    """Unused uploads older than KAIWA_ATTACHMENT_ORPHAN_HOURS go (files first); used and recent ones stay."""
+    settings.KAIWA_ATTACHMENT_ORPHAN_HOURS = 24
+    old_unused = _upload(tmp_path, samplefiles.jpeg_with_gps(), room=room, user=alice, name="old.jpg")
+    old_used = _upload(tmp_path, samplefiles.PDF, room=room, user=alice, name="used.pdf")
+    old_claimed = _upload(tmp_path, samplefiles.PDF, room=room, user=alice, name="claimed.pdf")
+    recent = _upload(tmp_path, samplefiles.TEXT, room=room, user=alice, name="new.txt")
+    now = timezone.now()
+    long_ago = now - timedelta(hours=25)
+    Attachment.objects.filter(pk__in=[old_unused.pk, old_used.pk, old_claimed.pk]).update(created_at=long_ago)
+    services.attachments_link(room_id=room.pk, seq=1, ids=[old_used.pk])
+    Attachment.objects.filter(pk=old_claimed.pk).update(claim="1:x", claimed_at=now - timedelta(hours=1))
+
+    assert services.attachment_delete_orphans(now=now) == 1
+    storage = attachment_storage()
+    assert not storage.exists(old_unused.file) and not storage.exists(old_unused.thumbnail)
+    assert set(Attachment.objects.values_list("pk", flat=True)) == {old_used.pk, old_claimed.pk, recent.pk}
+    # A claim whose message never arrived is released after the same time.
+    assert services.attachment_delete_orphans(now=now + timedelta(hours=24)) == 2
+    assert set(Attachment.objects.values_list("pk", flat=True)) == {old_used.pk}
+
+
+def test_download_access_follows_the_room(media: Path, tmp_path: Path, alice: Any, make_user: Any) -> None:
+    """An attachment of a private room is found only for its members; of a public room, for everyone."""
+    bob = make_user("bob")
+    private = services.room_create(name="Secret", private=True, creator=alice)
+    public = services.room_create(name="Lobby", creator=alice)
+    hidden = _upload(tmp_path, samplefiles.PDF, room=private, user=alice, name="p.pdf")
+    shown = _upload(tmp_path, samplefiles.TEXT, room=public, user=alice, name="t.txt")
+
+    def get(user_id: int | None, pk: str) -> Attachment | None:
+        return run_async(selectors.aattachment_get_for_user_id(user_id=user_id, attachment_id=pk))
+
+    assert get(alice.pk, hidden.pk) == hidden
+    assert get(bob.pk, hidden.pk) is None
+    assert get(None, hidden.pk) is None
+    assert get(bob.pk, shown.pk) == shown
+    services.room_member_add(room=private, user=bob)
+    assert get(bob.pk, hidden.pk) == hidden
+
+
+def test_room_attachment_bytes_counts_files_and_thumbnails(media: Path, tmp_path: Path, room: Room, alice: Any) -> None:
+    """The admin's per-room storage total adds served copies and thumbnails."""
+    a = _upload(tmp_path, samplefiles.jpeg_with_gps(), room=room, user=alice, name="a.jpg")
+    b = _upload(tmp_path, samplefiles.PDF, room=room, user=alice, name="b.pdf")
+    assert selectors.room_attachment_bytes(room_ids=[room.pk]) == {room.pk: a.size + a.thumbnail_size + b.size}
