@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db.models import Max, OuterRef, Q, QuerySet, Subquery, Sum
 
-from chat.messagelog import Entry, ts_ms_of
+from chat.events import Entry, ts_ms_of
 from chat.models import Attachment, Membership, Message, Room
 
 if TYPE_CHECKING:
@@ -74,6 +74,17 @@ async def aroom_get_for_user_id(*, user_id: int | None, slug: str) -> Room | Non
     if await Membership.objects.filter(room=room, user_id=user_id).aexists():
         return room
     return None
+
+
+async def aroom_privacy(*, room_id: int) -> bool | None:
+    """Whether the room is private; None if it no longer exists (the WebSocket's room-access re-check)."""
+    return await Room.objects.filter(pk=room_id).values_list("private", flat=True).afirst()
+
+
+async def aroom_member_ids(*, room_id: int, user_ids: set[int]) -> set[int]:
+    """Which of ``user_ids`` are members of the room (meaningful for private rooms)."""
+    members = Membership.objects.filter(room_id=room_id, user_id__in=user_ids).values_list("user_id", flat=True)
+    return {uid async for uid in members}
 
 
 def room_list_for_user(*, user: AnyUser) -> list[Room]:
@@ -145,7 +156,7 @@ async def amessage_max_seq(*, room_id: int) -> int:
 
 
 def message_entry(message: Message, *, slug: str) -> Entry:
-    """A stored message as a :class:`chat.messagelog.Entry`."""
+    """A stored message as a :class:`chat.events.Entry`."""
     return Entry(
         room_id=message.room_id,
         room=slug,
@@ -164,6 +175,7 @@ def message_frame(message: Message, *, slug: str | None = None) -> dict[str, Any
     Pass ``slug`` when the caller already has it, to avoid loading ``message.room``.
     """
     return message_entry(message, slug=slug if slug is not None else message.room.slug).frame()
+
 
 # Attachments (protocol.md 7.3) --------------------------------------------------
 

@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat import attachmentstore, uploads
-from chat.messagelog import AppendResult, Entry, FloorNeeded, MessageLog, RateLimit, parse_ts
+from chat.messagelog import AppendResult, Entry, FloorNeeded, Log, RateLimit, parse_ts
 from chat.models import Attachment, Membership, Message, Room, slug_validator
 from chat.selectors import amessage_max_seq
 
@@ -305,7 +305,7 @@ def message_body_validate(*, body: str) -> None:
 
 async def amessage_send(
     *,
-    log: MessageLog,
+    log: Log,
     room_id: int,
     slug: str,
     user_id: int,
@@ -360,6 +360,7 @@ async def amessage_send(
             failures += 1
             if failures > _APPEND_RETRIES:
                 raise MessageUnavailable(f"Redis is unreachable ({exc})") from exc
+
 
 # Attachments (protocol.md 7.3) --------------------------------------------------
 

@@ -371,6 +371,8 @@ KAIWA_REDIS_POOL_SIZE = _env_int("KAIWA_REDIS_POOL_SIZE", 64)
 KAIWA_HISTORY_PAGE_SIZE = _env_int("KAIWA_HISTORY_PAGE_SIZE", 50)
 # Off: every frame goes through the writer task's plain ``await send()`` (docs/architecture.md, "Write-through").
 KAIWA_WS_WRITE_THROUGH = _env_bool("KAIWA_WS_WRITE_THROUGH", True)
+# Off: every frame goes through the writer task's plain ``await send()`` (docs/architecture.md, "Write-through").
+KAIWA_WS_WRITE_THROUGH = _env_bool("KAIWA_WS_WRITE_THROUGH", True)
 
 KAIWA_WORKER_EMBEDDED = _env_bool("KAIWA_WORKER_EMBEDDED", True)
 KAIWA_WORKER_BATCH_SIZE = _env_int("KAIWA_WORKER_BATCH_SIZE", 500)

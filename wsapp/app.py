@@ -22,12 +22,16 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from chat import embedded_redis
+from chat.logkeys import CONTROL_CHANNEL
 from chat.messagelog import MessageLog
 from chat.redisclient import make_async_client
 from chat.worker import Worker
 from wsapp import api
+from wsapp.connection import Connection
 from wsapp.endpoint import Endpoint
 from wsapp.hub import Hub
+from wsapp.presence import RedisPresence, process_id
+from wsapp.relay import RedisRelay
 
 logger = logging.getLogger("kaiwa.app")
 
@@ -52,7 +56,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     log = MessageLog(client, dedup_seconds=settings.KAIWA_DEDUP_SECONDS, stream_keep=settings.KAIWA_STREAM_KEEP)
     runtime = Runtime(redis=client, log=log)
     # The hub: this process's pub/sub reader and sockets (stopped first: it drains sends, closes sockets with 1012).
-    hub = Hub(client=client, log=log)
+    Connection.write_through = settings.KAIWA_WS_WRITE_THROUGH
+    relay = RedisRelay(make_async_client(blocking_reads=True), publisher=client, always=(CONTROL_CHANNEL,))
+    presence = RedisPresence(client, process_id=process_id(), ttl_seconds=settings.KAIWA_PRESENCE_TTL_SECONDS)
+    hub = Hub(log=log, relay=relay, presence=presence)
     await hub.start()
     runtime.hub = hub
     runtime.components["hub"] = hub

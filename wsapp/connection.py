@@ -7,18 +7,22 @@ client reads too slowly: the queue is dropped and the connection closed with
 1013, so one slow reader can neither stall the fan-out nor grow the server's
 memory.
 
-Write-through: while nothing is queued and no send is under way, ``put``
-starts the ASGI send itself. uvicorn completes a send without suspending
-unless the socket pushes back (its transport is paused), so in the common case
-the frame is written at once and no task has to wake up: in the fan-out
-benchmark that wake-up per member per message was a large share of the
-server's CPU. A send that does suspend is handed to the writer task, which
-finishes it, then sends what queued behind it, in order.
+Write-through (``KAIWA_WS_WRITE_THROUGH``, on by default): while nothing is
+queued and no send is under way, ``put`` starts the ASGI send coroutine
+itself and steps it once. uvicorn completes a send without suspending unless
+the socket pushes back (its transport is paused), so in the common case the
+frame is written at once and no task has to wake up; that wake-up per member
+per message was a large share of the server's CPU in the fan-out benchmark
+(docs/performance.md). A send that does suspend is handed to the writer task,
+which finishes it, then sends what queued behind it, in order. With the
+setting off, every frame goes through the queue and the writer task's plain
+``await send(...)``: slower, but it relies on nothing about how the server's
+``send`` coroutine suspends (see docs/architecture.md, "Write-through").
 
 The writer task exists only while there is such work: it is started when a
 send has to wait and ends when the queue is empty. An idle socket holds no
 writer task, no queue and no ``asyncio.Event`` (``Flag`` is its lazy
-stand-in): the idle-memory benchmark counts every one of them per socket.
+stand-in), which keeps idle memory per socket low (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -26,18 +30,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, ClassVar
 
 from django.conf import settings
 from starlette.types import Send
 
 from wsapp.errors import CLOSE_REASONS, Close
+from wsapp.frames import encode
 
 logger = logging.getLogger("kaiwa.ws")
 
@@ -46,12 +51,6 @@ logger = logging.getLogger("kaiwa.ws")
 CLOSE_TIMEOUT_SECONDS = 10.0
 
 _ids = itertools.count(1)
-
-
-def encode(frame: dict[str, Any]) -> tuple[str, int]:
-    """A frame serialised once, with its size in bytes (what the queue limit counts)."""
-    text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
-    return text, len(text.encode("utf-8"))
 
 
 class Flag:
@@ -95,8 +94,19 @@ class Flag:
                 self._waiters.remove(waiter)
 
 
+class Phase(Enum):
+    """Where a connection is in its closing: one field instead of several flags."""
+
+    OPEN = "open"
+    CLOSING = "closing"  # a close code is chosen; the close frame (or the flush before it) is under way
+    CLOSED = "closed"  # the close frame was sent, or the socket failed: nothing more is written
+    ABANDONED = "abandoned"  # the client read nothing while the close frame waited: its reader was cancelled
+
+
 @dataclass(slots=True)
-class RoomMembership:
+class Subscription:
+    """A chat room this connection has joined (``Connection.subscriptions``, by slug)."""
+
     room_id: int
     slug: str
     last_typing: float = 0.0
@@ -111,8 +121,9 @@ class Connection:
     # When the session was checked (time.monotonic()): a revocation handled after it is re-checked.
     checked_at: float = 0.0
     id: int = field(default_factory=lambda: next(_ids))
-    rooms: dict[str, RoomMembership] = field(default_factory=dict)  # by slug
-    close_code: int | None = None
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)  # by room slug
+    phase: Phase = Phase.OPEN
+    close_code: int | None = None  # chosen when the phase leaves OPEN by close()
     close_reason: str = ""
     max_messages: int = 0
     max_bytes: int = 0
@@ -130,11 +141,14 @@ class Connection:
     _busy: bool = False
     _pending: tuple[Coroutine[Any, Any, None], Any] | None = None
     _closer: asyncio.Task[None] | None = None
-    closed: Flag = field(default_factory=Flag)
+    _ended: Flag = field(default_factory=Flag)  # set when the phase reaches CLOSED or ABANDONED
     # The endpoint task reading this socket: cancelled when a close frame could
     # not be delivered in time (the client stopped reading altogether).
     reader: asyncio.Task[Any] | None = None
-    abandoned: bool = False
+
+    # KAIWA_WS_WRITE_THROUGH, set once by the app's lifespan (a class attribute:
+    # no per-socket memory, one lookup per frame).
+    write_through: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.max_messages = settings.KAIWA_SEND_QUEUE_MAX_MESSAGES
@@ -142,16 +156,29 @@ class Connection:
 
     @property
     def open(self) -> bool:
-        return self.close_code is None
+        return self.phase is Phase.OPEN
+
+    @property
+    def ended(self) -> bool:
+        """Nothing more will be written: the close frame went out, or the socket failed or was abandoned."""
+        return self.phase is Phase.CLOSED or self.phase is Phase.ABANDONED
+
+    async def wait_ended(self) -> None:
+        await self._ended.wait()
+
+    def _end(self, phase: Phase) -> None:
+        if not self.ended:
+            self.phase = phase
+        self._ended.set()
 
     def put(self, text: str, nbytes: int) -> bool:
         """Send or queue one frame without waiting; on overflow close 1013. Returns whether it was taken."""
-        if self.close_code is not None or self.closed.is_set():
+        if self.phase is not Phase.OPEN:
             return False
-        if not self._queue and not self._busy and self.has_room(nbytes):
+        if not self._queue and not self._busy and self.write_through and self.has_space(nbytes):
             self._write_through(text)
             return True
-        if not self.has_room(nbytes):
+        if not self.has_space(nbytes):
             logger.warning(
                 "connection %s (user %s) reads too slowly: %d frames / %d bytes queued (%d / %d held); "
                 "closing with 1013",
@@ -174,14 +201,14 @@ class Connection:
     def put_frame(self, frame: dict[str, Any]) -> bool:
         return self.put(*encode(frame))
 
-    def has_room(self, nbytes: int) -> bool:
+    def has_space(self, nbytes: int) -> bool:
         """Whether one more frame of ``nbytes`` fits under the limits (queued and held frames together)."""
         return (
             len(self._queue or ()) + self.held_messages < self.max_messages
             and self._queued_bytes + self.held_bytes + nbytes <= self.max_bytes
         )
 
-    async def wait_room(self, nbytes: int, patience: float) -> bool:
+    async def wait_for_space(self, nbytes: int, patience: float) -> bool:
         """Wait until a frame of ``nbytes`` fits (the writer drains the queue); False if closed or timed out.
 
         Used to pace a backlog into the queue at the pace the client reads it.
@@ -189,9 +216,9 @@ class Connection:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + patience
         while True:
-            if self.close_code is not None or self.closed.is_set():
+            if self.phase is not Phase.OPEN:
                 return False
-            if self.has_room(nbytes) or (not self._queue and self.held_messages == 0):
+            if self.has_space(nbytes) or (not self._queue and self.held_messages == 0):
                 # An empty queue always takes one frame (a frame larger than the byte limit
                 # would otherwise wait forever; put() refuses it with 1013 as before).
                 return True
@@ -211,8 +238,9 @@ class Connection:
 
     def close(self, code: int, reason: str = "", *, flush: bool = False) -> None:
         """Close with ``code``; ``flush`` first sends what is already queued (graceful shutdown)."""
-        if self.close_code is not None:
+        if self.phase is not Phase.OPEN:
             return
+        self.phase = Phase.CLOSING
         self.close_code = int(code)
         self.close_reason = reason or CLOSE_REASONS.get(code, "")
         if flush and self._writer is not None and not self._writer.done():
@@ -255,7 +283,7 @@ class Connection:
         if not isinstance(exc, OSError | RuntimeError):
             # uvicorn raises ClientDisconnected (an OSError), or RuntimeError after a close.
             logger.error("connection %s: sending failed: %r", self.id, exc)
-        self.closed.set()
+        self._end(Phase.CLOSED)
         self._drop_queue()
         if self._writer is not None and self._writer is not asyncio.current_task():
             self._writer.cancel()
@@ -277,7 +305,7 @@ class Connection:
         except Exception as exc:
             self._lost(exc)
             return
-        if self.close_code is not None:
+        if self.phase is Phase.CLOSING:
             await self._send_close()  # a graceful close waited for the queue
 
     async def _send_close(self) -> None:
@@ -291,13 +319,13 @@ class Connection:
                 self.id,
                 CLOSE_TIMEOUT_SECONDS,
             )
-            self.abandoned = True
+            self._end(Phase.ABANDONED)
             if self.reader is not None and not self.reader.done():
                 self.reader.cancel()
         except (OSError, RuntimeError):
             pass
         finally:
-            self.closed.set()
+            self._end(Phase.CLOSED)
 
     async def finish(self) -> None:
         """Stop the tasks once the client is gone (the reader saw the disconnect)."""
@@ -309,7 +337,7 @@ class Connection:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self.closed.set()
+        self._end(Phase.CLOSED)
 
 
 async def _awaited(awaitable: Awaitable[None]) -> None:

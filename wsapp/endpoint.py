@@ -16,9 +16,10 @@ from django.conf import settings
 from starlette.types import Receive, Scope, Send
 
 from chat import selectors, services
-from chat.messagelog import RateLimit, format_ts
-from wsapp import auth, schemas
-from wsapp.connection import Connection, FrameBudget
+from chat.messagelog import RateLimit
+from wsapp import auth, frames, schemas
+from wsapp.connection import Connection, FrameBudget, Phase
+from wsapp.dbthread import db_ready
 from wsapp.errors import (
     BAD_REQUEST,
     LIMIT,
@@ -26,10 +27,9 @@ from wsapp.errors import (
     NOT_JOINED,
     Close,
     Refused,
-    error_frame,
     refusal_for,
 )
-from wsapp.hub import Hub, db_ready
+from wsapp.hub import Hub
 
 logger = logging.getLogger("kaiwa.ws")
 
@@ -64,7 +64,7 @@ class Endpoint:
                 if text is not None:
                     await self._handle(hub, conn, budget, text)
         except asyncio.CancelledError:
-            if not conn.abandoned:
+            if conn.phase is not Phase.ABANDONED:
                 raise
         except OSError as exc:
             logger.debug("connection ended by %r", exc)
@@ -143,7 +143,7 @@ class Endpoint:
             logger.warning("connection %s (user %s) sends too many bad frames; closing 1008", conn.id, conn.user_id)
             conn.close(Close.POLICY, "too many bad frames")
             return
-        conn.put_frame(error_frame(Refused(BAD_REQUEST, message), ref=ref, room=room))
+        conn.put_frame(frames.error(Refused(BAD_REQUEST, message), ref=ref, room=room))
 
     async def _handle(self, hub: Hub, conn: Connection, budget: FrameBudget, text: str) -> None:
         try:
@@ -154,16 +154,16 @@ class Endpoint:
         room = getattr(request, "room", None)
         try:
             if isinstance(request, schemas.Ping):
-                conn.put_frame({"type": "pong"})
+                conn.put_frame(frames.pong())
             elif isinstance(request, schemas.Join):
                 await self._join(hub, conn, request)
             elif isinstance(request, schemas.Leave):
                 await hub.leave(conn, request.room)
-                conn.put_frame({"type": "left", "room": request.room})
+                conn.put_frame(frames.left(request.room))
             elif isinstance(request, schemas.Send):
                 await self._send(hub, conn, request)
             elif isinstance(request, schemas.Typing):
-                if request.room not in conn.rooms:
+                if request.room not in conn.subscriptions:
                     raise Refused(NOT_JOINED, f"Join the room {request.room!r} before sending typing notices.")
                 await hub.typing(conn, request.room)
         except Exception as exc:
@@ -175,11 +175,11 @@ class Endpoint:
             if refusal.code == BAD_REQUEST and not budget.bad_frame():
                 conn.close(Close.POLICY, "too many bad frames")
                 return
-            conn.put_frame(error_frame(refusal, ref=request.ref, room=room))
+            conn.put_frame(frames.error(refusal, ref=request.ref, room=room))
 
     async def _join(self, hub: Hub, conn: Connection, request: schemas.Join) -> None:
         limit = settings.KAIWA_MAX_ROOMS_PER_CONNECTION
-        if request.room not in conn.rooms and len(conn.rooms) >= limit:
+        if request.room not in conn.subscriptions and len(conn.subscriptions) >= limit:
             raise Refused(LIMIT, f"A connection may join at most {limit} rooms; leave one first.")
         await db_ready()
         checked_at = time.monotonic()
@@ -189,27 +189,21 @@ class Endpoint:
         await hub.join(conn, room, request.since, checked_at=checked_at)
 
     async def _send(self, hub: Hub, conn: Connection, request: schemas.Send) -> None:
-        membership = conn.rooms.get(request.room)
-        if membership is None:
+        subscription = conn.subscriptions.get(request.room)
+        if subscription is None:
             raise Refused(NOT_JOINED, f"Join the room {request.room!r} before sending to it.")
         with hub.send_slot():
             result = await services.amessage_send(
                 log=hub.log,
-                room_id=membership.room_id,
-                slug=membership.slug,
+                room_id=subscription.room_id,
+                slug=subscription.slug,
                 user_id=conn.user_id,
                 username=conn.username,
                 body=request.body,
                 client_id=request.client_id,
-                known_last=hub.known_last(membership.room_id),
+                known_last=hub.known_last(subscription.room_id),
                 rate=RateLimit(burst=settings.KAIWA_RATE_BURST, per_second=settings.KAIWA_RATE_PER_SECOND),
             )
             conn.put_frame(
-                {
-                    "type": "ack",
-                    "room": membership.slug,
-                    "client_id": request.client_id,
-                    "seq": result.seq,
-                    "ts": format_ts(result.ts_ms),
-                }
+                frames.ack(room=subscription.slug, client_id=request.client_id, seq=result.seq, ts_ms=result.ts_ms)
             )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from enum import IntEnum
-from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -60,14 +59,6 @@ class Refused(Exception):
         self.retry_after_ms = retry_after_ms
 
 
-class CloseConnection(Exception):
-    """End the whole connection with ``code``."""
-
-    def __init__(self, code: Close, detail: str = "") -> None:
-        super().__init__(detail or CLOSE_REASONS.get(code, ""))
-        self.code = code
-
-
 def unavailable(message: str = "") -> Refused:
     return Refused(
         UNAVAILABLE,
@@ -100,12 +91,3 @@ def refusal_for(exc: BaseException) -> Refused | None:
         logger.warning("request refused as unavailable (database): %r", exc)
         return unavailable("The server cannot reach its database right now; try again shortly.")
     return None
-
-
-def error_frame(refusal: Refused, *, ref: str | None, room: str | None) -> dict[str, Any]:
-    frame: dict[str, Any] = {"type": "error", "code": refusal.code, "message": refusal.message, "ref": ref}
-    if room is not None:
-        frame["room"] = room
-    if refusal.retry_after_ms is not None:
-        frame["retry_after_ms"] = refusal.retry_after_ms
-    return frame

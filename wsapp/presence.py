@@ -11,12 +11,15 @@ never both announce the same user.
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import os
+import socket
+import uuid
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
-from chat.messagelog import channel, room_tag
+from chat.events import PRESENCE_LEAVE_ARGS, presence_event
+from chat.logkeys import channel, room_tag
 
 # Shared Lua: does any live member other than ARGV-member belong to uid?
 _HELPERS = """
@@ -68,7 +71,9 @@ return 0
 """
 )
 
-# KEYS: zset, channel   ARGV: -    Removes expired members, publishes leave for users now gone.
+# KEYS: zset, channel   ARGV: the leave event's names (chat.events.PRESENCE_LEAVE_ARGS): kind key, kind,
+#                             event key, 'leave', user id key, username key
+# Removes expired members, publishes leave for users now gone.
 _SWEEP = (
     _HELPERS
     + """
@@ -83,8 +88,12 @@ for _, m in ipairs(expired) do
   if not announced[uid] and not others_live(KEYS[1], m, uid, now) then
     announced[uid] = true
     local second = string.find(m, '|', string.find(m, '|', 1, true) + 1, true)
-    redis.call('PUBLISH', KEYS[2], cjson.encode({k = 'p', event = 'leave', uid = tonumber(uid),
-      un = string.sub(m, second + 1)}))
+    local event = {}
+    event[ARGV[1]] = ARGV[2]
+    event[ARGV[3]] = ARGV[4]
+    event[ARGV[5]] = tonumber(uid)
+    event[ARGV[6]] = string.sub(m, second + 1)
+    redis.call('PUBLISH', KEYS[2], cjson.encode(event))
     n = n + 1
   end
 end
@@ -101,15 +110,34 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now_ms(), '+inf')
 )
 
 
+def process_id() -> str:
+    """This process's name in presence entries: unique per host, process and start."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 def presence_key(room_id: int) -> str:
     return f"{room_tag(room_id)}:presence"
 
 
-def event(kind: str, user_id: int, username: str) -> str:
-    return json.dumps({"k": "p", "event": kind, "uid": user_id, "un": username}, ensure_ascii=False)
+class Presence(Protocol):
+    """Who is in a room across processes: ``RedisPresence``, or ``MemoryPresence`` in-process.
+
+    ``join`` and ``leave`` publish a presence event (``chat.events``) on the
+    room's channel for a user's first entry and last one, exactly once.
+    """
+
+    async def join(self, *, room_id: int, user_id: int, username: str) -> bool: ...
+
+    async def leave(self, *, room_id: int, user_id: int, username: str) -> bool: ...
+
+    async def members(self, *, room_id: int) -> list[dict[str, Any]]: ...
+
+    async def refresh(self, entries: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]: ...
+
+    async def sweep(self, room_ids: list[int]) -> int: ...
 
 
-class Presence:
+class RedisPresence:
     def __init__(self, client: aioredis.Redis, *, process_id: str, ttl_seconds: float) -> None:
         self.client = client
         self.process_id = process_id
@@ -125,12 +153,21 @@ class Presence:
     async def join(self, *, room_id: int, user_id: int, username: str) -> bool:
         """Record this process's user in the room; publishes ``join`` if they were nowhere else."""
         keys = [presence_key(room_id), channel(room_id)]
-        args: list[Any] = [self._member(user_id, username), self.ttl_ms, user_id, event("join", user_id, username)]
+        args: list[Any] = [
+            self._member(user_id, username),
+            self.ttl_ms,
+            user_id,
+            presence_event("join", user_id=user_id, username=username),
+        ]
         return bool(await self._join(keys=keys, args=args))
 
     async def leave(self, *, room_id: int, user_id: int, username: str) -> bool:
         keys = [presence_key(room_id), channel(room_id)]
-        args: list[Any] = [self._member(user_id, username), user_id, event("leave", user_id, username)]
+        args: list[Any] = [
+            self._member(user_id, username),
+            user_id,
+            presence_event("leave", user_id=user_id, username=username),
+        ]
         return bool(await self._leave(keys=keys, args=args))
 
     async def members(self, *, room_id: int) -> list[dict[str, Any]]:
@@ -163,5 +200,7 @@ class Presence:
         """Drop expired entries (crashed processes) and announce the users who are gone."""
         total = 0
         for room_id in room_ids:
-            total += int(await self._sweep(keys=[presence_key(room_id), channel(room_id)]))
+            total += int(
+                await self._sweep(keys=[presence_key(room_id), channel(room_id)], args=list(PRESENCE_LEAVE_ARGS))
+            )
         return total

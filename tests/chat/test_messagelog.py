@@ -69,14 +69,14 @@ def test_trim_keeps_everything_not_acknowledged():
         first = await log.persist_read(consumer="a", room_ids=[1], count=4, block_ms=None, slugs={})
         assert [p.entry.seq for p in first] == [1, 2, 3, 4]
         # Read but not acknowledged (1-4), never read (5-10): nothing may go.
-        await log.trim(1)
+        await log.trim_rooms([1])
         assert await stream_seqs(log, 1) == list(range(1, 11))
         # Acknowledge 1-2 only: 3 is still pending, so only 1-2 may go.
         await log.persist_ack(first[:2])
-        await log.trim(1)
+        await log.trim_rooms([1])
         assert await stream_seqs(log, 1) == list(range(3, 11))
         await log.persist_ack(first[2:])
-        await log.trim(1)
+        await log.trim_rooms([1])
         # 1-4 persisted; 5-10 never read by the group.
         assert await stream_seqs(log, 1) == list(range(5, 11))
 
@@ -90,7 +90,7 @@ def test_trim_keeps_the_last_persisted_entries_for_resumes():
         await append(log, 1, 20)
         got = await log.persist_read(consumer="a", room_ids=[1], count=100, block_ms=None, slugs={})
         await log.persist_ack(got)
-        removed = await log.trim(1)
+        removed = await log.trim_rooms([1])
         assert removed == 15
         assert await stream_seqs(log, 1) == list(range(16, 21))
 
@@ -103,9 +103,10 @@ def test_claim_takes_over_idle_entries_of_another_consumer():
     async def scenario(log: MessageLog) -> None:
         await append(log, 2, 5)
         await log.persist_read(consumer="dead", room_ids=[2], count=3, block_ms=None, slugs={})
-        assert await log.persist_claim(consumer="live", room_id=2, min_idle_ms=60_000, count=10, slugs={}) == []
-        taken = await log.persist_claim(consumer="live", room_id=2, min_idle_ms=0, count=10, slugs={})
-        assert [p.entry.seq for p in taken] == [1, 2, 3]
+        none, _ = await log.persist_claim_rooms(consumer="live", room_ids=[2], min_idle_ms=60_000, count=10)
+        assert none == {}
+        taken, gone = await log.persist_claim_rooms(consumer="live", room_ids=[2], min_idle_ms=0, count=10)
+        assert [p.entry.seq for p in taken[2]] == [1, 2, 3] and gone == 0
         pending: list[Any] = await log.client.xpending_range(stream_key(2), GROUP, min="-", max="+", count=10)
         assert {p["consumer"].decode() for p in pending} == {"live"}
 

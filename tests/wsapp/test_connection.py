@@ -122,7 +122,7 @@ def test_a_reader_that_never_drains_is_closed_with_1013(run):
         assert conn.close_code == Close.TRY_AGAIN
         socket.writable.set()
         async with asyncio.timeout(WAIT):
-            await conn.closed.wait()
+            await conn.wait_ended()
         assert socket.sent[-1] == {"type": "websocket.close", "code": Close.TRY_AGAIN, "reason": conn.close_reason}
         assert "q0" not in socket.texts  # dropped with the queue, never sent after the close
         await conn.finish()
@@ -141,7 +141,7 @@ def test_graceful_close_sends_the_waiting_and_queued_frames_first(run):
         assert not put(conn, "too late")
         socket.writable.set()
         async with asyncio.timeout(WAIT):
-            await conn.closed.wait()
+            await conn.wait_ended()
         assert socket.texts == ["pending", "queued"]
         assert socket.sent[-1]["type"] == "websocket.close" and socket.sent[-1]["code"] == Close.RESTART
         await conn.finish()
@@ -156,7 +156,7 @@ def test_a_send_failing_during_put_stops_the_connection_quietly(run):
         socket, conn = connected()
         socket.fail = ConnectionResetError("gone")
         assert put(conn, "lost")
-        assert conn.closed.is_set()
+        assert conn.ended
         calls = socket.calls
         assert not put(conn, "refused")
         assert socket.calls == calls

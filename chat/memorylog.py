@@ -1,0 +1,100 @@
+"""``MemoryLog``: the message log's in-memory twin (the ``chat.messagelog.Log`` protocol).
+
+It keeps the append script's rules (``chat.logscripts.APPEND``), in the same
+order: a duplicate ``client_id`` within the dedup window answers the original
+seq and takes no rate token; a room without a sequence needs a floor; the
+sender's token bucket refills by elapsed time; the seq is the room's next;
+the message is kept by seq and published (through a ``MemoryBroker``) in the
+same step, so publish order is seq order. For fast in-process tests of the
+hub; the Redis log is tested against a real Redis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+
+from chat.events import Entry, message_event
+from chat.logkeys import channel
+from chat.memorybroker import MemoryBroker
+from chat.messagelog import AppendResult, FloorNeeded, RateLimit, RateLimited
+
+
+class MemoryLog:
+    def __init__(
+        self, broker: MemoryBroker, *, dedup_seconds: int = 600, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.broker = broker
+        self.dedup_seconds = dedup_seconds
+        self.clock = clock  # seconds; the log's "Redis clock"
+        self.seqs: dict[int, int] = {}
+        self.streams: dict[int, dict[int, Entry]] = {}
+        self._dedup: dict[tuple[int, int, str], tuple[int, int, float]] = {}  # -> seq, ts, expiry
+        self._buckets: dict[int, tuple[float, int]] = {}  # user -> tokens, ts_ms
+
+    def lose_data(self) -> None:
+        """Forget everything, as a Redis without persistence that restarted."""
+        self.seqs.clear()
+        self.streams.clear()
+        self._dedup.clear()
+        self._buckets.clear()
+
+    async def append(
+        self,
+        *,
+        room_id: int,
+        slug: str,
+        user_id: int,
+        username: str,
+        body: str,
+        client_id: str | None,
+        token: str,
+        token_seconds: int | None = None,
+        floor: int | None = None,
+        rate: RateLimit | None = None,
+    ) -> AppendResult:
+        now = self.clock()
+        dedup = (room_id, user_id, token)
+        seen = self._dedup.get(dedup)
+        if seen is not None and seen[2] > now:
+            return AppendResult(seq=seen[0], ts_ms=seen[1], duplicate=True)
+        if room_id not in self.seqs:
+            if floor is None:
+                raise FloorNeeded(room_id)
+            self.seqs[room_id] = floor
+        ts = int(now * 1000)
+        if rate is not None:
+            self._take_token(user_id, ts, rate)
+        seq = self.seqs[room_id] + 1
+        self.seqs[room_id] = seq
+        entry = Entry(
+            room_id=room_id, room=slug, seq=seq, ts_ms=ts, user_id=user_id, username=username, body=body,
+            client_id=client_id,
+        )  # fmt: skip
+        self.streams.setdefault(room_id, {})[seq] = entry
+        self._dedup[dedup] = (seq, ts, now + (token_seconds or self.dedup_seconds))
+        self.broker.publish(channel(room_id), message_event(entry))
+        return AppendResult(seq=seq, ts_ms=ts, duplicate=False)
+
+    def _take_token(self, user_id: int, ts: int, rate: RateLimit) -> None:
+        per_ms = rate.per_second / 1000
+        tokens, last = self._buckets.get(user_id, (float(rate.burst), ts))
+        tokens = min(rate.burst, tokens + max(0, ts - last) * per_ms)
+        wait = 0
+        if tokens >= 1:
+            tokens -= 1
+        else:
+            wait = math.ceil((1 - tokens) / per_ms)
+        self._buckets[user_id] = (tokens, ts)
+        if wait > 0:
+            raise RateLimited(max(1, wait))
+
+    async def last_seq(self, room_id: int) -> int | None:
+        return self.seqs.get(room_id)
+
+    async def read_range(self, *, room_id: int, slug: str | None, after: int, upto: int | None = None) -> list[Entry]:
+        stream = self.streams.get(room_id, {})
+        end = self.seqs.get(room_id, 0) if upto is None else upto
+        return [dataclasses.replace(stream[s], room=slug) for s in range(after + 1, end + 1) if s in stream]
