@@ -26,7 +26,11 @@ ROUTERS: tuple[APIRouter, ...] = (rooms.router,)
 
 def api_router(*routers: APIRouter) -> APIRouter:
     """``routers`` under ``/api``, behind the dependencies every API route gets."""
-    combined = APIRouter(prefix=PREFIX, dependencies=[Depends(no_store), Depends(current_user), Depends(csrf_protect)])
+    combined = APIRouter(
+        prefix=PREFIX,
+        dependencies=[Depends(no_store), Depends(current_user), Depends(csrf_protect)],
+        responses=errors.error_responses(403, "4XX"),
+    )
     for sub in routers:
         combined.include_router(sub)
     return combined

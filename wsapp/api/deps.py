@@ -17,7 +17,6 @@ from typing import Annotated
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.core.exceptions import DisallowedHost
 from django.core.handlers.asgi import ASGIRequest
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, QueryDict
@@ -28,7 +27,7 @@ from fastapi import Depends, Request, Response
 from fastapi.security import APIKeyCookie
 
 from wsapp import auth
-from wsapp.api.errors import BAD_REQUEST, FORBIDDEN, PRIVATE_HEADERS, ApiError
+from wsapp.api.errors import FORBIDDEN, PRIVATE_HEADERS, ApiError
 
 csrf_logger = logging.getLogger("django.security.csrf")
 
@@ -145,13 +144,13 @@ async def csrf_protect(request: Request, _db: Annotated[None, Depends(db_context
             await sync_to_async(_check)(converted)
         else:
             _check(converted)
-    except DisallowedHost as exc:
-        raise ApiError(400, BAD_REQUEST, f"{exc} Call the API at one of the site's own addresses.") from None
     except CsrfRefused as exc:
         csrf_logger.warning("Forbidden (%s): %s", exc.reason, request.url.path)
+        where = (
+            "the CSRF token of a page of this site ({% csrf_token %})"
+            if settings.CSRF_USE_SESSIONS
+            else f"the value of the {settings.CSRF_COOKIE_NAME} cookie"
+        )
         raise ApiError(
-            403,
-            FORBIDDEN,
-            f"CSRF check failed: {exc.reason} Send the value of the {settings.CSRF_COOKIE_NAME} cookie "
-            f"in an {_CSRF_HEADER_SHOWN} header, from a page of this site.",
+            403, FORBIDDEN, f"CSRF check failed: {exc.reason} Send {where} in an {_CSRF_HEADER_SHOWN} header."
         ) from None

@@ -73,10 +73,22 @@ def refusal(
     return JSONResponse(content, status_code=status, headers={**PRIVATE_HEADERS, **(headers or {})})
 
 
-def error_responses(*statuses: int, v1: bool = False) -> dict[int | str, dict[str, object]]:
-    """The ``responses=`` of a route: its refusals with their body model, for the OpenAPI schema."""
+_DESCRIPTIONS: dict[int | str, str] = {
+    400: "A bad parameter or body; the message says which and how to fix it.",
+    403: "Not logged in (no valid session cookie), or no valid CSRF token with an unsafe method.",
+    404: "No such resource, or one the user may not see.",
+    "4XX": "Another refusal (e.g. 405 for a method the route does not take).",
+}
+
+
+def error_responses(*statuses: int | str, v1: bool = False) -> dict[int | str, dict[str, object]]:
+    """The ``responses=`` of a route or router: its refusals with their body model, for the OpenAPI schema.
+
+    Listing ``"4XX"`` also keeps FastAPI from documenting a 422 answer: the API
+    refuses invalid input with 400.
+    """
     model = V1ErrorBody if v1 else ErrorBody
-    return {status: {"model": model} for status in statuses}
+    return {status: {"model": model, "description": _DESCRIPTIONS.get(status, "A refusal.")} for status in statuses}
 
 
 def _endpoints(app: FastAPI) -> str:

@@ -16,7 +16,7 @@ from wsapp.api.deps import CurrentUser
 from wsapp.api.errors import BAD_REQUEST, NOT_FOUND, ApiError, V1ErrorRoute, error_responses
 from wsapp.api.models import Message, MessagePage, Room, RoomList
 
-router = APIRouter(route_class=V1ErrorRoute, tags=["rooms"], responses=error_responses(403, v1=True))
+router = APIRouter(route_class=V1ErrorRoute, tags=["rooms"], responses=error_responses(403, "4XX", v1=True))
 
 
 @router.get("/rooms/", response_model=RoomList)

@@ -26,14 +26,17 @@ TIMEOUT = 10.0
 class Api:
     """A blocking HTTP client for an ASGI app, holding cookies like a browser."""
 
-    def __init__(self, app: Any = application, *, base_url: str = "http://testserver") -> None:
+    def __init__(
+        self, app: Any = application, *, base_url: str = "http://testserver", raise_errors: bool = True
+    ) -> None:
         self.app = app
         self.base_url = base_url
+        self.raise_errors = raise_errors
         self.cookies: dict[str, str] = {}
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         async def send() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
+            transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=self.raise_errors)
             async with httpx.AsyncClient(transport=transport, base_url=self.base_url, cookies=self.cookies) as client:
                 return await asyncio.wait_for(client.request(method, path, **kwargs), TIMEOUT)
 
