@@ -17,6 +17,8 @@ from typing import Any
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from chat import logformat
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 STATE_DIR = BASE_DIR / ".kaiwa"
 
@@ -327,15 +329,13 @@ if not DEBUG:
     if _env_bool("SECURE_PROXY_SSL_HEADER", False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-LOGGING: dict[str, Any] = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {
-        "kaiwa": {"handlers": ["console"], "level": os.environ.get("KAIWA_LOG_LEVEL", "INFO"), "propagate": False},
-    },
-}
+# One line per event; json for log shippers; no traceback for a client's fault (chat/logformat.py).
+KAIWA_LOG_FORMAT = os.environ.get("KAIWA_LOG_FORMAT", "").strip().lower() or "text"
+if KAIWA_LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"KAIWA_LOG_FORMAT={KAIWA_LOG_FORMAT!r} is not a log format: use text or json.")
+LOGGING: dict[str, Any] = logformat.logging_config(
+    fmt=KAIWA_LOG_FORMAT, level=os.environ.get("KAIWA_LOG_LEVEL", "INFO")
+)
 
 # Kaiwa limits (protocol.md section 6, plus the ones the contract leaves open) --
 
@@ -369,8 +369,8 @@ KAIWA_UNAVAILABLE_RETRY_MS = _env_int("KAIWA_UNAVAILABLE_RETRY_MS", 1000)
 KAIWA_SHUTDOWN_GRACE_SECONDS = _env_float("KAIWA_SHUTDOWN_GRACE_SECONDS", 5.0)
 KAIWA_REDIS_POOL_SIZE = _env_int("KAIWA_REDIS_POOL_SIZE", 64)
 KAIWA_HISTORY_PAGE_SIZE = _env_int("KAIWA_HISTORY_PAGE_SIZE", 50)
-# Off: every frame goes through the writer task's plain ``await send()`` (docs/architecture.md, "Write-through").
-KAIWA_WS_WRITE_THROUGH = _env_bool("KAIWA_WS_WRITE_THROUGH", True)
+# Unsent bytes on a socket past which a client that keeps pinging is closed with 1008 (wsapp/controlframes.py).
+KAIWA_WS_WRITE_BUFFER_MAX_BYTES = _env_int("KAIWA_WS_WRITE_BUFFER_MAX_BYTES", 1024 * 1024, minimum=65536)
 # Off: every frame goes through the writer task's plain ``await send()`` (docs/architecture.md, "Write-through").
 KAIWA_WS_WRITE_THROUGH = _env_bool("KAIWA_WS_WRITE_THROUGH", True)
 
