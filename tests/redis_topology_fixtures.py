@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.redis_topology import ClusterTopology, SentinelTopology, start_cluster_topology, start_sentinel_topology
+from tests.redis_cluster_topology import ClusterTopology, start_cluster_topology
+from tests.redis_topology import SentinelTopology, start_sentinel_topology
 
 
 @pytest.fixture(scope="module")

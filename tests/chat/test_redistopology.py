@@ -1,4 +1,6 @@
-"""The three Redis deployments against real servers: Sentinel failover, Cluster MOVED and failover, WAIT.
+"""Redis deployments against real servers: Sentinel failover and WAIT, and the deployment settings.
+
+The cluster's tests are in test_redistopology_cluster.py.
 
 The topologies come from tests/redis_topology.py (Debian's Redis 7). Each
 async scenario runs under a timeout; waiting for a failover polls the
@@ -11,45 +13,19 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterPubSub, RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, TimeoutError
 
 from chat import redistopology
-from tests.redis_topology import ClusterTopology, SentinelTopology
+from tests.redis_topology import INCR_SCRIPT, SentinelTopology, run, until_ok
 
 pytest_plugins = ["tests.redis_topology_fixtures"]
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
-# A script that writes its key, as the append script does, and returns a value.
-INCR_SCRIPT = "return redis.call('INCR', KEYS[1])"
-
-
-def run(coroutine: Coroutine[Any, Any, T], timeout: float = 40.0) -> T:
-    async def main() -> T:
-        return await asyncio.wait_for(coroutine, timeout=timeout)
-
-    return asyncio.run(main())
-
-
-async def until_ok(call: Callable[[], Awaitable[T]], *, within: float = 20.0) -> T:
-    """Retry ``call`` as a client would while a failover runs; errors after the deadline propagate."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return await call()
-        except (RedisConnectionError, TimeoutError, ReadOnlyError):
-            if time.monotonic() > deadline:
-                raise
-            # A client backing off between attempts during a failover, not test synchronisation.
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -59,13 +35,6 @@ def sentinel_settings(settings: Any, sentinel_topology: SentinelTopology) -> Sen
     settings.KAIWA_REDIS_SENTINEL_SERVICE = sentinel_topology.service
     settings.REDIS_URL = "redis:///0"
     return sentinel_topology
-
-
-@pytest.fixture
-def cluster_settings(settings: Any, cluster_topology: ClusterTopology) -> ClusterTopology:
-    settings.KAIWA_REDIS_MODE = "cluster"
-    settings.REDIS_URL = cluster_topology.url
-    return cluster_topology
 
 
 # Sentinel -----------------------------------------------------------------------
@@ -211,159 +180,6 @@ def test_sentinel_failover_is_followed_and_wait_reports_the_missing_replica(
     assert got["promoted_after"] < 15
 
 
-# Cluster ------------------------------------------------------------------------
-
-
-def test_cluster_topology_covers_every_slot_with_three_primaries(cluster_topology: ClusterTopology) -> None:
-    """The fixture's cluster has three masters, each with a replica whose link is up."""
-    primaries = cluster_topology.primaries()
-    assert len(primaries) == 3
-    assert {cluster_topology.replica_of(p).name for p in primaries}.isdisjoint({p.name for p in primaries})
-
-
-def test_cluster_client_follows_moved_after_a_slot_migrates(cluster_settings: ClusterTopology) -> None:
-    """A slot moved to another primary under a running client: redis-py follows MOVED, reads the moved key
-    and sends the next command straight to the new owner; a replicated script call confirms 1 replica there."""
-    cluster = cluster_settings
-
-    async def scenario() -> dict[str, Any]:
-        client = redistopology.make_async_client()
-        assert isinstance(client, RedisCluster)
-        try:
-            await client.set("{room:7}:seq", "41")
-            slot = client.keyslot("{room:7}:seq")
-            source = cluster.owner_of_slot(slot)
-            target = next(p for p in cluster.primaries() if p is not source)
-            await asyncio.to_thread(cluster.move_slot, slot, target)
-            value = await client.get("{room:7}:seq")
-            owner: Any = client.get_node_from_key("{room:7}:seq")
-            script = client.register_script(INCR_SCRIPT)
-            result = await redistopology.call_script_with_replicas(
-                client, script, keys=["{room:7}:seq"], args=[], replicas=1, timeout_ms=2000
-            )
-            return {"value": value, "owner": owner.port, "target": target.port, "result": result}
-        finally:
-            await client.aclose()
-
-    got = run(scenario())
-    assert got["value"] == b"41"
-    assert got["owner"] == got["target"]
-    assert got["result"].reply == 42
-    assert got["result"].confirmed
-
-
-def test_cluster_sharded_pubsub_reaches_subscribers_on_every_primary(cluster_settings: ClusterTopology) -> None:
-    """SSUBSCRIBE to channels hashed to all three primaries: every SPUBLISH reaches exactly this subscriber,
-    and a plain PUBLISH (control events) reaches a SUBSCRIBE made on any node."""
-
-    async def scenario() -> tuple[set[bytes], set[int], list[int], Any]:
-        reader = redistopology.make_async_client(blocking_reads=True)
-        writer = redistopology.make_async_client()
-        assert isinstance(reader, RedisCluster) and isinstance(writer, RedisCluster)
-        # ClusterPubSub.ssubscribe and get_node_from_key need the slot map.
-        await reader.initialize()
-        await writer.initialize()
-        pubsub = redistopology.make_pubsub(reader)
-        control = redistopology.make_pubsub(reader)
-        assert isinstance(pubsub, ClusterPubSub)
-        channels = [f"{{room:{i}}}:events" for i in range(12)]
-        try:
-            await pubsub.ssubscribe(*channels)
-            await control.subscribe("kaiwa:control")
-            await control.get_message(timeout=5)
-            nodes = {int(node.port) for c in channels if (node := writer.get_node_from_key(c))}
-            counts = [await writer.spublish(c, c) for c in channels]
-            received: set[bytes] = set()
-            deadline = time.monotonic() + 10
-            while len(received) < len(channels) and time.monotonic() < deadline:
-                message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=0.1)
-                if message is not None:
-                    received.add(message["data"])
-            await writer.publish("kaiwa:control", "ctl")
-            event = await control.get_message(timeout=5)
-            return received, nodes, counts, event
-        finally:
-            await pubsub.aclose()
-            await control.aclose()
-            await reader.aclose()
-            await writer.aclose()
-
-    received, nodes, counts, event = run(scenario())
-    assert len(nodes) == 3
-    assert counts == [1] * 12
-    assert received == {f"{{room:{i}}}:events".encode() for i in range(12)}
-    assert event["data"] == b"ctl"
-
-
-def test_cluster_failover_is_followed_by_commands_and_sharded_pubsub(
-    settings: Any, fresh_cluster_topology: ClusterTopology
-) -> None:
-    """kill -9 the primary of a room's slot: its replica is promoted, the same client's next commands
-    reach it (one fails first), the replicated key is there, and after resync_sharded_subscriptions the
-    sharded subscription receives from the new primary; WAIT 1 there answers 0 (no replica left)."""
-    cluster = fresh_cluster_topology
-    settings.KAIWA_REDIS_MODE = "cluster"
-    settings.REDIS_URL = cluster.url
-    channel, key = "{room:3}:events", "{room:3}:seq"
-
-    async def scenario() -> dict[str, Any]:
-        client = redistopology.make_async_client()
-        reader = redistopology.make_async_client(blocking_reads=True)
-        assert isinstance(client, RedisCluster) and isinstance(reader, RedisCluster)
-        await reader.initialize()
-        pubsub = redistopology.make_pubsub(reader)
-        assert isinstance(pubsub, ClusterPubSub)
-        try:
-            script = client.register_script(INCR_SCRIPT)
-            before = await redistopology.call_script_with_replicas(
-                client, script, keys=[key], args=[], replicas=1, timeout_ms=2000
-            )
-            await pubsub.ssubscribe(channel)
-            await pubsub.get_sharded_message(timeout=5)
-            slot = client.keyslot(key)
-            old = cluster.kill_primary_of(slot)
-            new = await asyncio.to_thread(cluster.wait_for_failover, old, slot)
-            value = await until_ok(lambda: client.get(key))
-            after = await until_ok(
-                lambda: redistopology.call_script_with_replicas(
-                    client, script, keys=[key], args=[], replicas=1, timeout_ms=100
-                )
-            )
-            failed_reads = 0
-            message = None
-            deadline = time.monotonic() + 10
-            while message is None or message["type"] != "smessage":
-                assert time.monotonic() < deadline, "the sharded subscription did not follow the failover"
-                await client.spublish(channel, "after-failover")
-                try:
-                    message = await pubsub.get_sharded_message(timeout=0.2)
-                except RedisConnectionError:
-                    failed_reads += 1
-                    await redistopology.resync_sharded_subscriptions(reader, pubsub)
-            return {
-                "before": before,
-                "value": value,
-                "after": after,
-                "message": message,
-                "new": new.port,
-                "owner": getattr(client.get_node_from_key(key), "port", None),
-                "failed_reads": failed_reads,
-            }
-        finally:
-            await pubsub.aclose()
-            await reader.aclose()
-            await client.aclose()
-
-    got = run(scenario(), timeout=60)
-    assert got["before"].confirmed
-    assert got["value"] == b"1"
-    assert got["owner"] == got["new"]
-    assert got["after"].reply == 2
-    assert (got["after"].replicas, got["after"].confirmed) == (0, False)
-    assert got["message"]["data"] == b"after-failover"
-    assert got["failed_reads"] >= 1
-
-
 # Settings -----------------------------------------------------------------------
 
 BASE_ENV = {
@@ -439,3 +255,44 @@ def test_good_redis_deployment_settings_are_parsed() -> None:
         "redis://:pw@h1:7000/0?x=1",
         [("h1", 7000), ("::1", 7001)],
     )
+
+
+def test_wait_counts_a_killed_replica_out_and_a_restarted_one_back_in(
+    settings: Any, fresh_sentinel_topology: SentinelTopology
+) -> None:
+    """WAIT 1 answers 1 with the replica up, 0 (after the timeout) once it was killed, and 1 again after it
+    was restarted and caught up; the master stays the master throughout."""
+    deployment = fresh_sentinel_topology
+    settings.KAIWA_REDIS_MODE = "sentinel"
+    settings.KAIWA_REDIS_SENTINELS = deployment.sentinel_addresses
+    settings.KAIWA_REDIS_SENTINEL_SERVICE = deployment.service
+    settings.REDIS_URL = "redis:///0"
+    replica = deployment.replicas[0]
+
+    async def replicated(client: Any, script: Any, timeout_ms: int) -> tuple[redistopology.Replicated, float]:
+        started = time.monotonic()
+        result = await redistopology.call_script_with_replicas(
+            client, script, keys=["wait"], args=[], replicas=1, timeout_ms=timeout_ms
+        )
+        return result, time.monotonic() - started
+
+    async def scenario() -> list[tuple[redistopology.Replicated, float]]:
+        client = redistopology.make_async_client()
+        try:
+            script = client.register_script(INCR_SCRIPT)
+            results = [await replicated(client, script, 2000)]
+            replica.kill()
+            results.append(await replicated(client, script, 300))
+            await asyncio.to_thread(replica.start)
+            await asyncio.to_thread(deployment.wait_settled)
+            results.append(await replicated(client, script, 2000))
+            return results
+        finally:
+            await client.aclose()
+
+    (up, _), (down, waited), (back, _) = run(scenario(), timeout=60)
+    assert (up.reply, up.replicas, up.confirmed) == (1, 1, True)
+    assert (down.reply, down.replicas, down.confirmed) == (2, 0, False)
+    assert waited >= 0.3
+    assert (back.reply, back.replicas, back.confirmed) == (3, 1, True)
+    assert deployment.primary is not replica
