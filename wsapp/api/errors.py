@@ -25,6 +25,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wsapp.api.models import ErrorBody, ErrorDetail, V1ErrorBody
+from wsapp.auth import AuthUnavailable
 
 logger = logging.getLogger("kaiwa.api")
 
@@ -150,4 +151,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(OperationalError, database_down)
     app.add_exception_handler(InterfaceError, database_down)
+    app.add_exception_handler(AuthUnavailable, database_down)  # the session check could not reach it
     app.add_exception_handler(Exception, server_error)

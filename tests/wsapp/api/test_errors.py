@@ -12,6 +12,7 @@ from tests.wsapp.api.conftest import Api, login
 from wsapp import api
 from wsapp.api import CurrentUser
 from wsapp.api.errors import ApiError
+from wsapp.auth import AuthUnavailable
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,6 +42,11 @@ async def boom(user: CurrentUser) -> dict[str, str]:
 @router.get("/db-down")
 async def db_down(user: CurrentUser) -> dict[str, str]:
     raise OperationalError("connection refused")
+
+
+@router.get("/auth-down")
+async def auth_down(user: CurrentUser) -> dict[str, str]:
+    raise AuthUnavailable("the database did not answer within 2 s")
 
 
 @pytest.fixture
@@ -110,8 +116,9 @@ def test_server_error_is_500_json(client: Api):
     assert error_of(client.get("/api/boom"), 500)["code"] == "server_error"
 
 
-def test_database_down_is_503_unavailable(client: Api):
-    """A database that cannot be reached is 503 unavailable: try again later."""
-    error = error_of(client.get("/api/db-down"), 503)
+@pytest.mark.parametrize("path", ["/api/db-down", "/api/auth-down"])
+def test_database_down_is_503_unavailable(client: Api, path: str):
+    """A database that cannot be reached (by a route, or by the session check) is 503 unavailable: try again later."""
+    error = error_of(client.get(path), 503)
     assert error["code"] == "unavailable"
     assert "Try again" in error["message"]
