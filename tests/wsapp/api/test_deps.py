@@ -6,10 +6,15 @@ POST route of their own behind the same dependencies, with ``api.install``.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connections
 from django.http import HttpRequest
 from django.middleware.csrf import CSRF_SESSION_KEY, get_token
 from fastapi import APIRouter, FastAPI
@@ -225,3 +230,30 @@ def test_csrf_secret_in_the_session(notes: Api, settings: Any):
     session[CSRF_SESSION_KEY] = secret
     session.save()
     assert post(notes, token=masked).status_code == 200
+
+
+# -- db_context -------------------------------------------------------------------------
+
+seen: list[tuple[int, Any]] = []
+
+
+def _orm_thread() -> tuple[int, Any]:
+    get_user_model().objects.exists()  # opens this thread's connection
+    return threading.get_ident(), connections["default"]
+
+
+@router.get("/thread", response_model=Echo)
+async def thread_of_orm(user: CurrentUser) -> Echo:
+    seen.append(await sync_to_async(_orm_thread)())
+    return Echo(user=user.get_username(), text="")
+
+
+def test_each_request_has_its_own_orm_thread_and_closes_its_connection(notes: Api):
+    """A request's ORM calls run on a thread of its own (not the hub's shared one), and its connection is closed."""
+    seen.clear()
+    shared_thread = asyncio.run(sync_to_async(threading.get_ident)())
+    for _ in range(2):
+        assert notes.get("/api/thread").status_code == 200
+    (first, first_connection), (second, second_connection) = seen
+    assert len({first, second, shared_thread}) == 3
+    assert first_connection.connection is None and second_connection.connection is None
