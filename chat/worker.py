@@ -32,18 +32,20 @@ import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from django.conf import settings
-from django.db import close_old_connections, connection, connections
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chat import services
-from chat.messagelog import Entry, MessageLog, PendingEntry
+from chat import workerdb
+from chat.backlogwatch import BacklogWatch
+from chat.events import Entry
+from chat.messagelog import MessageLog, PendingEntry
+from chat.outage import BACKOFF_MAX_SECONDS, Outage
+from chat.persistbatch import Batch
 from chat.redisclient import make_async_client
 
 logger = logging.getLogger("kaiwa.worker")
@@ -53,52 +55,17 @@ logger = logging.getLogger("kaiwa.worker")
 # before every read), so it reaches the database well within a second.
 IDLE_BLOCK_MS = 250
 ROOMS_REFRESH_SECONDS = 30.0  # full re-read of the room set, besides the count check
-BACKLOG_CHECK_SECONDS = 10.0
 PRUNE_SECONDS = 600.0  # how often consumers of killed workers are removed from the group
 # Only consumers holding no pending entry are removed (atomically), so even a
 # live one that was idle in a quiet room loses nothing: its next read recreates it.
 PRUNE_IDLE_MS = 3_600_000
 READ_GRACE_SECONDS = 10.0
 CLAIM_ROOMS_PER_CALL = 50  # XAUTOCLAIMs pipelined together (bounds one sweep's memory too)
-DB_STATEMENT_TIMEOUT_MS = 30_000  # a batch statement that waits longer (a lock, a stuck server) is retried
-BACKOFF_FIRST_SECONDS = 0.1
-BACKOFF_MAX_SECONDS = 5.0
-FLAP_SECONDS = 5.0
 
 
 def consumer_name() -> str:
     """Unique per process and per start, so a restarted worker never takes over a dead one's name."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
-def _persist_batch(entries: Sequence[Entry]) -> int:
-    # Runs on the worker's DB thread.
-    _release_connection()
-    try:
-        return services.message_bulk_persist(entries=entries, statement_timeout_ms=DB_STATEMENT_TIMEOUT_MS)
-    finally:
-        _release_connection()
-
-
-def _release_connection() -> None:
-    """Close the thread's database connection around a batch, unless it is a healthy SQLite one.
-
-    Closing is what lets a long-lived thread survive a database restart: a
-    broken connection is dropped (PostgreSQL: returned to the pool, which checks
-    it on checkout). A SQLite connection is a file handle with no server to
-    restart, and opening one registers Django's SQL functions each time: kept
-    open, the worker's database thread took about a quarter fewer profile
-    samples in the fan-out benchmark.
-    """
-    if connection.vendor == "sqlite":
-        if connection.connection is not None and (connection.errors_occurred and not connection.is_usable()):
-            connection.close()
-        return
-    close_old_connections()
-
-
-def _close_db() -> None:
-    connections.close_all()
 
 
 @dataclass
@@ -107,46 +74,6 @@ class WorkerStats:
     entries: int = 0  # entries written (or found already written) and acknowledged
     claimed: int = 0  # entries taken over from other consumers
     skipped: int = 0  # entries of rooms deleted from the database
-
-
-class _Outage:
-    """Log an outage once when it starts and once when it ends, never per attempt.
-
-    A failure soon after a recovery (another pooled connection to the old
-    server going stale) counts as the same outage and is logged at debug level.
-    """
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.since: float | None = None
-        self.recovered_at: float | None = None
-        self.quiet = False
-        self.delay = BACKOFF_FIRST_SECONDS
-
-    def failed(self, exc: BaseException, detail: str) -> float:
-        now = time.monotonic()
-        reason = f"{type(exc).__name__}: {' '.join(str(exc).split()) or 'no detail'}"
-        if self.since is None:
-            self.since = now
-            self.quiet = self.recovered_at is not None and now - self.recovered_at < FLAP_SECONDS
-            if self.quiet:
-                logger.debug("%s failed again right after recovering (%s)", self.what, reason)
-            else:
-                logger.warning("%s unavailable (%s); %s; retrying with backoff", self.what, reason, detail)
-        else:
-            logger.debug("%s still unavailable: %s", self.what, reason)
-        delay = self.delay
-        self.delay = min(self.delay * 2, BACKOFF_MAX_SECONDS)
-        return delay
-
-    def ok(self) -> None:
-        if self.since is not None:
-            now = time.monotonic()
-            level = logging.DEBUG if self.quiet else logging.WARNING
-            logger.log(level, "%s is back after %.1f s", self.what, now - self.since)
-            self.recovered_at = now
-        self.since = None
-        self.delay = BACKOFF_FIRST_SECONDS
 
 
 class Worker:
@@ -171,7 +98,7 @@ class Worker:
         self.batch_size = batch_size or settings.KAIWA_WORKER_BATCH_SIZE
         self.batch_ms = settings.KAIWA_WORKER_BATCH_MS if batch_ms is None else batch_ms
         self.claim_idle_ms = claim_idle_ms or settings.KAIWA_WORKER_CLAIM_IDLE_MS
-        self.backlog_warn = backlog_warn or settings.KAIWA_WORKER_BACKLOG_WARN
+        self._backlog = BacklogWatch(backlog_warn or settings.KAIWA_WORKER_BACKLOG_WARN)
         self.stop_grace_seconds = (
             settings.KAIWA_SHUTDOWN_GRACE_SECONDS if stop_grace_seconds is None else stop_grace_seconds
         )
@@ -191,14 +118,10 @@ class Worker:
         self._rooms: list[int] = []
         self._rooms_at = 0.0
         self._claim_at = 0.0
-        self._backlog_at = 0.0
         self._prune_at = time.monotonic()
-        self._backlog_high = False
-        self._db = _Outage("database")
-        self._redis = _Outage("Redis")
-        # (stream, entry id) -> entry: a claim may hand back an entry already held.
-        self._batch: dict[tuple[str, str], PendingEntry] = {}
-        self._batch_started: float | None = None
+        self._db = Outage("database")
+        self._redis = Outage("Redis")
+        self._batch = Batch(size=self.batch_size, window_ms=self.batch_ms)
         self._caught_up = True
 
     # -- lifecycle ---------------------------------------------------------------
@@ -296,7 +219,9 @@ class Worker:
         if self._executor is not None:
             executor = self._executor
             try:
-                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(executor, _close_db), timeout=5)
+                await asyncio.wait_for(
+                    asyncio.get_running_loop().run_in_executor(executor, workerdb.close_db), timeout=5
+                )
             except (Exception, asyncio.CancelledError):
                 logger.debug("closing the worker's database connection failed", exc_info=True)
             executor.shutdown(wait=False)
@@ -319,9 +244,8 @@ class Worker:
         if self._rooms and now - self._claim_at >= self._claim_interval():
             self._claim_at = now
             await self._claim()
-        if now - self._backlog_at >= BACKLOG_CHECK_SECONDS:
-            self._backlog_at = now
-            await self._check_backlog()
+        if self._backlog.due():
+            await self._backlog.check(log, self._rooms)
         if self._rooms and now - self._prune_at >= PRUNE_SECONDS:
             self._prune_at = now
             idle_ms = max(PRUNE_IDLE_MS, 10 * self.claim_idle_ms)
@@ -329,14 +253,14 @@ class Worker:
             if removed:
                 logger.info("removed %d idle consumers (stopped workers) from the persist group", removed)
 
-        if self._batch_full():
+        if self._batch.full():
             await self._flush()
             return
         block: int | None
         if not self._batch:
             block = IDLE_BLOCK_MS
         else:
-            remaining_ms = self._batch_remaining_ms()
+            remaining_ms = self._batch.remaining_ms()
             if remaining_ms > 0 and self._caught_up:
                 # Let the window fill, then read what arrived in one go. (A blocking read
                 # here returns as soon as one entry arrives: under a steady stream of
@@ -372,27 +296,13 @@ class Worker:
         per_stream = Counter(item.stream for item in got)
         self._caught_up = all(n < count for n in per_stream.values())
         if got:
-            self._add(got)
+            self._batch.add(got)
             logger.debug("read %d entries, batch now %d", len(got), len(self._batch))
-        if self._batch_full() or (self._batch and self._batch_remaining_ms() <= 0):
+        if self._batch.full() or (self._batch and self._batch.remaining_ms() <= 0):
             await self._flush()
 
     def _claim_interval(self) -> float:
         return max(0.1, min(self.claim_idle_ms / 2000, 10.0))
-
-    def _batch_full(self) -> bool:
-        return len(self._batch) >= self.batch_size
-
-    def _batch_remaining_ms(self) -> int:
-        if self._batch_started is None:
-            return self.batch_ms
-        return int(self.batch_ms - (time.monotonic() - self._batch_started) * 1000)
-
-    def _add(self, items: Sequence[PendingEntry]) -> None:
-        if not self._batch:
-            self._batch_started = time.monotonic()
-        for item in items:
-            self._batch[(item.stream, item.entry_id)] = item
 
     async def _claim(self) -> None:
         """Take over entries idle longer than ``claim_idle_ms`` (their consumer crashed or is stuck)."""
@@ -415,7 +325,7 @@ class Worker:
                         gone,
                     )
                 for room_id, items in taken.items():
-                    fresh = [t for t in items if (t.stream, t.entry_id) not in self._batch]
+                    fresh = [t for t in items if not self._batch.holds(t)]
                     if fresh:
                         self.stats.claimed += len(fresh)
                         logger.info(
@@ -423,28 +333,11 @@ class Worker:
                             len(fresh),
                             room_id,
                         )
-                    self._add(items)
-                if self._batch_full():
+                    self._batch.add(items)
+                if self._batch.full():
                     await self._flush()
                 # Rooms that returned a full count may hold more.
                 chunk = [rid for rid, items in taken.items() if len(items) >= self.batch_size]
-
-    async def _check_backlog(self) -> None:
-        log = self._require_log()
-        total, oldest_ms = await log.backlog(self._rooms)
-        oldest = "-" if oldest_ms is None else f"{oldest_ms / 1000:.1f} s"
-        if total > self.backlog_warn:
-            logger.warning(
-                "persistence backlog: %d entries not yet in the database, oldest %s old (warning above %d, "
-                "KAIWA_WORKER_BACKLOG_WARN); add workers or check the database",
-                total,
-                oldest,
-                self.backlog_warn,
-            )
-            self._backlog_high = True
-        elif self._backlog_high:
-            logger.warning("persistence backlog back to %d entries (oldest %s old)", total, oldest)
-            self._backlog_high = False
 
     # -- one batch -----------------------------------------------------------------
 
@@ -452,7 +345,7 @@ class Worker:
         """Write the batch, then acknowledge it, then trim its rooms."""
         if not self._batch:
             return
-        items = list(self._batch.values())
+        items = self._batch.pending()
         entries = [item.entry for item in items]
         logger.debug("writing a batch of %d entries", len(entries))
         written = await self._write(entries)
@@ -468,7 +361,6 @@ class Worker:
         self.stats.skipped += skipped
         rooms = sorted({item.entry.room_id for item in items})
         self._batch.clear()
-        self._batch_started = None
         logger.debug("persisted a batch of %d entries (rooms %s)", written, rooms)
         try:
             await self._require_log().trim_rooms(rooms)
@@ -481,7 +373,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                written = await loop.run_in_executor(self._executor, _persist_batch, entries)
+                written = await loop.run_in_executor(self._executor, workerdb.persist_batch, entries)
             except Exception as exc:
                 # Any failure: an outage, a lock timeout, a row that raced with
                 # a deletion. Nothing was committed; the entries stay pending.
@@ -509,11 +401,9 @@ class Worker:
             return True
 
     async def _check_backlog_during_outage(self) -> None:
-        if time.monotonic() - self._backlog_at < BACKLOG_CHECK_SECONDS:
-            return
-        self._backlog_at = time.monotonic()
-        with contextlib.suppress(RedisError):
-            await self._check_backlog()
+        if self._backlog.due():
+            with contextlib.suppress(RedisError):
+                await self._backlog.check(self._require_log(), self._rooms)
 
     def _past_stop_deadline(self) -> bool:
         return self._stop_deadline is not None and time.monotonic() >= self._stop_deadline

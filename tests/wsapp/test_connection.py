@@ -182,3 +182,38 @@ def test_finish_while_a_send_waits_leaves_no_task_or_coroutine_behind(run):
         assert others == []
 
     run(scenario())
+
+
+def test_without_write_through_frames_go_through_the_writer_task_in_order(run, monkeypatch):
+    """KAIWA_WS_WRITE_THROUGH off: put() only queues; the writer task sends every frame, in order, with plain awaits."""
+    monkeypatch.setattr(Connection, "write_through", False)
+
+    async def scenario() -> None:
+        socket, conn = connected()
+        for i in range(5):
+            assert put(conn, f"m{i}")
+        assert socket.texts == []  # nothing is written inside put()
+        assert conn.queued == (5, sum(len(f"m{i}") for i in range(5)))
+        await socket.wait_sent(5)
+        assert socket.texts == [f"m{i}" for i in range(5)]
+        await conn.finish()
+
+    run(scenario())
+
+
+def test_without_write_through_overflow_still_closes_1013(run, monkeypatch):
+    """KAIWA_WS_WRITE_THROUGH off: the queue bounds still hold; past them the socket is closed with 1013."""
+    monkeypatch.setattr(Connection, "write_through", False)
+
+    async def scenario() -> None:
+        socket, conn = connected(paused=True, max_messages=3)
+        assert all(put(conn, f"q{i}") for i in range(3))
+        assert not put(conn, "overflow")
+        assert conn.close_code == Close.TRY_AGAIN
+        socket.writable.set()
+        async with asyncio.timeout(WAIT):
+            await conn.wait_ended()
+        assert socket.sent[-1]["type"] == "websocket.close" and socket.sent[-1]["code"] == Close.TRY_AGAIN
+        await conn.finish()
+
+    run(scenario())

@@ -1,0 +1,46 @@
+"""The persistence worker's database thread: one batch per call, with Django's connection cleanup around it.
+
+Database work runs on the worker's own executor thread (never the event loop,
+never the async ORM's shared thread), so a slow batch stalls nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.db import close_old_connections, connection, connections
+
+from chat import services
+from chat.events import Entry
+
+DB_STATEMENT_TIMEOUT_MS = 30_000  # a batch statement that waits longer (a lock, a stuck server) is retried
+
+
+def persist_batch(entries: Sequence[Entry]) -> int:
+    # Runs on the worker's DB thread.
+    release_connection()
+    try:
+        return services.message_bulk_persist(entries=entries, statement_timeout_ms=DB_STATEMENT_TIMEOUT_MS)
+    finally:
+        release_connection()
+
+
+def release_connection() -> None:
+    """Close the thread's database connection around a batch, unless it is a healthy SQLite one.
+
+    Closing is what lets a long-lived thread survive a database restart: a
+    broken connection is dropped (PostgreSQL: returned to the pool, which checks
+    it on checkout). A SQLite connection is a file handle with no server to
+    restart, and opening one registers Django's SQL functions each time: kept
+    open, the worker's database thread took about a quarter fewer profile
+    samples in the fan-out benchmark.
+    """
+    if connection.vendor == "sqlite":
+        if connection.connection is not None and (connection.errors_occurred and not connection.is_usable()):
+            connection.close()
+        return
+    close_old_connections()
+
+
+def close_db() -> None:
+    connections.close_all()
