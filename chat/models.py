@@ -12,7 +12,8 @@ from django.db import models
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
-SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+# \Z, not $: $ also matches before a final newline, and "lobby\n" must be refused as malformed.
+SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\Z"
 slug_validator = RegexValidator(
     SLUG_PATTERN,
     "Use 1 to 64 lowercase letters, digits or hyphens, not starting or ending with a hyphen.",

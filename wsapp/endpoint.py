@@ -28,6 +28,7 @@ from wsapp.errors import (
     Close,
     Refused,
     refusal_for,
+    too_big_reason,
 )
 from wsapp.hub import Hub
 
@@ -127,12 +128,12 @@ class Endpoint:
         if text is None:
             data = message.get("bytes") or b""
             if len(data) > limit:
-                conn.close(Close.TOO_BIG)
+                conn.close(Close.TOO_BIG, too_big_reason(len(data), limit))
                 return None
             self._refuse_bad(conn, budget, "Binary frames are not accepted: send JSON in a text frame.", None, None)
             return None
         if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
-            conn.close(Close.TOO_BIG, f"frame larger than {limit} bytes")
+            conn.close(Close.TOO_BIG, too_big_reason(len(text.encode("utf-8", "surrogatepass")), limit))
             return None
         return str(text)
 

@@ -40,6 +40,16 @@ CLOSE_REASONS: dict[int, str] = {
     Close.UNAUTHENTICATED: "unauthenticated",
 }
 
+
+def too_big_reason(size: int, limit: int) -> str:
+    """The 1009 reason, worded as uvicorn's default implementation words its own (``--ws-max-size``).
+
+    Whichever refuses the frame first, uvicorn or Kaiwa's ``KAIWA_MAX_FRAME_BYTES``,
+    the client reads the same text.
+    """
+    return f"frame with {size} bytes exceeds limit of {limit} bytes"
+
+
 BAD_REQUEST = "bad_request"
 NOT_FOUND = "not_found"
 NOT_JOINED = "not_joined"
