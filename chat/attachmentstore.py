@@ -79,8 +79,14 @@ def delete_files(names: Iterable[str]) -> bool:
 
 
 def open_file(name: str) -> IO[Any]:
-    """Open a stored file for reading; raises :class:`StorageUnavailable` when the storage fails."""
+    """Open a stored file for reading.
+
+    Raises ``FileNotFoundError`` when the storage does not have it, and
+    :class:`StorageUnavailable` when the storage fails.
+    """
     try:
         return attachment_storage().open(name, "rb")
+    except FileNotFoundError:
+        raise
     except Exception as exc:
         raise StorageUnavailable(f"the attachments storage failed ({type(exc).__name__}: {exc})") from exc
