@@ -158,7 +158,8 @@ def make_async_client(*, blocking_reads: bool = False, pool_size: int | None = N
     pool_class = aioredis.ConnectionPool if blocking_reads else BlockingConnectionPool
     extra = {} if blocking_reads else {"timeout": POOL_WAIT}
     pool = pool_class.from_url(settings.REDIS_URL, max_connections=size, **common, **extra)
-    return aioredis.Redis(connection_pool=pool)
+    # from_pool: the client owns the pool, so aclose() closes its connections too.
+    return aioredis.Redis.from_pool(pool)
 
 
 def _sentinel() -> Sentinel:
@@ -216,17 +217,17 @@ def sync_client() -> SyncClient:
 
 
 class _TopologyCacheClient(RedisCacheClient):
-    """Django's Redis cache client on this deployment's sync client (multi-key calls split by slot)."""
+    """Django's Redis cache client on this deployment's sync client (multi-key calls split by slot).
 
-    _shared: SyncClient | None = None
-    _lock = threading.Lock()
+    Django makes one cache object per thread, as its own backend does with its pools.
+    """
+
+    _client_for_deployment: SyncClient | None = None
 
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
-        with self._lock:
-            if _TopologyCacheClient._shared is None:
-                # Django calls the cache from many threads (each sync view runs in one).
-                _TopologyCacheClient._shared = make_sync_client(max_connections=settings.KAIWA_REDIS_POOL_SIZE)
-            return _TopologyCacheClient._shared
+        if self._client_for_deployment is None:
+            self._client_for_deployment = make_sync_client(max_connections=2)
+        return self._client_for_deployment
 
     def get_many(self, keys: Any) -> dict[Any, Any]:
         client = self.get_client()

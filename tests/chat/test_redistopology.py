@@ -296,3 +296,28 @@ def test_wait_counts_a_killed_replica_out_and_a_restarted_one_back_in(
     assert waited >= 0.3
     assert (back.reply, back.replicas, back.confirmed) == (3, 1, True)
     assert deployment.primary is not replica
+
+
+def test_single_mode_factory_runs_the_script_and_reports_no_replicas() -> None:
+    """In single mode (the suite's Redis, no replica) the script runs once per call; with replicas=0 there is no
+    WAIT, with replicas=1 WAIT answers 0 after its timeout, so the ack would be `unavailable`."""
+
+    async def scenario() -> tuple[redistopology.Replicated, redistopology.Replicated, Any]:
+        client = redistopology.make_async_client()
+        assert type(client) is aioredis.Redis
+        try:
+            script = client.register_script(INCR_SCRIPT)
+            plain = await redistopology.call_script_with_replicas(
+                client, script, keys=["single"], args=[], replicas=0, timeout_ms=100
+            )
+            waited = await redistopology.call_script_with_replicas(
+                client, script, keys=["single"], args=[], replicas=1, timeout_ms=50
+            )
+            return plain, waited, await client.get("single")
+        finally:
+            await client.aclose()
+
+    plain, waited, value = run(scenario())
+    assert (plain.reply, plain.replicas, plain.confirmed) == (1, 0, True)
+    assert (waited.reply, waited.replicas, waited.confirmed) == (2, 0, False)
+    assert value == b"2"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio.cluster import ClusterPubSub, RedisCluster
+from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from chat import redistopology
@@ -172,3 +173,23 @@ def test_cluster_failover_is_followed_by_commands_and_sharded_pubsub(
     assert (got["after"].replicas, got["after"].confirmed) == (0, False)
     assert got["message"]["data"] == b"after-failover"
     assert got["failed_reads"] >= 1
+
+
+def test_cluster_cache_backend_and_sync_client_span_slots(cluster_settings: ClusterTopology) -> None:
+    """The Django cache backend in cluster mode reads and writes keys in different slots in one call
+    (Django's own backend would send a CROSSSLOT MGET), and the sync client reaches the key's owner."""
+    cache = redistopology.TopologyRedisCache("", {"OPTIONS": {}})
+    values = {f"throttle:{i}": i for i in range(20)}
+    cache.set_many(values, timeout=60)
+    assert cache.get_many([*values, "missing"]) == values
+    cache.delete_many(list(values))
+    assert cache.get_many(list(values)) == {}
+    sync = redistopology.make_sync_client()
+    assert isinstance(sync, SyncRedisCluster)
+    try:
+        sync.set("{room:9}:sync", "yes")
+        owner = cluster_settings.owner_of_slot(int(sync.keyslot("{room:9}:sync")))
+    finally:
+        sync.close()
+    with owner.client() as client:
+        assert client.get("{room:9}:sync") == b"yes"
