@@ -37,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode as SyncClusterNode
 from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import MovedError, NoScriptError
+from redis.exceptions import MovedError, NoScriptError, RedisError
 from redis.retry import Retry
 from redis.sentinel import Sentinel as SyncSentinel
 
@@ -283,6 +283,19 @@ async def resync_sharded_subscriptions(client: RedisCluster, pubsub: ClusterPubS
 # Acks that wait for replicas (protocol 7.2) ---------------------------------------
 
 
+class ReplicasDidNotConfirm(RedisError):
+    """Fewer replicas than ``KAIWA_ACK_REPLICAS`` confirmed an append in time: the sender gets ``unavailable``.
+
+    A ``RedisError``, so wsapp/errors.py already maps it to ``unavailable``; the
+    message may exist (and be delivered), a re-send with its ``client_id`` is safe.
+    """
+
+    def __init__(self, replicas: int, wanted: int) -> None:
+        super().__init__(f"{replicas} of {wanted} replicas confirmed the append in time")
+        self.replicas = replicas
+        self.wanted = wanted
+
+
 @dataclass(frozen=True)
 class Replicated:
     """A script's reply and how many replicas confirmed the writes before it (``WAIT``'s reply)."""
@@ -294,6 +307,12 @@ class Replicated:
     @property
     def confirmed(self) -> bool:
         return self.replicas >= self.wanted
+
+    def confirmed_reply(self) -> Any:
+        """The script's reply, or ``ReplicasDidNotConfirm`` when too few replicas confirmed."""
+        if not self.confirmed:
+            raise ReplicasDidNotConfirm(self.replicas, self.wanted)
+        return self.reply
 
 
 async def call_script_with_replicas(

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from chat import redistopology
 from tests.redis_topology import INCR_SCRIPT, SentinelTopology, run, until_ok
@@ -321,3 +322,7 @@ def test_single_mode_factory_runs_the_script_and_reports_no_replicas() -> None:
     assert (plain.reply, plain.replicas, plain.confirmed) == (1, 0, True)
     assert (waited.reply, waited.replicas, waited.confirmed) == (2, 0, False)
     assert value == b"2"
+    assert plain.confirmed_reply() == 1
+    with pytest.raises(redistopology.ReplicasDidNotConfirm, match="0 of 1 replicas") as refused:
+        waited.confirmed_reply()
+    assert isinstance(refused.value, RedisError)
