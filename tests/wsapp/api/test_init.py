@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -49,7 +50,7 @@ def test_openapi_schema_lists_every_route_with_its_models(anonymous: Api):
         success = next(status for status in answers if status.startswith("2"))
         if route.response_model is None:
             # A file download: its answer is the file, not JSON; every JSON route has a model.
-            response_class = getattr(route.response_class, "value", route.response_class)
+            response_class: Any = getattr(route.response_class, "value", route.response_class)
             assert not issubclass(response_class, JSONResponse), f"{method} {path} answers JSON without a model"
         else:
             model = route.response_model.__name__
