@@ -54,10 +54,16 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(VENV)/.installed-bench
+# The load generator is Node.js (`ws`): installed from the committed lock file.
+NODE_LOADGEN := bench/loadgen-node
+$(NODE_LOADGEN)/node_modules/.package-lock.json: $(NODE_LOADGEN)/package.json $(NODE_LOADGEN)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm is missing: the bench's load generator needs Node.js and npm (Debian: apt-get install nodejs npm)"; exit 1; }
+	cd $(NODE_LOADGEN) && npm ci --no-audit --no-fund --loglevel=error
+
+bench: $(VENV)/.installed-bench $(NODE_LOADGEN)/node_modules/.package-lock.json
 	$(BIN)/python -m bench run --full
 
-bench-quick: $(VENV)/.installed-bench
+bench-quick: $(VENV)/.installed-bench $(NODE_LOADGEN)/node_modules/.package-lock.json
 	$(BIN)/python -m bench run --quick
 
 clean:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-ALL_SERVERS = ["echo", "relay", "channels", "kaiwa"]
+ALL_SERVERS = ["echo", "relay", "channels", "kaiwa", "kaiwa-websockets", "kaiwa-wsproto"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--scenarios",
         default="",
-        help="comma-separated subset (default: all) of calibration, idle, storm, fanout, many_rooms, slow, "
+        help="comma-separated subset (default: all) of calibration, idle, storm, restart, fanout, many_rooms, slow, "
         "payload_default, payload_large, slow_large, persist_sqlite, persist_postgres",
     )
     run.add_argument(

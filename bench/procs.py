@@ -408,6 +408,24 @@ class Sampler:
         except redis.RedisError:
             return 0
 
+    def cpu_seconds_now(self) -> float:
+        """CPU time (user + system) the server process (and its children) used so far."""
+        total = 0.0
+        for p in self._procs():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def redis_cpu_seconds_now(self) -> float:
+        if self.redis is None:
+            return 0.0
+        try:
+            t = self.redis.cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return 0.0
+
     def rss_now(self) -> int:
         total = 0
         for p in self._procs():

@@ -22,18 +22,21 @@ from typing import Any
 
 import psutil
 
+from bench import rising, storms
 from bench import scenarios as sc
+from bench.nodefleet import ensure_installed, node_version, ws_version
 from bench.procs import ROOT, Pinning, pin_self, plan_pinning, raise_nofile
-from bench.servers import KINDS, Profile, Target, postgres_available, start_target
+from bench.servers import KINDS, WS_IMPL, Profile, Target, postgres_available, start_target
 
 Scenario = Callable[[Target, sc.Config, Callable[[str], None]], Awaitable[Any]]
 
 SCENARIOS: dict[str, tuple[str, Scenario]] = {
-    "calibration": ("calibration (load generator ceiling)", sc.calibration),
+    "calibration": ("calibration (load generator ceiling)", rising.calibration),
     "idle": ("idle connections", sc.idle),
-    "storm": ("connect storm", sc.storm),
-    "fanout": ("fan-out", sc.fanout),
-    "many_rooms": ("many rooms", sc.many_rooms),
+    "storm": ("connect storm", storms.storm),
+    "restart": ("reconnect storm: server restarted under load", storms.restart),
+    "fanout": ("fan-out", rising.fanout),
+    "many_rooms": ("many rooms", rising.many_rooms),
     "slow": ("slow readers, 1 KB", sc.slow_small),
     "payload_default": ("payload sweep, default limits", sc.payload),
     "payload_large": ("payload sweep, raised limits", sc.payload),
@@ -59,13 +62,23 @@ def plan(cfg: sc.Config, servers: list[str], only: set[str] | None, pg_ok: bool)
 
     out: list[Session] = []
     main_fresh = cfg.idle_conns + cfg.storm_conns + 10
+    # Kaiwa on uvicorn's other WebSocket implementations: the throughput scenarios only.
+    variants = ["fanout", "many_rooms"]
     small = max(200, cfg.slow_conns, cfg.payload_receivers + 1, cfg.fanout_conns, cfg.many_rooms * cfg.many_conns)
     for kind in servers:
         if kind == "echo":
             if want("calibration"):
                 out.append(Session("echo", Profile("default"), ["calibration"], 0))
             continue
+        if KINDS[kind].ws != WS_IMPL:
+            if cfg.mode == "full":
+                picked = [s for s in variants if want(s)]
+                if picked:
+                    out.append(Session(kind, Profile("default"), picked, small))
+            continue
         main = ["idle", "storm", "fanout", "many_rooms", "slow"]
+        if KINDS[kind].resumes:
+            main.insert(2, "restart")
         if kind != "relay":
             main.append("payload_default")
         if cfg.mode == "quick" and kind == "relay":
@@ -194,6 +207,9 @@ def machine(pinning: Pinning, nofile: tuple[int, int]) -> dict[str, Any]:
         },
         "pinning": pinning.describe(),
         "nofile_limit": list(nofile),
+        "node": node_version(),
+        "node_ws": ws_version(),
+        "uvicorn_ws": WS_IMPL,
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "git_commit": commit,
     }
@@ -203,6 +219,7 @@ async def run(cfg: sc.Config, servers: list[str], only: set[str] | None) -> dict
     pinning = plan_pinning()
     pin_self(pinning)
     nofile = raise_nofile()
+    await asyncio.to_thread(ensure_installed)
     pg_problem = postgres_available()
     sessions = plan(cfg, servers, only, pg_problem is None)
     total = sum(1 + len(s.scenarios) for s in sessions)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.loadgen import Fleet, Member, latency_summary
+from bench.loadgen import Fleet, Member
 from bench.procs import HarnessError, summarize_samples
 from bench.servers import Target
 
@@ -40,7 +40,15 @@ class Config:
     many_rates: list[int] = field(default_factory=list)
     idle_conns: int = 2000
     idle_settle_s: float = 3.0
-    storm_conns: int = 1000
+    storm_conns: int = 10000
+    storm_bystanders: int = 50
+    storm_bystander_rate: float = 20.0  # messages/s into the bystanders' room
+    storm_max_s: float = 180.0  # the bystanders' sending stops once both waves are done
+    restart_conns: int = 10000
+    restart_rooms: int = 100
+    restart_rate: float = 50.0  # messages/s in total, spread over the rooms
+    restart_window_s: float = 20.0  # the senders' window; the restart comes after a quarter of it
+    restart_back_max_s: float = 60.0
     payload_sizes: list[int] = field(default_factory=list)
     payload_receivers: int = 10
     payload_seconds: float = 3.0
@@ -88,9 +96,17 @@ class Config:
             many_rooms=20,
             many_conns=5,
             many_rates=[100],
-            idle_conns=2000,
+            idle_conns=1000,
             idle_settle_s=1.0,
             storm_conns=300,
+            storm_bystanders=10,
+            storm_bystander_rate=10.0,
+            storm_max_s=60.0,
+            restart_conns=300,
+            restart_rooms=10,
+            restart_rate=20.0,
+            restart_window_s=8.0,
+            restart_back_max_s=30.0,
             payload_sizes=[1 * KB, 64 * KB, 1 * MB],
             payload_receivers=5,
             payload_seconds=1.0,
@@ -111,7 +127,8 @@ class Config:
         rooms = ["fanout", "slow", "slow-large", "persist"]
         rooms += [f"many-{i}" for i in range(self.many_rooms)]
         rooms += [f"idle-{i}" for i in range((self.idle_conns + 9) // 10)]
-        rooms += [f"storm-{i}" for i in range(100)]
+        rooms += [f"storm-{i}" for i in range(100)] + ["storm-bystanders"]
+        rooms += [f"restart-{i}" for i in range(self.restart_rooms)]
         rooms += [f"payload-{p}-{s}" for p in ("default", "large") for s in self.payload_sizes]
         return rooms
 
@@ -158,164 +175,7 @@ def _deliv(out: dict[str, Any], group: str = "normal") -> dict[str, int]:
     return d
 
 
-# -- rising-rate scenarios (fan-out, many rooms, calibration) ---------------------------
-
-
-async def rising_rate(
-    t: Target,
-    cfg: Config,
-    *,
-    rooms: list[str],
-    conns_per_room: int,
-    senders_per_room: int,
-    rates: list[int],
-    note: Any,
-) -> dict[str, Any]:
-    fleet = _fleet(t)
-    members = []
-    cookies = t.reuse_cookies(len(rooms) * conns_per_room)
-    for i, room in enumerate(rooms):
-        for j in range(conns_per_room):
-            member = fleet.add(cookies[i * conns_per_room + j], [room])
-            # A receiver closed for reading too slowly reconnects and resumes, as clients should.
-            member.resume = True
-            members.append(member)
-    await _open_or_fail(fleet, members, f"{t.kind.name}: rising rate")
-    senders = [(m, m.rooms[0]) for i, m in enumerate(members) if i % conns_per_room < senders_per_room]
-    steps: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    stopped_early: str | None = None
-    receivers = conns_per_room
-    try:
-        # Warm-up (not recorded): first connections to Redis and the database, code paths, caches.
-        note("warm-up")
-        warm = fleet.new_step("warm-up")
-        await fleet.send_open_loop(senders, rates[0], cfg.warmup_s, padding(200))
-        await fleet.drain(quiet=cfg.quiet_s, maximum=cfg.drain_max_s, expected=fleet.all_delivered(warm))
-        queue = list(rates)
-        retried: set[int] = set()
-        ramp_start = time.monotonic()
-        while queue:
-            if time.monotonic() - ramp_start > cfg.ramp_max_s:
-                stopped_early = f"stopped raising the rate after {cfg.ramp_max_s:.0f} s (time budget)"
-                break
-            if best is not None and time.monotonic() - cfg.started_at > cfg.run_budget_s:
-                stopped_early = f"stopped raising the rate: the whole run passed its {cfg.run_budget_s:.0f} s budget"
-                break
-            rate = queue.pop(0)
-            if not t.alive():
-                raise HarnessError(f"{t.kind.name} died during the run:\n{t.process.log_tail()}")
-            note(f"{rate} msg/s")
-            step = fleet.new_step(f"{rate}")
-            with t.sampler.window() as samples, CpuMeter() as cpu:
-                t0 = time.monotonic()
-                sent, lag = await fleet.send_open_loop(senders, rate, cfg.step_s, padding(200))
-                send_s = time.monotonic() - t0
-            drained = await fleet.drain(quiet=cfg.quiet_s, maximum=cfg.drain_max_s, expected=fleet.all_delivered(step))
-            out = fleet.outcome(step)
-            d = _deliv(out)
-            lat = out["latency_ms"]["normal"]
-            refused = sum(out["refused"].values())
-            ok = (
-                lat["p99"] is not None
-                and lat["p99"] <= P99_LIMIT_MS
-                and d["lost"] == 0
-                and refused == 0
-                and out["unanswered"] == 0
-                and not out["closes"]
-            )
-            res = {
-                "rate_msgs": rate,
-                "offered_deliveries_per_s": rate * receivers,
-                "sent": sent,
-                "send_seconds": round(send_s, 2),
-                # Over the scheduled window (n messages at `rate`), stretched by how far sending fell behind.
-                "delivered_per_s": round(d["delivered"] / (sent / rate + max(0.0, lag) / 1000), 1) if sent else None,
-                "worst_send_lag_ms": lag,
-                "drain_s": drained,
-                "sustainable": ok,
-                "loadgen_cpu_percent": cpu.percent,
-                "resources": summarize_samples(samples),
-                **out,
-            }
-            steps.append(res)
-            if ok:
-                best = res
-            elif rate not in retried and d["lost"] == 0 and not out["closes"] and refused == 0:
-                # Latency alone failed: measure this rate once more before
-                # concluding, so one scheduling hiccup does not end the ramp.
-                retried.add(rate)
-                res["retried"] = True
-                queue.insert(0, rate)
-            else:
-                break
-    finally:
-        await _close(fleet)
-    return {
-        "rooms": len(rooms),
-        "connections_per_room": conns_per_room,
-        "senders_per_room": senders_per_room,
-        "connect_failures": fleet.connect_failures,
-        "steps": steps,
-        "max_sustainable_deliveries_per_s": best["delivered_per_s"] if best else 0,
-        "max_sustainable_rate_msgs": best["rate_msgs"] if best else 0,
-        "first_failure": _failure_reason(steps[-1]) if steps and not steps[-1]["sustainable"] else None,
-        "stopped_early": stopped_early,
-    }
-
-
-def _failure_reason(step: dict[str, Any]) -> str:
-    d = _deliv(step)
-    why = []
-    p99 = step["latency_ms"]["normal"]["p99"]
-    if p99 is None or p99 > P99_LIMIT_MS:
-        why.append(f"p99 {p99} ms")
-    if d["lost"]:
-        why.append(f"{d['lost']} of {d['expected']} deliveries lost")
-    if step["refused"]:
-        why.append(f"refused {step['refused']}")
-    if step["unanswered"]:
-        why.append(f"{step['unanswered']} sends unanswered")
-    return f"at {step['rate_msgs']} msg/s: " + ", ".join(why)
-
-
-async def fanout(t: Target, cfg: Config, note: Any) -> dict[str, Any]:
-    return await rising_rate(
-        t,
-        cfg,
-        rooms=["fanout"],
-        conns_per_room=cfg.fanout_conns,
-        senders_per_room=cfg.fanout_senders,
-        rates=cfg.fanout_rates,
-        note=note,
-    )
-
-
-async def calibration(t: Target, cfg: Config, note: Any) -> dict[str, Any]:
-    return await rising_rate(
-        t,
-        cfg,
-        rooms=["fanout"],
-        conns_per_room=cfg.fanout_conns,
-        senders_per_room=cfg.fanout_senders,
-        rates=cfg.calibration_rates,
-        note=note,
-    )
-
-
-async def many_rooms(t: Target, cfg: Config, note: Any) -> dict[str, Any]:
-    return await rising_rate(
-        t,
-        cfg,
-        rooms=[f"many-{i}" for i in range(cfg.many_rooms)],
-        conns_per_room=cfg.many_conns,
-        senders_per_room=1,
-        rates=cfg.many_rates,
-        note=note,
-    )
-
-
-# -- idle connections and the connect storm --------------------------------------------
+# -- idle connections --------------------------------------------
 
 
 async def idle(t: Target, cfg: Config, note: Any) -> dict[str, Any]:
@@ -369,32 +229,6 @@ async def idle(t: Target, cfg: Config, note: Any) -> dict[str, Any]:
         "server_open_files_per_connection": round((fds1 - fds0) / opened, 2) if opened else None,
         "redis_clients_per_connection": round((clients1 - clients0) / opened, 2) if opened else None,
         "loadgen_cpu_percent": cpu.percent,
-    }
-
-
-async def storm(t: Target, cfg: Config, note: Any) -> dict[str, Any]:
-    fleet = _fleet(t)
-    n = cfg.storm_conns
-    cookies = t.cookies(n)  # sessions never used: the first check of each reads the database
-    members = [fleet.add(cookies[i], [f"storm-{i % 100}"]) for i in range(n)]
-    t0 = time.monotonic()
-    with t.sampler.window() as samples, CpuMeter() as cpu:
-        durations = await _open_or_fail(
-            fleet, members, f"{t.kind.name}: storm", concurrency=n, open_timeout=60, tick=lambda k: note(f"{k}/{n}")
-        )
-    wall = time.monotonic() - t0
-    ok = len(durations)
-    last = max(durations) if durations else wall
-    await _close(fleet)
-    return {
-        "clients": n,
-        "succeeded": ok,
-        "failures": fleet.connect_failures,
-        "seconds_to_last_joined": round(last, 3),
-        "handshakes_per_s": round(ok / last, 1) if last > 0 else None,
-        "connect_to_joined_ms": latency_summary([d * 1000 for d in durations]),
-        "loadgen_cpu_percent": cpu.percent,
-        "resources": summarize_samples(samples),
     }
 
 

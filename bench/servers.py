@@ -4,7 +4,9 @@
   (production settings from the environment, ``manage.py migrate`` first).
 * ``channels``: the Django Channels reference (``bench/channels_peer``).
 * ``relay``: the bare Starlette + Redis pub/sub relay (``bench/bare_relay.py``).
-* ``echo``: the calibration server (``bench/echo_server.py``), no Redis, no DB.
+* ``echo``: the calibration server (``bench/loadgen-node/echo.js``), no Redis, no DB.
+* ``kaiwa-websockets``, ``kaiwa-wsproto``: Kaiwa on uvicorn's other WebSocket
+  implementations (every other server runs on ``WS_IMPL``, uvicorn's default).
 
 Each gets its own fresh Redis and a fresh database, real users and sessions.
 """
@@ -16,10 +18,12 @@ import json
 import secrets
 import shutil
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.nodefleet import ECHO_JS, node
 from bench.procs import (
     Env,
     HarnessError,
@@ -49,7 +53,16 @@ class Kind:
     redis: bool
     authenticates: bool
     resumes: bool  # honours join.since
+    ws: str = "websockets-sansio"  # uvicorn --ws
 
+    @property
+    def kaiwa(self) -> bool:
+        return self.app == "project.asgi:application"
+
+
+# uvicorn 0.54's default WebSocket implementation: every peer runs on it, so the
+# comparison is like with like; Kaiwa is also measured on the others.
+WS_IMPL = "websockets-sansio"
 
 KINDS: dict[str, Kind] = {
     "kaiwa": Kind(
@@ -79,6 +92,20 @@ KINDS: dict[str, Kind] = {
     "relay": Kind("relay", "bare relay", "bench.bare_relay:app", None, None, None, None, True, False, False),
     "echo": Kind("echo", "echo (calibration)", None, None, None, None, None, False, False, False),
 }
+for _impl in ("websockets", "wsproto"):
+    KINDS[f"kaiwa-{_impl}"] = Kind(
+        f"kaiwa-{_impl}",
+        f"Kaiwa (--ws {_impl})",
+        "project.asgi:application",
+        "project.settings",
+        "chat.Message",
+        "room__slug",
+        "chat.Room",
+        True,
+        True,
+        True,
+        ws=_impl,
+    )
 
 
 @dataclass
@@ -135,6 +162,8 @@ class Target:
     sessions: list[str] = field(default_factory=list)
     workdir: Path = Path()
     pg_db: str | None = None
+    cmd: list[str] = field(default_factory=list)
+    pinning: Pinning | None = None
     _next: int = 0
 
     host = "127.0.0.1"
@@ -162,6 +191,30 @@ class Target:
 
     def alive(self) -> bool:
         return self.process.alive()
+
+    def restart(self) -> float:
+        """Stop the server (SIGTERM: a graceful shutdown) and start it again on the same port.
+
+        Returns when it listens again; the sampler follows the new process.
+        Returns the seconds it took.
+        """
+        assert self.pinning is not None
+        t0 = time.monotonic()
+        self.sampler.stop()
+        self.process.stop()
+        self.process = start_process(
+            self.kind.name, self.cmd, env=self.env, port=self.port, log_path=self.workdir / "server-restarted.log",
+            pinning=self.pinning,
+        )  # fmt: skip
+        self.sampler = Sampler(
+            self.process.process.pid,
+            self.redis.process.pid if self.redis and self.redis.process else None,
+            self.redis.port if self.redis else None,
+            self.port,
+            self.pinning,
+        )
+        self.sampler.start()
+        return time.monotonic() - t0
 
     def dbstats(self, room: str, expect: int, timeout: float) -> dict[str, Any]:
         kind = self.kind
@@ -204,7 +257,7 @@ def _server_env(kind: Kind, profile: Profile, redis_url: str | None, db_url: str
         env["DATABASE_URL"] = db_url
     if kind.settings:
         env["DJANGO_SETTINGS_MODULE"] = kind.settings
-    if kind.name == "kaiwa":
+    if kind.kaiwa:
         env.update(BENCH_KAIWA_ENV)
         if profile.name == "large":
             env.update(BENCH_KAIWA_LARGE_ENV)
@@ -237,12 +290,13 @@ def uvicorn_args(kind: Kind, profile: Profile, port: int) -> list[str]:
         python(), "-m", "uvicorn", kind.app,
         "--host", "127.0.0.1", "--port", str(port),
         "--no-access-log", "--log-level", "warning",
+        "--ws", kind.ws,
         "--ws-per-message-deflate", "false",
         "--backlog", "4096",
     ]  # fmt: skip
     if profile.name == "large":
         args += ["--ws-max-size", str(LARGE_FRAME)]
-    if kind.name in ("kaiwa", "relay"):
+    if kind.kaiwa or kind.name == "relay":
         args += ["--lifespan", "on"]
     return args
 
@@ -253,14 +307,14 @@ def _migrate(kind: Kind, env: dict[str, str], workdir: Path, sqlite_file: Path |
     SQLite databases are migrated once per run into a template file and copied:
     an identical fresh database, without paying for ``migrate`` on every start.
     """
-    if kind.name == "kaiwa":
+    if kind.kaiwa:
         cmd, what = [python(), "manage.py", "migrate", "--noinput"], "kaiwa: manage.py migrate"
     else:
         cmd, what = [python(), "-m", "django", "migrate", "--noinput"], f"{kind.name}: migrate"
     if sqlite_file is None:
         run_checked(cmd, env=env, what=what)
         return
-    template = workdir / f"template-{kind.name}.sqlite3"
+    template = workdir / f"template-{kind.settings}.sqlite3"
     if not template.exists():
         run_checked(cmd, env={**env, "DATABASE_URL": f"sqlite:///{template}"}, what=what)
         with contextlib.closing(sqlite3.connect(template)) as conn:
@@ -323,7 +377,7 @@ def start_target(
             cmd = uvicorn_args(kind, profile, port)
         else:
             max_size = LARGE_FRAME if profile.name == "large" else 1024 * 1024
-            cmd = [python(), "-m", "bench.echo_server", "--port", str(port), "--max-size", str(max_size)]
+            cmd = [node(), str(ECHO_JS), "--port", str(port), "--max-size", str(max_size)]
         server = start_process(kind.name, cmd, env=env, port=port, log_path=wd / "server.log", pinning=pinning)
         sampler = Sampler(
             server.process.pid,
@@ -334,6 +388,8 @@ def start_target(
         )
         sampler.start()
         return Target(
+            cmd=cmd,
+            pinning=pinning,
             kind=kind,
             profile=profile,
             port=port,
