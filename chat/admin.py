@@ -18,6 +18,7 @@ from django.http import HttpRequest
 from django.utils.functional import cached_property
 from django.utils.text import Truncator
 
+from chat import attachmentadmin
 from chat.models import Membership, Message, Room
 
 
@@ -104,6 +105,8 @@ class MessageChangeList(ChangeList):
         pks = getattr(self.paginator, "matching_pks", None)
         if pks is not None and (not self.multi_page or (self.show_all and self.can_show_all)):
             self.result_list = self.queryset.filter(pk__in=pks)
+        # The page's attachments in one query (they are found by room and seq, not by a key).
+        attachmentadmin.preload_for_messages(list(self.result_list))
 
 
 class MembershipInline(admin.TabularInline):
@@ -117,14 +120,21 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "private", "created_by", "created_at"]
+    list_display = ["name", "slug", "private", "created_by", "created_at", "attachment_storage"]
     list_filter = ["private", "created_at"]
     list_select_related = ["created_by"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ("name",)}
     autocomplete_fields = ["created_by"]
-    readonly_fields = ["created_at"]
+    readonly_fields = ["created_at", "attachment_storage"]
     inlines = [MembershipInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Room]:
+        return attachmentadmin.with_storage_total(super().get_queryset(request))
+
+    @admin.display(description="attachments (storage)", ordering="attachment_bytes")
+    def attachment_storage(self, obj: Room) -> str:
+        return attachmentadmin.storage_total(obj)
 
     def get_deleted_objects(
         self, objs: Any, request: HttpRequest
@@ -144,7 +154,7 @@ class RoomAdmin(admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ["seq", "room", "author_name", "created_at", "excerpt"]
+    list_display = ["seq", "room", "author_name", "created_at", "excerpt", "attachments"]
     list_display_links = ["seq", "excerpt"]
     list_filter = ["room", "created_at"]
     list_select_related = ["room"]
@@ -156,8 +166,9 @@ class MessageAdmin(admin.ModelAdmin):
     # the date hierarchy's ranges.
     ordering = ["-created_at"]
     raw_id_fields = ["room", "author"]
-    fields = ["room", "seq", "author", "author_username", "created_at", "persisted_at", "client_id", "body"]
-    readonly_fields = ["room", "seq", "author", "author_username", "created_at", "persisted_at", "client_id", "body"]
+    fields = readonly_fields = (
+        "room", "seq", "author", "author_username", "created_at", "persisted_at", "client_id", "body", "attachments",
+    )  # fmt: skip
     paginator = LargeTablePaginator
     show_full_result_count = False
     # Facet counts run one COUNT per filter choice over the whole table.
@@ -182,6 +193,10 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description="message")
     def excerpt(self, obj: Message) -> str:
         return Truncator(" ".join(obj.body.split())).chars(80)
+
+    @admin.display(description="attachments")
+    def attachments(self, obj: Message) -> str:
+        return attachmentadmin.thumbnails_html(attachmentadmin.attachments_of(obj))
 
     # History is a record: every accepted message stays exactly once in the
     # database (protocol.md §3), so admins read it but do not add, edit or

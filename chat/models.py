@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.validators import RegexValidator
-from django.db import models
+from django.db import models, transaction
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -128,3 +130,15 @@ class Attachment(models.Model):
     @property
     def is_image(self) -> bool:
         return bool(self.thumbnail)
+
+
+@receiver(post_delete, sender=Attachment)
+def _attachment_files_delete(sender: type[Attachment], instance: Attachment, **kwargs: object) -> None:
+    """An attachment's files go with its row (the admin, a deleted room or user, the orphan sweep).
+
+    After the commit: a delete that is rolled back keeps its files.
+    """
+    from chat import attachmentstore
+
+    names = [instance.file, instance.thumbnail]
+    transaction.on_commit(lambda: attachmentstore.delete_files(names))

@@ -7,9 +7,12 @@ arguments; async twins carry Django's ``a`` prefix.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.db.models import Max, OuterRef, Q, QuerySet, Subquery, Sum
+from django.utils import timezone
 
 from chat.events import Entry, ts_ms_of
 from chat.models import Attachment, Membership, Message, Room
@@ -237,3 +240,36 @@ def room_attachment_bytes(*, room_ids: list[int]) -> dict[int, int]:
         .annotate(total=Sum("size") + Sum("thumbnail_size"))
     )
     return {row["room_id"]: int(row["total"] or 0) for row in rows}
+
+
+def attachment_orphans_filter(*, now: datetime | None = None) -> Q:
+    """Uploads no message used within ``KAIWA_ATTACHMENT_ORPHAN_HOURS``.
+
+    An upload claimed by a ``send`` counts from the claim too: its message
+    may still be on its way from Redis to the database.
+    """
+    cutoff = (now or timezone.now()) - timedelta(hours=settings.KAIWA_ATTACHMENT_ORPHAN_HOURS)
+    unclaimed_or_stale = Q(claimed_at__isnull=True) | Q(claimed_at__lt=cutoff)
+    return Q(message_seq__isnull=True, created_at__lt=cutoff) & unclaimed_or_stale
+
+
+def attachment_orphan_count(*, now: datetime | None = None) -> int:
+    """How many uploads :func:`chat.services.attachment_delete_orphans` would delete now."""
+    return Attachment.objects.filter(attachment_orphans_filter(now=now)).count()
+
+
+def attachments_by_message(*, keys: list[tuple[int, int]]) -> dict[tuple[int, int], list[Attachment]]:
+    """The attachments of the messages ``(room_id, seq)`` in ``keys``, in upload order: one query."""
+    found: dict[tuple[int, int], list[Attachment]] = {}
+    if not keys:
+        return found
+    by_room: dict[int, list[int]] = {}
+    for room_id, seq in keys:
+        by_room.setdefault(room_id, []).append(seq)
+    match = Q()
+    for room_id, seqs in by_room.items():
+        match |= Q(room_id=room_id, message_seq__in=seqs)
+    for attachment in Attachment.objects.filter(match).order_by("created_at"):
+        assert attachment.message_seq is not None
+        found.setdefault((attachment.room_id, attachment.message_seq), []).append(attachment)
+    return found

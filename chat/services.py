@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat import attachmentstore, uploads
+from chat import attachmentstore, selectors, uploads
 from chat.messagelog import AppendResult, Entry, FloorNeeded, Log, RateLimit, parse_ts
 from chat.models import Attachment, Membership, Message, Room, slug_validator
 from chat.selectors import amessage_max_seq
@@ -361,7 +363,6 @@ async def amessage_send(
             if failures > _APPEND_RETRIES:
                 raise MessageUnavailable(f"Redis is unreachable ({exc})") from exc
 
-
 # Attachments (protocol.md 7.3) --------------------------------------------------
 
 UploadRefused = uploads.UploadRefused
@@ -502,8 +503,7 @@ def attachment_delete_orphans(*, now: datetime | None = None, batch: int = 200) 
     were deleted; an upload whose files the storage could not delete stays,
     marked so that no send can take it, and is retried next time.
     """
-    cutoff = (now or timezone.now()) - timedelta(hours=settings.KAIWA_ATTACHMENT_ORPHAN_HOURS)
-    stale = Q(message_seq__isnull=True, created_at__lt=cutoff) & (Q(claimed_at__isnull=True) | Q(claimed_at__lt=cutoff))
+    stale = selectors.attachment_orphans_filter(now=now)
     deleted = 0
     while True:
         ids = list(Attachment.objects.filter(stale).order_by("created_at").values_list("pk", flat=True)[:batch])

@@ -44,6 +44,7 @@ from chat import workerdb
 from chat.backlogwatch import BacklogWatch
 from chat.events import Entry
 from chat.messagelog import MessageLog, PendingEntry
+from chat.orphansweep import OrphanSweep
 from chat.outage import BACKOFF_MAX_SECONDS, Outage
 from chat.persistbatch import Batch
 from chat.redisclient import make_async_client
@@ -99,6 +100,7 @@ class Worker:
         self.batch_ms = settings.KAIWA_WORKER_BATCH_MS if batch_ms is None else batch_ms
         self.claim_idle_ms = claim_idle_ms or settings.KAIWA_WORKER_CLAIM_IDLE_MS
         self._backlog = BacklogWatch(backlog_warn or settings.KAIWA_WORKER_BACKLOG_WARN)
+        self._orphans = OrphanSweep()  # unused uploads (protocol.md 7.3)
         self.stop_grace_seconds = (
             settings.KAIWA_SHUTDOWN_GRACE_SECONDS if stop_grace_seconds is None else stop_grace_seconds
         )
@@ -246,6 +248,8 @@ class Worker:
             await self._claim()
         if self._backlog.due():
             await self._backlog.check(log, self._rooms)
+        if self._orphans.due():
+            await self._orphans.run()
         if self._rooms and now - self._prune_at >= PRUNE_SECONDS:
             self._prune_at = now
             idle_ms = max(PRUNE_IDLE_MS, 10 * self.claim_idle_ms)

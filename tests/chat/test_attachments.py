@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 
 from chat import images, selectors, services
 from chat.attachmentstore import attachment_storage
 from chat.models import Attachment, Room
+from chat.orphansweep import OrphanSweep
+from chat.redisclient import make_async_client
+from chat.worker import Worker
 from tests import samplefiles
 from tests.chat.conftest import run_async
 
@@ -201,3 +208,85 @@ def test_room_attachment_bytes_counts_files_and_thumbnails(media: Path, tmp_path
     a = _upload(tmp_path, samplefiles.jpeg_with_gps(), room=room, user=alice, name="a.jpg")
     b = _upload(tmp_path, samplefiles.PDF, room=room, user=alice, name="b.pdf")
     assert selectors.room_attachment_bytes(room_ids=[room.pk]) == {room.pk: a.size + a.thumbnail_size + b.size}
+
+
+def _old_orphan(tmp_path: Path, room: Room, user: Any, name: str) -> Attachment:
+    att = _upload(tmp_path, samplefiles.jpeg_with_gps(), room=room, user=user, name=name)
+    Attachment.objects.filter(pk=att.pk).update(created_at=timezone.now() - timedelta(hours=25))
+    return att
+
+
+def test_management_command_counts_then_deletes(media: Path, tmp_path: Path, room: Room, alice: Any) -> None:
+    """`manage.py attachmentorphans --dry-run` counts the orphans; without it, deletes them."""
+    orphan = _old_orphan(tmp_path, room, alice, "o.jpg")
+    _upload(tmp_path, samplefiles.TEXT, room=room, user=alice, name="fresh.txt")
+    out = io.StringIO()
+    call_command("attachmentorphans", "--dry-run", stdout=out)
+    assert out.getvalue().startswith("1 unused uploads older than 24 hours")
+    assert Attachment.objects.count() == 2
+    out = io.StringIO()
+    call_command("attachmentorphans", stdout=out)
+    assert out.getvalue().startswith("Deleted 1 unused uploads")
+    assert not Attachment.objects.filter(pk=orphan.pk).exists()
+    assert not attachment_storage().exists(orphan.file)
+
+
+def test_worker_deletes_orphans_periodically(
+    media: Path, tmp_path: Path, room: Room, alice: Any, settings: Any
+) -> None:
+    """The persistence worker sweeps every KAIWA_ATTACHMENT_SWEEP_SECONDS; a failed sweep is retried later."""
+    settings.KAIWA_ATTACHMENT_SWEEP_SECONDS = 0.2
+    orphan = _old_orphan(tmp_path, room, alice, "o.jpg")
+
+    async def main() -> None:
+        client = make_async_client()
+        worker = Worker(redis=client)
+        worker.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        try:
+            # An observation loop with a deadline: the sweep runs on the worker's own schedule.
+            while await Attachment.objects.filter(pk=orphan.pk).aexists():
+                assert loop.time() < deadline, "the worker did not delete the orphan within 30 s"
+                await asyncio.sleep(0.05)
+        finally:
+            await worker.close()
+            # Clients made on a pool do not close it with aclose(): disconnect both pools.
+            assert worker._reader_client is not None
+            await worker._reader_client.connection_pool.disconnect()
+            await client.aclose()
+            await client.connection_pool.disconnect()
+
+    run_async(main(), timeout=60)
+    assert not attachment_storage().exists(orphan.file)
+
+
+def test_sweep_survives_a_storage_that_refuses(tmp_path: Path, room: Room, alice: Any, settings: Any) -> None:
+    """A storage that cannot delete: the orphan stays, marked so no send can take it; a later sweep deletes it."""
+    root = tmp_path / "media"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "attachments": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}},
+    }
+    orphan = _old_orphan(tmp_path, room, alice, "o.jpg")
+    directory = (root / orphan.file).parent
+    directory.chmod(0o500)
+    try:
+        if os.access(directory, os.W_OK):
+            # root ignores directory permissions: make the directory a file's path instead.
+            directory.chmod(0o700)
+            moved = tmp_path / "moved"
+            directory.rename(moved)
+            directory.write_text("not a directory any more")
+        sweep = OrphanSweep(interval=3600)
+        assert run_async(sweep.run()) == 0
+        assert Attachment.objects.get(pk=orphan.pk).claim == "orphan"
+        with pytest.raises(services.AttachmentsInvalid):
+            run_async(services.aattachments_claim(ids=[orphan.pk], room_id=room.pk, user_id=alice.pk, token="c"))
+    finally:
+        if directory.is_file():
+            directory.unlink()
+            (tmp_path / "moved").rename(directory)
+        directory.chmod(0o700)
+    assert run_async(sweep.run()) == 1
+    assert not Attachment.objects.filter(pk=orphan.pk).exists()
