@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
@@ -25,7 +24,6 @@ from django.utils.text import slugify
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chat import attachmentstore, uploads
 from chat import attachmentstore, selectors, uploads
 from chat.messagelog import AppendResult, Entry, FloorNeeded, Log, RateLimit, parse_ts
 from chat.models import Attachment, Membership, Message, Room, slug_validator
