@@ -31,9 +31,8 @@ def release_connection() -> None:
     Closing is what lets a long-lived thread survive a database restart: a
     broken connection is dropped (PostgreSQL: returned to the pool, which checks
     it on checkout). A SQLite connection is a file handle with no server to
-    restart, and opening one registers Django's SQL functions each time: kept
-    open, the worker's database thread took about a quarter fewer profile
-    samples in the fan-out benchmark.
+    restart, and opening one registers Django's SQL functions each time, a
+    measurable cost per batch (docs/architecture.md, "Measured reasons").
     """
     if connection.vendor == "sqlite":
         if connection.connection is not None and (connection.errors_occurred and not connection.is_usable()):

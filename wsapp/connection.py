@@ -11,18 +11,19 @@ Write-through (``KAIWA_WS_WRITE_THROUGH``, on by default): while nothing is
 queued and no send is under way, ``put`` starts the ASGI send coroutine
 itself and steps it once. uvicorn completes a send without suspending unless
 the socket pushes back (its transport is paused), so in the common case the
-frame is written at once and no task has to wake up; that wake-up per member
-per message was a large share of the server's CPU in the fan-out benchmark
-(docs/performance.md). A send that does suspend is handed to the writer task,
-which finishes it, then sends what queued behind it, in order. With the
-setting off, every frame goes through the queue and the writer task's plain
-``await send(...)``: slower, but it relies on nothing about how the server's
-``send`` coroutine suspends (see docs/architecture.md, "Write-through").
+frame is written at once and no task has to wake up (that wake-up per member
+per message was measured: docs/architecture.md, "Measured reasons"). A send
+that does suspend is handed to the writer task, which finishes it, then sends
+what queued behind it, in order. With the setting off, every frame goes
+through the queue and the writer task's plain ``await send(...)``: slower,
+but it relies on nothing about how the server's ``send`` coroutine suspends
+(see docs/architecture.md, "Write-through").
 
 The writer task exists only while there is such work: it is started when a
 send has to wait and ends when the queue is empty. An idle socket holds no
 writer task, no queue and no ``asyncio.Event`` (``Flag`` is its lazy
-stand-in), which keeps idle memory per socket low (docs/performance.md).
+stand-in), which keeps idle memory per socket low (docs/performance.md,
+idle connections).
 """
 
 from __future__ import annotations
@@ -103,6 +104,13 @@ class Phase(Enum):
     ABANDONED = "abandoned"  # the client read nothing while the close frame waited: its reader was cancelled
 
 
+# Module constants: reading an Enum member through its class costs several times a
+# global lookup, and ``put`` checks the phase once per delivered frame.
+_OPEN = Phase.OPEN
+_CLOSED = Phase.CLOSED
+_ABANDONED = Phase.ABANDONED
+
+
 @dataclass(slots=True)
 class Subscription:
     """A chat room this connection has joined (``Connection.subscriptions``, by slug)."""
@@ -156,12 +164,12 @@ class Connection:
 
     @property
     def open(self) -> bool:
-        return self.phase is Phase.OPEN
+        return self.phase is _OPEN
 
     @property
     def ended(self) -> bool:
         """Nothing more will be written: the close frame went out, or the socket failed or was abandoned."""
-        return self.phase is Phase.CLOSED or self.phase is Phase.ABANDONED
+        return self.phase is _CLOSED or self.phase is _ABANDONED
 
     async def wait_ended(self) -> None:
         await self._ended.wait()
@@ -173,7 +181,7 @@ class Connection:
 
     def put(self, text: str, nbytes: int) -> bool:
         """Send or queue one frame without waiting; on overflow close 1013. Returns whether it was taken."""
-        if self.phase is not Phase.OPEN:
+        if self.phase is not _OPEN:
             return False
         if not self._queue and not self._busy and self.write_through and self.has_space(nbytes):
             self._write_through(text)

@@ -48,6 +48,18 @@ class Transport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closing
 
+    # Read flow control (wsapp.controlframes patches the protocol to use it once installed).
+    reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
     def close(self) -> None:
         self.closing = True
 
