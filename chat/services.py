@@ -230,10 +230,9 @@ _MESSAGE_COLUMNS = ("room_id", "seq", "author_id", "author_username", "body", "c
 def _message_insert_ignoring_stored(rows: list[tuple[Any, ...]]) -> None:
     """INSERT ... ON CONFLICT (room_id, seq) DO NOTHING, as few statements as the backend allows.
 
-    Hand-written because the worker's throughput is this statement: measured
-    on 500-row batches, ``bulk_create`` spent most of its time building model
-    instances and per-field values (SQLite about 7,000 rows/s against 37,000
-    for this; PostgreSQL about 9,000 against 30,000 with ``unnest``).
+    Hand-written because the worker's throughput is this statement:
+    ``bulk_create`` spent most of its time building model instances and
+    per-field values (figures in docs/architecture.md, "Measured reasons").
     """
     now = timezone.now()
     table = connection.ops.quote_name(Message._meta.db_table)

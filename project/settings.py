@@ -337,7 +337,7 @@ LOGGING: dict[str, Any] = logformat.logging_config(
     fmt=KAIWA_LOG_FORMAT, level=os.environ.get("KAIWA_LOG_LEVEL", "INFO")
 )
 
-# Kaiwa limits (protocol.md section 6, plus the ones the contract leaves open) --
+# Kaiwa limits (docs/protocol.md section 4, plus the ones the contract leaves open)
 
 KAIWA_MAX_BODY_CHARS = _env_int("KAIWA_MAX_BODY_CHARS", 4000)
 KAIWA_MAX_FRAME_BYTES = _env_int("KAIWA_MAX_FRAME_BYTES", 65536, minimum=256)
