@@ -44,6 +44,8 @@ superuser: $(VENV)/.installed-run
 
 test: $(VENV)/.installed-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
+	@if command -v node >/dev/null 2>&1; then node --test tests/js/; \
+	else echo "JS unit tests (tests/js/) not run: they need Node.js 18+ on PATH (Debian: apt-get install nodejs)."; fi
 
 check: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

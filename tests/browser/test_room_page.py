@@ -612,3 +612,74 @@ def test_concurrent_senders_see_the_same_order(
         bodies = [i["body"] for i in items]
         assert [x for x in bodies if x.startswith("a")] == [f"a{i}" for i in range(burst)]
         assert [x for x in bodies if x.startswith("b")] == [f"b{i}" for i in range(burst)]
+
+
+def seed_pending_send(ctx: Any, user_id: int, client_id: str, body: str, age_ms: int) -> None:
+    """Put an unacked send typed ``age_ms`` ago in the tab's sessionStorage, as a closed page would leave it."""
+    item = {"clientId": client_id, "room": "general", "body": body, "state": "pending"}
+    ctx.add_init_script(
+        f"sessionStorage.setItem('kaiwa:pending:{user_id}', "
+        f"JSON.stringify([Object.assign({json.dumps(item)}, {{createdAt: Date.now() - {age_ms}}})]))"
+    )
+
+
+def test_the_page_obeys_a_lowered_dedup_window(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """An operator lowers KAIWA_DEDUP_SECONDS to 5: a send left unacked 10 s ago is past the server's
+    window, so the page does not re-send it by itself (that could post it twice); it shows it as failed
+    with Retry, and Retry sends it once. With the default window the same send goes out on its own."""
+    alice = make_user("alice")
+    services.room_create(name="General", slug="general", creator=alice)
+    server = start_server(env={"KAIWA_DEDUP_SECONDS": "5"})
+
+    ctx = browsers.context()
+    seed_pending_send(ctx, alice.pk, "seed-1", "typed 10 s ago", age_ms=10_000)
+    a = browsers.page(ctx)
+    sent: list[dict[str, Any]] = []
+    a.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(json.loads(payload))))
+    log_in_and_wait(a, login, server, "alice", "general")
+    # `joined` has been handled (presence is drawn from it, and pending sends go out in the same step).
+    expect(a.locator(".presence__list li")).to_have_count(1)
+    assert json.loads(a.locator("#kaiwa-config").text_content() or "{}")["limits"]["dedup_seconds"] == 5
+    failed = a.locator(".chat__list li.msg--failed")
+    expect(failed).to_have_count(1)
+    expect(failed.locator(".msg__error")).to_contain_text("Retry")
+    assert [f for f in sent if f.get("type") == "send"] == []
+
+    failed.get_by_role("button", name="Retry").click()
+    assert_each_seq_once(wait_for_bodies(a, ["typed 10 s ago"]))
+    assert len([f for f in sent if f.get("type") == "send"]) == 1
+
+    server.terminate()
+    server = start_server(port=server.port)
+    ctx = browsers.context()
+    seed_pending_send(ctx, alice.pk, "seed-2", "also typed 10 s ago", age_ms=10_000)
+    b = browsers.page(ctx)
+    log_in_and_wait(b, login, server, "alice", "general")
+    assert_each_seq_once(wait_for_bodies(b, ["typed 10 s ago", "also typed 10 s ago"]))
+
+
+def test_the_first_page_comes_from_the_page_not_a_second_fetch(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """Opening a room makes no API request: the history, the sidebar and the settings are in the page the
+    server rendered, and the client binds to that markup (local times, grouping) instead of rebuilding it."""
+    alice = make_user("alice")
+    room = services.room_create(name="General", slug="general", creator=alice)
+    services.room_create(name="Random", slug="random", creator=alice)
+    add_history(room, alice, ["one", "two", "see https://example.com/x"])
+    server = start_server()
+    ctx = browsers.context()
+    a = browsers.page(ctx)
+    api_requests: list[str] = []
+    a.on("request", lambda request: api_requests.append(request.url) if "/api/" in request.url else None)
+    log_in_and_wait(a, login, server, "alice", "general")
+    items = wait_for_bodies(a, ["one", "two", "see https://example.com/x"])
+    assert_each_seq_once(items)
+    assert api_requests == []
+    # The server's <li>s are the ones on screen, enhanced in place: grouped under one header, a link made.
+    expect(a.locator(".chat__list li.msg.msg--continued")).to_have_count(2)
+    expect(a.locator(".chat__list .msg__body a")).to_have_attribute("href", "https://example.com/x")
+    expect(a.get_by_role("navigation", name="Your rooms").get_by_role("link")).to_have_count(2)
+    expect(a.locator(".chat__beginning")).to_be_visible()
