@@ -67,7 +67,15 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["room", "seq"]
-        constraints = [models.UniqueConstraint(fields=["room", "seq"], name="chat_message_room_seq_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "seq"], name="chat_message_room_seq_unique"),
+            # Dedup that survives Redis (protocol.md 7.1): one message per sender's client_id in a room.
+            models.UniqueConstraint(
+                fields=["room", "author", "client_id"],
+                condition=~models.Q(client_id=""),
+                name="chat_message_client_id_unique",
+            ),
+        ]
         indexes = [
             # Admin: newest first, filtered by date, without scanning.
             models.Index(fields=["-created_at"], name="chat_message_created_idx"),
@@ -142,3 +150,7 @@ def _attachment_files_delete(sender: type[Attachment], instance: Attachment, **k
 
     names = [instance.file, instance.thumbnail]
     transaction.on_commit(lambda: attachmentstore.delete_files(names))
+
+
+# The epoch and unstored-message tables (chat.epochmodels) register with this app from here.
+from chat.epochmodels import RoomEpoch, UnstoredMessage  # noqa: E402, F401
