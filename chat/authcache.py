@@ -40,7 +40,9 @@ from chat.redisclient import sync_client
 
 logger = logging.getLogger("kaiwa.authcache")
 
-KEY_PREFIX = "kaiwa:auth:"
+# One hash tag: in Redis Cluster every auth key lives in one slot, so the
+# handshake's MGET and the scripts below never span slots.
+KEY_PREFIX = "kaiwa:auth:{auth}:"
 REV_KEY = KEY_PREFIX + "rev"
 
 # KEYS: rev, every user's record set  (records of users: deleted with their set)

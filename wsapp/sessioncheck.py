@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
-import redis.asyncio as aioredis
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
 from django.core.exceptions import ValidationError
@@ -43,7 +42,7 @@ from django.utils.crypto import constant_time_compare
 from redis.exceptions import RedisError
 
 from chat.authcache import REV_KEY, session_record_key, user_set_key
-from chat.redisclient import make_async_client
+from chat.redistopology import make_async_client
 
 logger = logging.getLogger("kaiwa.auth")
 
@@ -179,7 +178,7 @@ def _pool() -> ThreadPoolExecutor:
 
 @dataclass(eq=False)
 class _LoopState:
-    client: aioredis.Redis
+    client: Any  # redis.asyncio.Redis, or RedisCluster in cluster mode
     write: Any
     batch: dict[str, list[asyncio.Future[tuple[bytes | None, bytes | None]]]] = field(default_factory=dict)
     waiters: set[asyncio.Future[None]] = field(default_factory=set)
@@ -190,7 +189,7 @@ _states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weak
 _closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = weakref.WeakKeyDictionary()
 
 
-async def _closer(client: aioredis.Redis) -> AsyncIterator[None]:
+async def _closer(client: Any) -> AsyncIterator[None]:
     # An async generator the loop finalises in shutdown_asyncgens() (asyncio.run,
     # asyncio.Runner, uvicorn): the client's connections close with their loop.
     try:
@@ -203,7 +202,9 @@ async def _state() -> _LoopState:
     loop = asyncio.get_running_loop()
     state = _states.get(loop)
     if state is None:
-        client = make_async_client()
+        # One connection: checks of a loop iteration share one MGET, so more
+        # would only add sockets (the process's own pool is the hub's).
+        client = make_async_client(pool_size=1)
         state = _LoopState(client=client, write=client.register_script(_WRITE))
         _states[loop] = state
         closer = _closer(client)
