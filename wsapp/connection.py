@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
@@ -372,36 +371,3 @@ async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
     except BaseException:
         coro.close()
         raise
-
-
-class FrameBudget:
-    """Inbound limits of one connection: a token bucket for frames, a window for bad frames."""
-
-    __slots__ = ("bad", "bad_limit", "burst", "rate", "stamp", "tokens")
-
-    def __init__(self) -> None:
-        self.burst = float(settings.KAIWA_FRAME_RATE_BURST)
-        self.rate = float(settings.KAIWA_FRAME_RATE_PER_SECOND)
-        self.tokens = self.burst
-        self.stamp = time.monotonic()
-        self.bad_limit = settings.KAIWA_BAD_FRAMES_PER_MINUTE
-        self.bad: deque[float] | None = None  # created by the first bad frame
-
-    def take_frame(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-    def bad_frame(self) -> bool:
-        """Count a bad frame; False once more than the per-minute allowance arrived."""
-        now = time.monotonic()
-        if self.bad is None:
-            self.bad = deque()
-        while self.bad and now - self.bad[0] > 60:
-            self.bad.popleft()
-        self.bad.append(now)
-        return len(self.bad) <= self.bad_limit

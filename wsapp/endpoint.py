@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 from chat import selectors, services
 from chat.messagelog import RateLimit
 from wsapp import auth, frames, schemas
-from wsapp.connection import Connection, FrameBudget, Phase
+from wsapp.connection import Connection, Phase
 from wsapp.dbthread import db_ready
 from wsapp.errors import (
     BAD_REQUEST,
@@ -30,6 +30,7 @@ from wsapp.errors import (
     refusal_for,
     too_big_reason,
 )
+from wsapp.framebudget import FrameBudget
 from wsapp.hub import Hub
 
 logger = logging.getLogger("kaiwa.ws")

@@ -103,7 +103,7 @@ class MemoryRelay:
                 if data is _SUBSCRIBED:
                     if channel in self.channels:
                         await listener.on_subscribed(channel)
-                else:
+                elif channel in self.channels:
                     assert isinstance(data, str)
                     await listener.on_event(channel, data)
             except Exception:

@@ -191,10 +191,14 @@ class RedisPresence:
         expiry = int(now_s) * 1000 + int(now_us) // 1000 + self.ttl_ms
         async with self.client.pipeline(transaction=False) as pipe:
             for room_id, user_id, username in entries:
-                pipe.zadd(presence_key(room_id), {self._member(user_id, username): expiry}, xx=True, ch=True)
+                member = self._member(user_id, username)
+                # ZSCORE tells "missing" apart from "refreshed to the same millisecond"
+                # (ZADD CH counts neither as a change).
+                pipe.zscore(presence_key(room_id), member)
+                pipe.zadd(presence_key(room_id), {member: expiry}, xx=True)
                 pipe.pexpire(presence_key(room_id), self.ttl_ms * 2)
             replies = await pipe.execute()
-        return [entry for entry, changed in zip(entries, replies[::2], strict=True) if not int(changed)]
+        return [entry for entry, score in zip(entries, replies[::3], strict=True) if score is None]
 
     async def sweep(self, room_ids: list[int]) -> int:
         """Drop expired entries (crashed processes) and announce the users who are gone."""

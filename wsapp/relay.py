@@ -60,7 +60,7 @@ class Relay(Protocol):
         """Add ``channel``; its confirmation arrives as ``on_subscribed``. Raises when not connected."""
 
     def unsubscribe(self, channel: str) -> None:
-        """Drop ``channel`` (in the background; a subscribe again meanwhile wins)."""
+        """Drop ``channel``: no event of it reaches the listener from now on (a subscribe again wins)."""
 
     async def publish(self, channel: str, data: str) -> None: ...
 
@@ -172,7 +172,8 @@ class RedisRelay:
             name = message["channel"]
             name = name.decode() if isinstance(name, bytes) else name
             if kind == "message":
-                await listener.on_event(name, message["data"])
+                if name in self.channels:  # not one unsubscribed while its UNSUBSCRIBE is under way
+                    await listener.on_event(name, message["data"])
             elif kind == "subscribe":
                 if name in self.channels:
                     await listener.on_subscribed(name)
