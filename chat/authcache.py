@@ -8,8 +8,9 @@ end a session drops it here, in the process that made the change:
 
 * a session deleted or saved (logout, ``cycle_key``, the admin,
   ``clearsessions``, ``set_expiry``): that session's record;
-* a user whose password hash or ``is_active`` changed, or who was deleted:
-  every record of that user (a per-user set lists them).
+* a user saved (password hash, ``is_active``, but also the username the
+  record carries) or deleted: every record of that user (a per-user set lists
+  them).
 
 Each invalidation also increments ``REV_KEY``. A handshake that missed the
 cache reads ``REV_KEY`` *before* it reads the database and writes its record

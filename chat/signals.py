@@ -108,9 +108,13 @@ def _on_user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> 
     before = getattr(instance, _WATCHED, None)
     now = _auth_state(instance)
     setattr(instance, _WATCHED, now)
-    if created or instance.pk is None or before == now:
+    if created or instance.pk is None:
         return
+    # Any change, not only the auth state: the cached record also carries the
+    # username and the other fields the socket shows.
     invalidate_users([instance.pk])
+    if before == now:
+        return
     publish_revocation({"kind": "user", "user_id": instance.pk})
 
 

@@ -298,3 +298,14 @@ def test_an_uncached_session_gets_a_clear_answer_within_a_second_when_the_databa
         out = _probe_outage(f"postgres://nobody@127.0.0.1:{port}/kaiwa", "b" * 32)
     assert out[0::2] == ["unavailable", "unavailable"]
     assert all(float(t) < 1.0 for t in out[1::2])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_renamed_user_is_not_answered_with_the_old_name(make_user):
+    """Any save of the user drops the cached record: the next check returns the new username."""
+    alice = make_user("alice")
+    _, key = _session_of(alice)
+    assert _check(key).username == "alice"
+    alice.username = "alicia"
+    alice.save()
+    assert _check(key).username == "alicia"
