@@ -1,24 +1,15 @@
-// The room page's logic: server frames in, the send pipeline out, history
-// paging and read marks. State lives in store.js (RoomState, PendingSends,
+// The room page's logic: server frames in, the send pipeline out, unread
+// counts and read marks (history paging is history.js's). State lives in store.js (RoomState, PendingSends,
 // ReadMarks); the DOM is the view's (view.js); the network is the injected
 // socket (socket.js) and `fetchJson`. Every server limit comes from the
 // page's config (config.js), never from a constant here.
 
+import { History } from "./history.js";
 import { RoomState, typingText } from "./store.js";
 
 // Our own pace for "I am typing" frames; never faster than the server accepts them.
 const TYPING_THROTTLE_MS = 3000;
 const ENCODER = new TextEncoder();
-
-/** The database has not caught up with the live stream yet (the worker lags): try again shortly. */
-export class CatchingUp extends Error {}
-
-export class HttpError extends Error {
-  constructor(status, message) {
-    super(message);
-    this.status = status;
-  }
-}
 
 export class RoomController {
   /**
@@ -45,7 +36,14 @@ export class RoomController {
     this.rooms = new Map();
     this.active = this.newRoom(config.slug, config.roomName, config.roomPrivate);
     this.rooms.set(config.slug, this.active);
-    this.loadingOlder = false;
+    this.history = new History({
+      room: this.active,
+      view,
+      fetchJson,
+      messagesUrl: config.messagesUrl,
+      pageSize: config.pageSize,
+      settle: (messages) => this.settleFromHistory(messages),
+    });
     this.lastTypingSentAt = 0;
     this.retryTimers = new Map();
   }
@@ -83,78 +81,14 @@ export class RoomController {
     this.settleFromHistory(page);
     this.view.markLeftOff();
     for (const item of this.pending.forRoom(this.active.slug)) this.view.renderPending(item, this.pendingText());
-    this.renderHistoryEdge();
+    this.history.renderEdge();
     this.view.scrollToBottom();
     for (const room of this.rooms.values()) if (room !== this.active) this.renderUnread(room);
     this.view.renderTitle();
   }
 
-  // --------------------------------------------------------------- history
-
-  /**
-   * Load the latest page of history after a `joined.reset`, retrying with
-   * backoff: the page must reach `boundary` (the `joined.last_seq`), since the
-   * live stream starts right after it; until the worker has persisted it
-   * there would be a hole.
-   */
-  async reloadLatest(boundary) {
-    for (let attempt = 0; ; attempt += 1) {
-      try {
-        await this.loadLatest(boundary);
-        this.view.hideHistoryError();
-        // The socket may have reconnected meanwhile: join now that `since` is known.
-        if (this.socket.isOpen()) this.joinAll();
-        return;
-      } catch (err) {
-        if (err instanceof HttpError && err.status === 404) {
-          this.view.showHistoryError("This room does not exist, or you are not a member of it.");
-          return;
-        }
-        if (err instanceof CatchingUp) this.view.showHistoryError("Catching up with the history…");
-        else this.view.showHistoryError(`Could not load the history: ${err.message} Retrying…`);
-        await new Promise((resolve) => setTimeout(resolve, Math.min(30000, 250 * 2 ** attempt)));
-      }
-    }
-  }
-
-  async loadLatest(boundary) {
-    const before = boundary > 0 ? `&before=${boundary + 1}` : "";
-    const data = await this.fetchJson(`${this.config.messagesUrl}?limit=${this.config.pageSize}${before}`);
-    const messages = Array.isArray(data.messages) ? data.messages : [];
-    const added = this.active.addHistoryPage(messages, Boolean(data.has_more), { latest: true });
-    this.settleFromHistory(messages);
-    for (const msg of added) this.view.insertMessage(msg);
-    this.renderHistoryEdge();
-    this.view.scrollToBottom();
-    if (before && !this.active.messages.has(boundary)) throw new CatchingUp(`seq ${boundary} is not stored yet`);
-  }
-
-  async loadOlder() {
-    const room = this.active;
-    if (this.loadingOlder || !room.hasMore || room.oldestSeq === null) return;
-    this.loadingOlder = true;
-    this.view.setLoadingOlder(true);
-    try {
-      const data = await this.fetchJson(`${this.config.messagesUrl}?before=${room.oldestSeq}&limit=${this.config.pageSize}`);
-      const messages = Array.isArray(data.messages) ? data.messages : [];
-      this.view.keepPosition(() => {
-        for (const msg of room.addHistoryPage(messages, Boolean(data.has_more), { latest: false })) {
-          this.view.insertMessage(msg);
-        }
-      });
-      this.view.hideHistoryError();
-    } catch (err) {
-      this.view.showHistoryError(`Could not load older messages: ${err.message}`);
-    } finally {
-      this.loadingOlder = false;
-      this.view.setLoadingOlder(false);
-      this.renderHistoryEdge();
-    }
-  }
-
-  renderHistoryEdge() {
-    const room = this.active;
-    this.view.renderHistoryEdge({ hasMore: room.hasMore, historyLoaded: room.historyLoaded, oldestSeq: room.oldestSeq });
+  loadOlder() {
+    return this.history.loadOlder();
   }
 
   /** A message in history that is one of our pending sends settles it (it was accepted before a reload). */
@@ -238,7 +172,10 @@ export class RoomController {
       room.lastSeq = lastSeq;
       if (room === this.active) {
         this.view.clearMessages();
-        this.reloadLatest(lastSeq);
+        this.history.reloadLatest(lastSeq).then(() => {
+          // The socket may have reconnected meanwhile: join now that `since` is known.
+          if (this.socket.isOpen()) this.joinAll();
+        });
       }
     }
     room.knownLastSeq = Math.max(room.knownLastSeq, lastSeq);

@@ -5,7 +5,8 @@
 // else happens here.
 
 import { CONFIG_ELEMENT_ID, parseConfig } from "./config.js";
-import { HttpError, RoomController } from "./controller.js";
+import { RoomController } from "./controller.js";
+import { HttpError } from "./history.js";
 import { Socket, loginUrl, socketUrl } from "./socket.js";
 import { PendingSends, ReadMarks, resendWindowMs } from "./store.js";
 import { RoomView } from "./view.js";

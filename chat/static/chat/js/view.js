@@ -1,11 +1,13 @@
 // The room page's DOM: binds to the server-rendered markup (room_detail.html)
 // and keeps it in step with the controller's state. Message list insertion by
-// seq, grouping, the "New messages" divider, scrolling, status, presence,
-// typing, unread badges, the title, and the phone panels live here; the view
-// holds no chat state of its own beyond what is on screen (scroll position,
-// unseen count) and reports what the user does through `handlers`.
+// seq, grouping, the "New messages" divider, scrolling, the composer, status,
+// presence, typing and the title live here (the sidebar and the phone panels
+// in sidebar.js); the view holds no chat state of its own beyond what is on
+// screen (scroll position, unseen count) and reports what the user does
+// through `handlers`.
 
 import { el, enhanceMessage, messageElement, messageOfElement, renderPresence, updateGrouping } from "./render.js";
+import { Sidebar } from "./sidebar.js";
 
 const NEAR_BOTTOM_PX = 48;
 const LOAD_OLDER_WITHIN_PX = 240;
@@ -17,11 +19,13 @@ const STATUS_LABELS = {
   unauthenticated: "Signed out",
 };
 
-function find(root, selector) {
-  const node = root.querySelector(selector);
-  // The template and this file change together; say which part is missing.
-  if (node === null) throw new Error(`kaiwa: the room page has no ${selector}; is chat/room_detail.html up to date?`);
-  return node;
+function finder(root) {
+  return (selector) => {
+    const node = root.querySelector(selector);
+    // The template and the view change together; say which part is missing.
+    if (node === null) throw new Error(`kaiwa: the room page has no ${selector}; is chat/room_detail.html up to date?`);
+    return node;
+  };
 }
 
 export class RoomView {
@@ -44,32 +48,27 @@ export class RoomView {
     this.leftOff = null; // last visit's read mark: the "New messages" line goes after it
     this.typingTimer = null;
 
-    this.roomList = find(root, ".rooms__list");
-    this.roomsPanel = find(root, ".rooms");
-    this.roomsToggle = find(root, ".chat__rooms-toggle");
-    this.roomsBadge = find(root, ".badge--toggle");
-    this.status = find(root, ".conn");
-    this.statusText = find(root, ".conn__text");
-    this.statusRetry = find(root, ".conn__retry");
-    this.peopleToggle = find(root, ".chat__people-toggle");
-    this.peopleCount = find(root, ".chat__people-count");
-    this.scroller = find(root, ".chat__scroll");
-    this.beginning = find(root, ".chat__beginning");
-    this.olderLink = find(root, ".chat__older");
-    this.historyError = find(root, ".chat__error");
-    this.list = find(root, ".chat__list");
+    const find = finder(root);
+    this.sidebar = new Sidebar(root, find, doc);
+    this.status = find(".conn");
+    this.statusText = find(".conn__text");
+    this.statusRetry = find(".conn__retry");
+    this.peopleCount = find(".chat__people-count");
+    this.scroller = find(".chat__scroll");
+    this.beginning = find(".chat__beginning");
+    this.olderLink = find(".chat__older");
+    this.historyError = find(".chat__error");
+    this.list = find(".chat__list");
     this.empty = root.querySelector(".chat__empty");
-    this.jumpButton = find(root, ".chat__jump");
-    this.typing = find(root, ".chat__typing");
-    this.form = find(root, ".chat-composer");
-    this.textarea = find(root, ".chat-composer__input");
-    this.sendButton = find(root, ".chat-composer__send");
-    this.composerError = find(root, ".chat-composer__error");
-    this.peoplePanel = find(root, ".presence");
-    this.presenceTitle = find(root, ".presence__title");
-    this.presenceList = find(root, ".presence__list");
-    this.scrim = find(root, ".kaiwa__scrim");
-    this.announcer = find(root, "[aria-live='polite']");
+    this.jumpButton = find(".chat__jump");
+    this.typing = find(".chat__typing");
+    this.form = find(".chat-composer");
+    this.textarea = find(".chat-composer__input");
+    this.sendButton = find(".chat-composer__send");
+    this.composerError = find(".chat-composer__error");
+    this.presenceTitle = find(".presence__title");
+    this.presenceList = find(".presence__list");
+    this.announcer = find("[aria-live='polite']");
   }
 
   // ------------------------------------------------------- reading the page
@@ -81,11 +80,11 @@ export class RoomView {
 
   /** The sidebar's rooms: [{slug, name, lastSeq}] in page order. */
   readRooms() {
-    return Array.from(this.roomList.querySelectorAll("li[data-room]"), (li) => ({
-      slug: li.dataset.room,
-      name: li.querySelector(".rooms__name")?.textContent || li.dataset.room,
-      lastSeq: Number.parseInt(li.dataset.lastSeq || "0", 10) || 0,
-    }));
+    return this.sidebar.readRooms();
+  }
+
+  renderUnread(slug, count) {
+    this.sidebar.renderUnread(slug, count);
   }
 
   // ------------------------------------------------------------------ bind
@@ -108,8 +107,6 @@ export class RoomView {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !event.altKey && !event.ctrlKey) {
         event.preventDefault();
         handlers.submit();
-      } else if (event.key === "Escape") {
-        this.setPanel(null);
       }
     });
     this.textarea.addEventListener("input", () => handlers.input());
@@ -124,12 +121,11 @@ export class RoomView {
       this.textarea.focus();
     });
     this.statusRetry.addEventListener("click", () => handlers.retryNow());
-    this.roomsToggle.addEventListener("click", () => this.togglePanel("rooms"));
-    this.peopleToggle.addEventListener("click", () => this.togglePanel("people"));
-    this.scrim.addEventListener("click", () => this.setPanel(null));
-    this.doc.addEventListener("keydown", (event) => {
-      if (event.key === "Escape" && this.root.dataset.panel) this.setPanel(null);
-    });
+    this.sidebar.bind((close) =>
+      this.textarea.addEventListener("keydown", (event) => {
+        if (event.key === "Escape") close();
+      }),
+    );
     this.doc.addEventListener("visibilitychange", () => {
       if (this.visible() && this.isAtBottom()) this.clearUnseen();
       this.renderTitle();
@@ -145,28 +141,6 @@ export class RoomView {
 
   visible() {
     return this.doc.visibilityState === "visible";
-  }
-
-  togglePanel(name) {
-    this.setPanel(this.root.dataset.panel === name ? null : name);
-  }
-
-  /** Phones show the rooms or people panel over the chat; one at a time. */
-  setPanel(name) {
-    const was = this.root.dataset.panel;
-    if (name) this.root.dataset.panel = name;
-    else delete this.root.dataset.panel;
-    this.roomsToggle.setAttribute("aria-expanded", String(name === "rooms"));
-    this.peopleToggle.setAttribute("aria-expanded", String(name === "people"));
-    this.scrim.hidden = !name;
-    if (name === "rooms") {
-      const current = this.roomList.querySelector("a[aria-current]") || this.roomList.querySelector("a");
-      if (current) current.focus();
-    } else if (!name && was) {
-      // Closing a panel returns focus to the button that opened it.
-      const panel = was === "rooms" ? this.roomsPanel : this.peoplePanel;
-      if (panel.contains(this.doc.activeElement)) (was === "rooms" ? this.roomsToggle : this.peopleToggle).focus();
-    }
   }
 
   // ------------------------------------------------------------- composer
@@ -339,18 +313,6 @@ export class RoomView {
     }
   }
 
-  renderUnread(slug, count) {
-    const item = this.roomList.querySelector(`li[data-room="${CSS.escape(slug)}"]`);
-    if (!item) return;
-    const badge = item.querySelector(".badge");
-    badge.hidden = count === 0;
-    badge.replaceChildren(
-      this.doc.createTextNode(count > 99 ? "99+" : String(count)),
-      el("span", { cls: "sr-only", text: count === 1 ? " unread message" : " unread messages" }),
-    );
-    item.classList.toggle("rooms__item--unread", count > 0);
-  }
-
   /** Unread messages in the other rooms; the title adds the ones not yet seen here. */
   setOthersUnread(count) {
     this.othersUnread = count;
@@ -360,8 +322,7 @@ export class RoomView {
   renderTitle() {
     const others = this.othersUnread;
     const total = others + this.unseen;
-    this.roomsBadge.hidden = others === 0;
-    this.roomsBadge.textContent = others > 99 ? "99+" : String(others);
+    this.sidebar.renderOthersUnread(others);
     const base = `#${this.roomName} · Kaiwa`;
     this.doc.title = total > 0 ? `(${total}) ${base}` : base;
   }
