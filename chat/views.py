@@ -16,9 +16,9 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 
 from chat import selectors, services
-from chat.paging import BadParameter, parse_before
 from chat.forms import MemberAddForm, RoomCreateForm, SignupForm
 from chat.models import Room
+from chat.paging import BadParameter, parse_before
 
 # The paths the FastAPI app answers (project/asgi.py): not Django URLs, so
 # they cannot be reversed; protocol.md fixes them.
