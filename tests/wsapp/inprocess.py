@@ -167,6 +167,21 @@ class Cluster:
         self.log.seqs.setdefault(pk, 0)
         return Room(pk=pk, slug=slug, name=slug)
 
+    def hold_range_reads(self) -> tuple[asyncio.Event, asyncio.Event]:
+        """Make the log's range reads wait: returns (set when a read started, set it to let reads go on)."""
+        log = self.log
+        assert log is not None
+        reading, gate = asyncio.Event(), asyncio.Event()
+        original = log.read_range
+
+        async def held(**kwargs: Any) -> list[Any]:
+            reading.set()
+            await gate.wait()
+            return await original(**kwargs)
+
+        log.read_range = held  # type: ignore[method-assign]
+        return reading, gate
+
     async def append(self, room: Room, body: str, *, user_id: int = 999, client_id: str | None = None) -> int:
         """A message appended to the log (as another process's sender would), published at once."""
         assert self.log is not None

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
-from chat.memorylog import MemoryLog
 from tests.wsapp.inprocess import WAIT, Cluster, Process, connection
 from wsapp.errors import Close
 
@@ -66,18 +65,7 @@ def test_join_since_replays_the_backlog_then_the_frames_held_meanwhile(run):
         for i in range(5):
             await cluster.append(lobby, f"m{i}")
         await cluster.settle()
-        gate = asyncio.Event()
-        reading = asyncio.Event()
-        log = cluster.log
-        assert log is not None
-        original = log.read_range
-
-        async def slow_read_range(**kwargs: Any) -> Any:
-            reading.set()
-            await gate.wait()
-            return await original(**kwargs)
-
-        log.read_range = slow_read_range  # type: ignore[method-assign]
+        reading, gate = cluster.hold_range_reads()
         socket, conn = connection()
         join = asyncio.ensure_future(process.hub.join(conn, lobby, 0))
         await reading.wait()
@@ -180,18 +168,7 @@ def test_held_frames_past_the_queue_bound_close_1013(run):
         lobby = cluster.room()
         await cluster.append(lobby, "old")
         await cluster.settle()
-        gate = asyncio.Event()
-        log = cluster.log
-        assert isinstance(log, MemoryLog)
-        original = log.read_range
-        reading = asyncio.Event()
-
-        async def slow_read_range(**kwargs: Any) -> Any:
-            reading.set()
-            await gate.wait()
-            return await original(**kwargs)
-
-        log.read_range = slow_read_range  # type: ignore[method-assign]
+        reading, gate = cluster.hold_range_reads()
         _, conn = connection()
         conn.max_messages = 2
         join = asyncio.ensure_future(process.hub.join(conn, lobby, 0))
