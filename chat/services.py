@@ -24,7 +24,7 @@ from django.utils.text import slugify
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chat import attachmentstore, selectors, uploads
+from chat import attachmentstore, persistconflicts, selectors, uploads
 from chat.messagelog import AppendResult, Entry, FloorNeeded, Log, RateLimit, parse_ts
 from chat.models import Attachment, Membership, Message, Room, slug_validator
 from chat.selectors import amessage_max_seq
@@ -219,16 +219,21 @@ def message_bulk_persist(*, entries: Sequence[Entry], statement_timeout_ms: int 
         for e in entries
         if e.room_id in rooms
     ]
-    if rows:
-        _message_insert_ignoring_stored(rows)
+    if rows and _message_insert_ignoring_stored(rows) < len(rows):
+        # Some rows were already there: a replayed batch, or a conflict that must not vanish.
+        persistconflicts.conflicts_record([e for e in entries if e.room_id in rooms])
     return len(rows)
 
 
 _MESSAGE_COLUMNS = ("room_id", "seq", "author_id", "author_username", "body", "client_id", "created_at", "persisted_at")
 
 
-def _message_insert_ignoring_stored(rows: list[tuple[Any, ...]]) -> None:
-    """INSERT ... ON CONFLICT (room_id, seq) DO NOTHING, as few statements as the backend allows.
+def _message_insert_ignoring_stored(rows: list[tuple[Any, ...]]) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING, as few statements as the backend allows; returns the rows inserted.
+
+    Any unique constraint skips a row: ``(room, seq)`` or the sender's
+    ``(room, author, client_id)``. The caller checks the skipped ones
+    (``chat.persistconflicts``): the same message again is harmless, anything else is kept as a conflict.
 
     Hand-written because the worker's throughput is this statement:
     ``bulk_create`` spent most of its time building model instances and
@@ -237,7 +242,8 @@ def _message_insert_ignoring_stored(rows: list[tuple[Any, ...]]) -> None:
     now = timezone.now()
     table = connection.ops.quote_name(Message._meta.db_table)
     columns = ", ".join(connection.ops.quote_name(c) for c in _MESSAGE_COLUMNS)
-    conflict = "ON CONFLICT (room_id, seq) DO NOTHING"
+    conflict = "ON CONFLICT DO NOTHING"
+    inserted = 0
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             # Eight array parameters whatever the batch size: one statement, cheap to bind.
@@ -248,6 +254,7 @@ def _message_insert_ignoring_stored(rows: list[tuple[Any, ...]]) -> None:
                 f") AS x(r, s, a, u, b, c, t) {conflict}",
                 [now, *arrays],
             )
+            inserted = cursor.rowcount
         elif connection.vendor == "sqlite":
             adapt = connection.ops.adapt_datetimefield_value
             stamp = adapt(now)
@@ -260,6 +267,7 @@ def _message_insert_ignoring_stored(rows: list[tuple[Any, ...]]) -> None:
                     f"INSERT INTO {table} ({columns}) VALUES {', '.join([one] * len(chunk))} {conflict}",
                     [value for row in chunk for value in row],
                 )
+                inserted += cursor.rowcount
         else:
             Message.objects.bulk_create(
                 [
@@ -268,6 +276,8 @@ def _message_insert_ignoring_stored(rows: list[tuple[Any, ...]]) -> None:
                 ],
                 ignore_conflicts=True,
             )
+            # No count from this backend: the caller compares every row.
+    return inserted
 
 
 # Live messages (the real-time path) -------------------------------------------

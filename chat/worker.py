@@ -40,7 +40,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chat import workerdb
+from chat import persistconflicts, workerdb
 from chat.backlogwatch import BacklogWatch
 from chat.events import Entry
 from chat.messagelog import MessageLog, PendingEntry
@@ -75,6 +75,7 @@ class WorkerStats:
     entries: int = 0  # entries written (or found already written) and acknowledged
     claimed: int = 0  # entries taken over from other consumers
     skipped: int = 0  # entries of rooms deleted from the database
+    conflicts: int = 0  # acked entries kept in UnstoredMessage (chat.persistconflicts), in this process
 
 
 class Worker:
@@ -200,12 +201,14 @@ class Worker:
                 )
             await self._shutdown_resources()
             logger.info(
-                "persistence worker stopped: consumer %s, %d entries persisted in %d batches (%d claimed, %d skipped)",
+                "persistence worker stopped: consumer %s, %d entries persisted in %d batches (%d claimed, %d skipped, "
+                "%d conflicts kept)",
                 self.consumer,
                 self.stats.entries,
                 self.stats.batches,
                 self.stats.claimed,
                 self.stats.skipped,
+                self.stats.conflicts,
             )
 
     async def _forget_self(self) -> None:
@@ -363,6 +366,7 @@ class Worker:
         self.stats.batches += 1
         self.stats.entries += written
         self.stats.skipped += skipped
+        self.stats.conflicts = persistconflicts.recorded_count()
         rooms = sorted({item.entry.room_id for item in items})
         self._batch.clear()
         logger.debug("persisted a batch of %d entries (rooms %s)", written, rooms)

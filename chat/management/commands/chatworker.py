@@ -21,11 +21,13 @@ from redis.exceptions import RedisError
 
 from chat import embedded_redis
 from chat.messagelog import MessageLog, RoomBacklog
-from chat.models import Message, Room
+from chat.models import Message, Room, UnstoredMessage
 from chat.redisclient import make_async_client
 from chat.worker import Worker
 
 logger = logging.getLogger("kaiwa.worker")
+
+UNSTORED_LISTED = 50
 
 
 def _age(ms: int | None) -> str:
@@ -96,6 +98,7 @@ class Command(BaseCommand):
         ages = [r.oldest_age_ms for r in rooms if r.oldest_age_ms is not None]
         if not total:
             self.stdout.write("backlog: 0 entries not yet in the database")
+            await self._unstored()
             return
         self.stdout.write(
             f"backlog: {total} entries not yet in the database ({pending} being written or held by a "
@@ -109,6 +112,29 @@ class Command(BaseCommand):
                     f"room {name} (id {r.room_id}): {r.total} entries ({r.pending} pending, "
                     f"{r.undelivered} not read), oldest {_age(r.oldest_age_ms)} old"
                 )
+        await self._unstored()
+
+    async def _unstored(self) -> None:
+        """Acked messages the worker kept because storing them would contradict the history (protocol.md 7.1)."""
+        try:
+            count = await UnstoredMessage.objects.acount()
+            kept = [m async for m in UnstoredMessage.objects.order_by("room_id", "seq")[:UNSTORED_LISTED]]
+        except DatabaseError as exc:
+            self.stdout.write(f"unstored: unknown, the database is not reachable ({exc})")
+            return
+        if not count:
+            return
+        self.stdout.write(
+            f"unstored: {count} acked messages could not be stored without a conflict; they are kept in the "
+            "table chat_unstoredmessage until an operator acts"
+        )
+        for m in kept:
+            self.stdout.write(
+                f"  room {m.room_id} seq {m.seq} epoch {m.epoch or '-'} by {m.author_username!r} at "
+                f"{m.created_at.isoformat()}: {m.reason}"
+            )
+        if count > len(kept):
+            self.stdout.write(f"  ... and {count - len(kept)} more")
 
     async def _slugs(self, rooms: list[RoomBacklog]) -> dict[int, str]:
         ids = [r.room_id for r in rooms]

@@ -1,0 +1,129 @@
+"""Acked messages the worker's insert did not store: identical re-inserts, or conflicts to keep (protocol.md 7.1).
+
+The worker's insert skips a row that meets a unique constraint (``(room,
+seq)``, or the sender's ``(room, author, client_id)``). Skipping is right
+for a replayed batch (the same message is already there) and wrong for
+anything else: an acked message would vanish. So when an insert stored fewer
+rows than it was given, the entries are compared with what the database
+holds; each one that is not already stored is logged as an ERROR with its
+room and seq, counted, and kept in ``UnstoredMessage`` (in the insert's
+transaction, so it is recorded exactly when the batch commits). Only then is
+the batch acknowledged to Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from chat.epochmodels import UnstoredMessage
+from chat.events import Entry, message_event, parse_ts
+from chat.models import Message
+
+logger = logging.getLogger("kaiwa.worker")
+
+_USERNAME_MAX = Message._meta.get_field("author_username").max_length or 150
+_CLIENT_ID_MAX = Message._meta.get_field("client_id").max_length or 64
+
+_count_lock = threading.Lock()
+_recorded = 0
+
+
+def recorded_count() -> int:
+    """Conflicts this process recorded since it started (the worker's metric)."""
+    return _recorded
+
+
+def _chunks(values: list[Any], size: int = 500) -> Iterator[list[Any]]:
+    # Under every backend's limit on query parameters.
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def stored_form(entry: Entry) -> tuple[str, str, str, datetime]:
+    """What the insert writes of an entry, for comparing it with a stored row."""
+    return (
+        entry.username[:_USERNAME_MAX],
+        entry.body.replace("\x00", "\ufffd"),
+        (entry.client_id or "")[:_CLIENT_ID_MAX],
+        parse_ts(entry.ts_ms),
+    )
+
+
+def conflicts_record(entries: Sequence[Entry]) -> int:
+    """Record every entry the database does not hold as it is; returns how many were new conflicts.
+
+    Runs inside the insert's transaction, after an insert that stored fewer
+    rows than ``entries``: it reads back the rows at the entries' ``(room,
+    seq)`` and their senders' ``client_id``s.
+    """
+    global _recorded
+    if not entries:
+        return 0
+    fields = ("room_id", "seq", "author_id", "author_username", "body", "client_id", "created_at")
+    seqs: dict[int, set[int]] = defaultdict(set)
+    client_ids: dict[int, set[str]] = defaultdict(set)
+    for e in entries:
+        seqs[e.room_id].add(e.seq)
+        if e.client_id:
+            client_ids[e.room_id].add(e.client_id[:_CLIENT_ID_MAX])
+    stored: dict[tuple[int, int], dict[str, Any]] = {}
+    holders: dict[tuple[int, int | None, str], int] = {}
+    for room_id, wanted in seqs.items():
+        for chunk in _chunks(sorted(wanted)):
+            for row in Message.objects.filter(room_id=room_id, seq__in=chunk).values(*fields):
+                stored[(row["room_id"], row["seq"])] = row
+    for room_id, cids in client_ids.items():
+        for chunk in _chunks(sorted(cids)):
+            for row in Message.objects.filter(room_id=room_id, client_id__in=chunk).values(*fields):
+                holders[(row["room_id"], row["author_id"], row["client_id"])] = row["seq"]
+    unstored: list[UnstoredMessage] = []
+    for e in entries:
+        row = stored.get((e.room_id, e.seq))
+        mine = stored_form(e)
+        if row is not None:
+            theirs = (row["author_username"], row["body"], row["client_id"], row["created_at"])
+            if theirs == mine:
+                continue  # the same message, stored by an earlier (replayed) batch
+            reason = (
+                f"seq {e.seq} already holds another message (by {row['author_username']!r}, "
+                f"accepted {row['created_at'].isoformat()})"
+            )
+        else:
+            holder = holders.get((e.room_id, e.user_id, mine[2]))
+            if holder is None:
+                continue  # stored by this very insert
+            reason = f"the sender's client_id {mine[2]!r} is already stored as seq {holder}"
+        logger.error(
+            "room %s seq %s: an acked message cannot be stored: %s; kept in UnstoredMessage "
+            "(manage.py chatworker --status lists it)",
+            e.room_id,
+            e.seq,
+            reason,
+        )
+        unstored.append(
+            UnstoredMessage(
+                room_id=e.room_id,
+                seq=e.seq,
+                epoch=getattr(e, "epoch", ""),  # Entry.epoch: see chat.events
+                author_id=e.user_id,
+                author_username=mine[0],
+                body=mine[1],
+                client_id=mine[2],
+                created_at=mine[3],
+                reason=reason,
+                event=message_event(e),
+            )
+        )
+    if not unstored:
+        return 0
+    before = UnstoredMessage.objects.count()
+    UnstoredMessage.objects.bulk_create(unstored, ignore_conflicts=True)
+    new = UnstoredMessage.objects.count() - before
+    with _count_lock:
+        _recorded += new
+    return new
