@@ -683,3 +683,9 @@ def test_the_first_page_comes_from_the_page_not_a_second_fetch(
     expect(a.locator(".chat__list .msg__body a")).to_have_attribute("href", "https://example.com/x")
     expect(a.get_by_role("navigation", name="Your rooms").get_by_role("link")).to_have_count(2)
     expect(a.locator(".chat__beginning")).to_be_visible()
+    # A live message is drawn with exactly the structure the server renders, so a reload looks the same.
+    send(a, "live")
+    wait_for_bodies(a, ["one", "two", "see https://example.com/x", "live"])
+    structure = """li => [li.tagName, ...[...li.querySelectorAll('*')]
+        .map(e => `${e.tagName}.${e.getAttribute('class')}`)]"""
+    assert a.locator("li[data-seq='4']").evaluate(structure) == a.locator("li[data-seq='1']").evaluate(structure)
