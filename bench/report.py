@@ -751,6 +751,27 @@ def targets(results: dict[str, Any]) -> list[str]:
         cost = cost_per_delivery(k, r)
         if cost:
             out.append(f"  {cost}")
+    k = sc.get("many_rooms", {}).get("kaiwa", {}).get("result")
+    r = sc.get("many_rooms", {}).get("relay", {}).get("result")
+    if k and r and r["max_sustainable_rate_msgs"]:
+        share = k["max_sustainable_rate_msgs"] / r["max_sustainable_rate_msgs"]
+        out.append(
+            f"- many rooms: knee at least 0.8x the bare relay's: **{'met' if share >= 0.8 else 'not met'}** "
+            f"(Kaiwa {k['max_sustainable_rate_msgs']} msg/s, bare relay {r['max_sustainable_rate_msgs']} msg/s: "
+            f"{share:.2f}x)."
+        )
+        ok_k = {s["rate_msgs"]: s for s in k["steps"] if s["sustainable"]}
+        ok_r = {s["rate_msgs"]: s for s in r["steps"] if s["sustainable"]}
+        common = sorted(set(ok_k) & set(ok_r))
+        ck = _cpu_us_per_delivery(ok_k[common[-1]]) if common else None
+        cr = _cpu_us_per_delivery(ok_r[common[-1]]) if common else None
+        if ck is not None and cr is not None:
+            verdict = "met" if ck <= 1.2 * cr else "not met"
+            out.append(
+                f"- many rooms: CPU per message within 1.2x the bare relay's: **{verdict}** "
+                f"(at {common[-1]} msg/s: Kaiwa {ck:.1f} µs, bare relay {cr:.1f} µs per delivery, "
+                f"{ck / cr:.2f}x; server process and its Redis)."
+            )
     st = sc.get("storm", {}).get("kaiwa", {}).get("result")
     if st:
         for wave, what in (("cold", "first connection"), ("warm", "reconnect")):
@@ -792,7 +813,7 @@ def targets(results: dict[str, Any]) -> list[str]:
     if idle and idle.get("server_bytes_per_connection") is not None:
         kb = idle["server_bytes_per_connection"] / 1024
         out.append(
-            f"- at most 24 KB of server memory per idle connection: **{'met' if kb <= 24 else 'not met'}** "
+            f"- at most 20 KB of server memory per idle connection: **{'met' if kb <= 20 else 'not met'}** "
             f"({kb:.1f} KB measured over {idle['opened']:,} connections)."
         )
     for row in losses(results)[1]:
@@ -863,6 +884,13 @@ def ratios(results: dict[str, Any]) -> list[str]:
             out.append(f"- {what}: Kaiwa sustains **{k / r:.2f}x** the deliveries/s of the bare relay.")
         if r and c:
             out.append(f"- {what}: the bare relay sustains {r / c:.1f}x the deliveries/s of Django Channels.")
+        for variant in ("kaiwa-websockets", "kaiwa-wsproto"):
+            other = best(scen, variant)
+            if k and other:
+                out.append(
+                    f"- {what}: Kaiwa on `--ws {KINDS[variant].ws}` sustains **{other / k:.2f}x** the deliveries/s "
+                    "of Kaiwa on the default `--ws websockets-sansio`."
+                )
     idle = sc.get("idle", {})
     k = idle.get("kaiwa", {}).get("result", {}).get("server_bytes_per_connection")
     c = idle.get("channels", {}).get("result", {}).get("server_bytes_per_connection")
