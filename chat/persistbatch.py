@@ -1,11 +1,20 @@
-"""The persistence worker's batch: entries read and not yet written, closed by size or by time."""
+"""The persistence worker's batch: entries read and not yet written, closed by size or by time.
+
+Also the sweep that fills it with entries other consumers read and never
+acknowledged (``claim_idle``).
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
-from chat.persistgroup import PendingEntry
+from chat.persistgroup import PendingEntry, PersistGroup
+
+logger = logging.getLogger("kaiwa.worker")
+
+CLAIM_ROOMS_PER_CALL = 50  # XAUTOCLAIMs pipelined together (bounds one sweep's memory too)
 
 
 class Batch:
@@ -43,3 +52,32 @@ class Batch:
     def clear(self) -> None:
         self._items.clear()
         self._started = None
+
+
+async def claim_idle(
+    log: PersistGroup,
+    *,
+    consumer: str,
+    room_ids: list[int],
+    min_idle_ms: int,
+    count: int,
+    stopping: Callable[[], bool],
+) -> AsyncIterator[dict[int, list[PendingEntry]]]:
+    """Entries idle longer than ``min_idle_ms``, taken over by ``consumer``: one dict (room -> entries) per call.
+
+    Rooms that returned a full ``count`` may hold more and are asked again.
+    """
+    for start in range(0, len(room_ids), CLAIM_ROOMS_PER_CALL):
+        chunk = room_ids[start : start + CLAIM_ROOMS_PER_CALL]
+        while chunk and not stopping():
+            taken, gone = await log.persist_claim_rooms(
+                consumer=consumer, room_ids=chunk, min_idle_ms=min_idle_ms, count=count
+            )
+            if gone:
+                logger.error(
+                    "%d pending entries were deleted from their streams before anyone persisted them "
+                    "(trimmed by hand?); they cannot be written and were dropped from the queue",
+                    gone,
+                )
+            yield taken
+            chunk = [rid for rid, items in taken.items() if len(items) >= count]

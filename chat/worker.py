@@ -15,11 +15,9 @@ keeps that promise, whatever fails:
   twice.
 * Entries a crashed consumer read but never acknowledged are claimed
   (XAUTOCLAIM) once idle for ``KAIWA_WORKER_CLAIM_IDLE_MS``.
-* Database work runs on the worker's own thread, with Django's connection
-  cleanup around every batch, so a restarted database (or a broken pooled
-  connection) heals by itself. While the database is away, entries wait in
-  Redis unacknowledged and the worker retries with backoff; streams are
-  trimmed only below what is acknowledged, so nothing is lost.
+* Database work runs on the worker's own thread (``chat.workerdb``). While the
+  database is away, entries wait in Redis unacknowledged and the worker
+  retries with backoff; streams are trimmed only below what is acknowledged.
 """
 
 from __future__ import annotations
@@ -46,7 +44,7 @@ from chat.events import Entry
 from chat.messagelog import MessageLog, PendingEntry
 from chat.orphansweep import OrphanSweep
 from chat.outage import BACKOFF_MAX_SECONDS, Outage
-from chat.persistbatch import Batch
+from chat.persistbatch import Batch, claim_idle
 from chat.redisclient import make_async_client
 
 logger = logging.getLogger("kaiwa.worker")
@@ -61,7 +59,6 @@ PRUNE_SECONDS = 600.0  # how often consumers of killed workers are removed from 
 # live one that was idle in a quiet room loses nothing: its next read recreates it.
 PRUNE_IDLE_MS = 3_600_000
 READ_GRACE_SECONDS = 10.0
-CLAIM_ROOMS_PER_CALL = 50  # XAUTOCLAIMs pipelined together (bounds one sweep's memory too)
 
 
 def consumer_name() -> str:
@@ -167,7 +164,7 @@ class Worker:
         options = {"dedup_seconds": settings.KAIWA_DEDUP_SECONDS, "stream_keep": settings.KAIWA_STREAM_KEEP}
         self._log = MessageLog(self._client, **options)
         self._reader = MessageLog(self._reader_client, **options)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaiwa-worker-db")
+        self._executor = workerdb.executor()
         logger.info(
             "persistence worker started: consumer %s, batches of %d entries or %d ms",
             self.consumer,
@@ -222,14 +219,7 @@ class Worker:
 
     async def _shutdown_resources(self) -> None:
         if self._executor is not None:
-            executor = self._executor
-            try:
-                await asyncio.wait_for(
-                    asyncio.get_running_loop().run_in_executor(executor, workerdb.close_db), timeout=5
-                )
-            except (Exception, asyncio.CancelledError):
-                logger.debug("closing the worker's database connection failed", exc_info=True)
-            executor.shutdown(wait=False)
+            await workerdb.shutdown(self._executor)
         clients = [self._reader_client]
         if self._shared_client is None:
             clients.append(self._client)
@@ -313,38 +303,25 @@ class Worker:
 
     async def _claim(self) -> None:
         """Take over entries idle longer than ``claim_idle_ms`` (their consumer crashed or is stuck)."""
-        log = self._require_log()
-        rooms = list(self._rooms)
-        for start in range(0, len(rooms), CLAIM_ROOMS_PER_CALL):
-            chunk = rooms[start : start + CLAIM_ROOMS_PER_CALL]
-            while chunk and not self.stopping:
-                taken, gone = await log.persist_claim_rooms(
-                    consumer=self.consumer,
-                    room_ids=chunk,
-                    min_idle_ms=self.claim_idle_ms,
-                    count=self.batch_size,
-                    slugs={},
-                )
-                if gone:
-                    logger.error(
-                        "%d pending entries were deleted from their streams before anyone persisted them "
-                        "(trimmed by hand?); they cannot be written and were dropped from the queue",
-                        gone,
+        sweep = claim_idle(
+            self._require_log(),
+            consumer=self.consumer,
+            room_ids=list(self._rooms),
+            min_idle_ms=self.claim_idle_ms,
+            count=self.batch_size,
+            stopping=lambda: self.stopping,
+        )
+        async for taken in sweep:
+            for room_id, items in taken.items():
+                fresh = [t for t in items if not self._batch.holds(t)]
+                if fresh:
+                    self.stats.claimed += len(fresh)
+                    logger.info(
+                        "claimed %d entries of room %d left unacknowledged by another consumer", len(fresh), room_id
                     )
-                for room_id, items in taken.items():
-                    fresh = [t for t in items if not self._batch.holds(t)]
-                    if fresh:
-                        self.stats.claimed += len(fresh)
-                        logger.info(
-                            "claimed %d entries of room %d left unacknowledged by another consumer",
-                            len(fresh),
-                            room_id,
-                        )
-                    self._batch.add(items)
-                if self._batch.full():
-                    await self._flush()
-                # Rooms that returned a full count may hold more.
-                chunk = [rid for rid, items in taken.items() if len(items) >= self.batch_size]
+                self._batch.add(items)
+            if self._batch.full():
+                await self._flush()
 
     # -- one batch -----------------------------------------------------------------
 

@@ -6,12 +6,17 @@ never the async ORM's shared thread), so a slow batch stalls nothing else.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from django.db import close_old_connections, connection, connections
 
 from chat import services
 from chat.events import Entry
+
+logger = logging.getLogger("kaiwa.worker")
 
 DB_STATEMENT_TIMEOUT_MS = 30_000  # a batch statement that waits longer (a lock, a stuck server) is retried
 
@@ -43,3 +48,17 @@ def release_connection() -> None:
 
 def close_db() -> None:
     connections.close_all()
+
+
+def executor() -> ThreadPoolExecutor:
+    """The worker's one database thread: a restarted database heals there (``release_connection``)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaiwa-worker-db")
+
+
+async def shutdown(pool: ThreadPoolExecutor) -> None:
+    """Close the thread's database connection (at most 5 s), then let the thread go."""
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(pool, close_db), timeout=5)
+    except (Exception, asyncio.CancelledError):
+        logger.debug("closing the worker's database connection failed", exc_info=True)
+    pool.shutdown(wait=False)
