@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models, transaction
+from django.db.models import JSONField, Value
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
@@ -53,6 +54,12 @@ class Membership(models.Model):
         return f"{self.user} in {self.room}"
 
 
+class MessageKind(models.IntegerChoices):
+    MESSAGE = 0, "message"
+    EDIT = 1, "edit"
+    DELETE = 2, "delete"
+
+
 class Message(models.Model):
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
     seq = models.BigIntegerField(help_text="Position in the room, 1, 2, 3, ... assigned by the server.")
@@ -64,6 +71,27 @@ class Message(models.Model):
     client_id = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField(help_text="When the server accepted the message (UTC).")
     persisted_at = models.DateTimeField(auto_now_add=True)
+    # Every event of the room's sequence is a row (protocol.md 7.4): a message,
+    # or an edit or deletion of the message ``target_seq``. Event rows keep the
+    # (room, seq) uniqueness that makes the worker's insert exactly-once, and a
+    # resume read from the database replays them in order; the history shows
+    # only messages, in their current state (the fields below).
+    # Database defaults: the worker's hand-written insert names only the columns every message has.
+    kind = models.PositiveSmallIntegerField(
+        choices=MessageKind.choices, default=MessageKind.MESSAGE, db_default=MessageKind.MESSAGE
+    )
+    target_seq = models.BigIntegerField(null=True, blank=True, help_text="Edit/delete events: the message's seq.")
+    reply_to = models.BigIntegerField(null=True, blank=True, help_text="The seq of the message this one answers.")
+    mentions = models.JSONField(
+        default=list, db_default=Value([], JSONField()), blank=True, help_text="Ids of the users named as @username."
+    )
+    edited_at = models.DateTimeField(null=True, blank=True, help_text="When the body was last edited.")
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # The seq of the last edit/delete event applied: applying an event is idempotent (exactly once).
+    version_seq = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["room", "seq"]
@@ -80,10 +108,45 @@ class Message(models.Model):
             # Admin: newest first, filtered by date, without scanning.
             models.Index(fields=["-created_at"], name="chat_message_created_idx"),
             models.Index(fields=["author", "-created_at"], name="chat_message_author_idx"),
+            # The edit and delete events of a message (the worker applies them, a deletion blanks the edits').
+            models.Index(fields=["room", "target_seq"], name="chat_message_event_idx", condition=models.Q(kind__gt=0)),
         ]
 
     def __str__(self) -> str:
         return f"{self.room_id}#{self.seq}"
+
+
+class MessageVersion(models.Model):
+    """A body a message no longer shows: replaced by an edit, or removed by a deletion.
+
+    The admin lists them on the message's page. A deleted message's versions
+    (and attachments) are purged ``KAIWA_DELETED_RETENTION_DAYS`` after the
+    deletion (``chat.services.message_purge_deleted``).
+    """
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="versions")
+    body = models.TextField(blank=True)
+    replaced_at = models.DateTimeField(help_text="When the edit or deletion that replaced it was accepted.")
+    replaced_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    event_seq = models.BigIntegerField(help_text="The seq of the edit or delete event.")
+    deletion = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["message", "event_seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["message", "event_seq"], name="chat_messageversion_event_unique")
+        ]
+        indexes = [
+            # The purge: deletions past their retention, oldest first.
+            models.Index(
+                fields=["replaced_at"], name="chat_messageversion_purge_idx", condition=models.Q(deletion=True)
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.message} before #{self.event_seq}"
 
 
 def _attachment_id() -> str:

@@ -436,3 +436,11 @@ KAIWA_UPLOAD_RATE_PER_MINUTE = _env_float("KAIWA_UPLOAD_RATE_PER_MINUTE", 30.0, 
 KAIWA_IMAGE_WORKERS = _env_int("KAIWA_IMAGE_WORKERS", 2)
 KAIWA_MAX_ATTACHMENTS_PER_MESSAGE = _env_int("KAIWA_MAX_ATTACHMENTS_PER_MESSAGE", 10)
 KAIWA_ATTACHMENT_SWEEP_SECONDS = _env_float("KAIWA_ATTACHMENT_SWEEP_SECONDS", 3600.0, minimum=1.0)
+
+# Edits and deletions (protocol.md 7.4) -------------------------------------------
+
+# How long after sending an author may edit a message; 0 (the default): no limit.
+KAIWA_EDIT_WINDOW_SECONDS = _env_int("KAIWA_EDIT_WINDOW_SECONDS", 0, minimum=0)
+# How long the admin keeps a deleted message's body, previous versions and
+# attachments before the worker's purge (every KAIWA_ATTACHMENT_SWEEP_SECONDS, or manage.py purgedeleted).
+KAIWA_DELETED_RETENTION_DAYS = _env_float("KAIWA_DELETED_RETENTION_DAYS", 30.0, minimum=0.0)
