@@ -147,11 +147,13 @@ class _Job:
 
 
 _running: dict[int, float] = {}  # id(job) -> when it started, written by the threads
+_last_done = float("-inf")  # when a check last finished, whatever its answer
 _failed_at = float("-inf")
 _executor: ThreadPoolExecutor | None = None
 
 
 def _run_job(job: _Job) -> tuple[Any | None, float]:
+    global _last_done
     if job.abandoned:
         return None, 0.0
     _running[id(job)] = time.monotonic()
@@ -161,6 +163,7 @@ def _run_job(job: _Job) -> tuple[Any | None, float]:
         connection.close()  # the next check reconnects
         raise
     finally:
+        _last_done = time.monotonic()
         _running.pop(id(job), None)
         if connection.vendor != "sqlite":
             connection.close()  # back to the pool
@@ -248,7 +251,11 @@ async def _watch(state: _LoopState) -> None:
         while state.waiters:
             await asyncio.sleep(limit / 4)
             now = time.monotonic()
-            if any(now - started > limit for started in list(_running.values())):
+            # Stuck, not busy: a check has run longer than the limit and none
+            # finished meanwhile. In a connect storm the threads are slow (the
+            # event loop holds the GIL) but keep finishing checks.
+            running = list(_running.values())
+            if running and now - max(min(running), _last_done) > limit:
                 _failed_at = now
                 for waiter in list(state.waiters):
                     if not waiter.done():

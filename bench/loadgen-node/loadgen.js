@@ -273,7 +273,7 @@ async function openMany(members, concurrency, timeout) {
       try {
         durations.push(await openMember(m, { timeout }));
       } catch (err) {
-        const key = String(err.message || err).replace(/\d{4,}/g, 'N').slice(0, 100);
+        const key = String(err.message || err).replace(/\d{5,}/g, 'N').slice(0, 100);
         bump(state.failures, key);
       }
     }
@@ -510,6 +510,16 @@ const commands = {
       });
     }
     return { members: out, now: now() };
+  },
+  async forget(c) {
+    // Members that never joined: stop them and expect nothing of them.
+    for (const i of c.indices) {
+      const m = state.members[i];
+      m.stopped = true;
+      m.rooms = [];
+      if (m.ws) m.ws.terminate();
+    }
+    return {};
   },
   async close_some(c) {
     // Close these members for good (no reconnect), wait, then make them ready to open again.
