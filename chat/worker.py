@@ -38,7 +38,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chat import persistconflicts, workerdb
+from chat import metrics, persistconflicts, workerdb
 from chat.backlogwatch import BacklogWatch
 from chat.events import Entry
 from chat.messagelog import MessageLog, PendingEntry
@@ -343,7 +343,10 @@ class Worker:
         self.stats.batches += 1
         self.stats.entries += written
         self.stats.skipped += skipped
-        self.stats.conflicts = persistconflicts.recorded_count()
+        conflicts = persistconflicts.recorded_count()
+        metrics.unstored_recorded(conflicts - self.stats.conflicts)
+        self.stats.conflicts = conflicts
+        metrics.persisted(entries)
         rooms = sorted({item.entry.room_id for item in items})
         self._batch.clear()
         logger.debug("persisted a batch of %d entries (rooms %s)", written, rooms)
@@ -362,6 +365,7 @@ class Worker:
             except Exception as exc:
                 # Any failure: an outage, a lock timeout, a row that raced with
                 # a deletion. Nothing was committed; the entries stay pending.
+                metrics.worker_write_failed()
                 if self._past_stop_deadline():
                     return None
                 delay = self._db.failed(exc, f"{len(entries)} entries wait in Redis, unacknowledged")

@@ -2,7 +2,7 @@
 
 * ``lifespan`` goes to the FastAPI app: Django's handler refuses it, and a
   mounted sub-app would never see it, so the dispatcher hands it over itself.
-* ``websocket`` (``/ws``), ``/healthz`` and the JSON API (``/api/...``) go to
+* ``websocket`` (``/ws``), ``/healthz``, ``/readyz``, ``/metrics`` and the JSON API (``/api/...``) go to
   the FastAPI app; HEAD under ``/api/`` is answered as GET without a body. A ``/ws``
   socket goes straight to the app's endpoint: Starlette's middleware stack
   would wrap every frame the server sends on it (measured at about 4% of the
@@ -41,6 +41,7 @@ fastapi_application = create_app()
 _ws_endpoint = fastapi_application.state.ws_endpoint
 _api = head_as_get(fastapi_application)
 static_application = create_static_app()
+_FASTAPI_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _static_prefix = settings.STATIC_URL if settings.STATIC_URL.startswith("/") else "/" + settings.STATIC_URL
 
 
@@ -52,7 +53,7 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
             await static_application(scope, receive, send)
         elif path.startswith("/api/") or path == "/api":
             await _api(scope, receive, send)
-        elif path == "/healthz":
+        elif path in _FASTAPI_PATHS:
             await fastapi_application(scope, receive, send)
         else:
             await _django(scope, receive, send)

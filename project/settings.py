@@ -380,6 +380,22 @@ KAIWA_WORKER_BATCH_MS = _env_int("KAIWA_WORKER_BATCH_MS", 50, minimum=0)
 KAIWA_WORKER_CLAIM_IDLE_MS = _env_int("KAIWA_WORKER_CLAIM_IDLE_MS", 30000)
 KAIWA_WORKER_BACKLOG_WARN = _env_int("KAIWA_WORKER_BACKLOG_WARN", 10000)
 
+# Operations (protocol.md 7.7, docs/operations.md) ------------------------------
+
+# GET /metrics answers only "Authorization: Bearer <token>"; empty: /metrics is 404.
+KAIWA_METRICS_TOKEN = os.environ.get("KAIWA_METRICS_TOKEN", "").strip()
+# Where the processes of one server share their figures (prometheus-client's
+# multi-process mode); empty: uvicorn --workers N gets a private directory of
+# its own (chat/metricsmode.py). PROMETHEUS_MULTIPROC_DIR is honoured too.
+KAIWA_METRICS_DIR = (
+    os.environ.get("KAIWA_METRICS_DIR", "").strip() or os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or None
+)
+KAIWA_METRICS_SAMPLE_SECONDS = _env_float("KAIWA_METRICS_SAMPLE_SECONDS", 5.0, minimum=0.1)
+# GET /readyz is 503 past these (0 turns the lag check off), or when a check takes longer than the timeout.
+KAIWA_READY_MAX_BACKLOG = _env_int("KAIWA_READY_MAX_BACKLOG", 10000)
+KAIWA_READY_MAX_LAG_SECONDS = _env_float("KAIWA_READY_MAX_LAG_SECONDS", 0.0, minimum=0.0)
+KAIWA_READY_TIMEOUT_SECONDS = _env_float("KAIWA_READY_TIMEOUT_SECONDS", 2.0, minimum=0.05)
+
 # Attachments (protocol.md 7.3) ------------------------------------------------
 
 # Uploaded files live in the "attachments" storage: by default a directory

@@ -1,5 +1,7 @@
 """The FastAPI app: ``/ws``, ``/healthz``, the JSON API ``/api/*`` (``wsapp/api/``), and the process lifespan.
 
+``/readyz`` and ``/metrics`` are ``wsapp/metricsroute.py``'s.
+
 The lifespan owns every long-lived resource of a server process: the embedded
 development Redis (if any), the Redis clients, the hub that fans messages out
 to this process's sockets, and the embedded persistence worker.
@@ -7,6 +9,7 @@ to this process's sockets, and the embedded persistence worker.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -21,16 +24,20 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from chat import embedded_redis
+from chat import embedded_redis, metrics
+from chat.epochs import DatabaseEpochs
 from chat.logkeys import CONTROL_CHANNEL
 from chat.messagelog import MessageLog
 from chat.redisclient import make_async_client
 from chat.worker import Worker
-from wsapp import api
+from wsapp import api, metricsroute
 from wsapp.connection import Connection
+from wsapp.dbthread import db_ready
 from wsapp.endpoint import Endpoint
 from wsapp.hub import Hub
+from wsapp.metricssampler import sample_loop
 from wsapp.presence import RedisPresence, process_id
+from wsapp.readiness import Readiness
 from wsapp.relay import RedisRelay
 
 logger = logging.getLogger("kaiwa.app")
@@ -53,7 +60,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.KAIWA_EMBEDDED_REDIS_SOCKET is not None:
         embedded = embedded_redis.ensure_running(settings.KAIWA_EMBEDDED_REDIS_SOCKET)
     client = make_async_client()
-    log = MessageLog(client, dedup_seconds=settings.KAIWA_DEDUP_SECONDS, stream_keep=settings.KAIWA_STREAM_KEEP)
+    log = MessageLog(
+        client,
+        dedup_seconds=settings.KAIWA_DEDUP_SECONDS,
+        stream_keep=settings.KAIWA_STREAM_KEEP,
+        epoch_store=DatabaseEpochs(prepare=db_ready),
+    )
     runtime = Runtime(redis=client, log=log)
     # The hub: this process's pub/sub reader and sockets (stopped first: it drains sends, closes sockets with 1012).
     Connection.write_through = settings.KAIWA_WS_WRITE_THROUGH
@@ -63,6 +75,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await hub.start()
     runtime.hub = hub
     runtime.components["hub"] = hub
+    # /readyz and /metrics (wsapp/metricsroute.py); queue depth and Redis round trips sampled meanwhile.
+    metrics.process_started()
+    readiness = Readiness(redis=client, log=log, hub=hub)
+    runtime.components["readiness"] = readiness
+    sampler = asyncio.create_task(sample_loop(hub, client), name="metrics-sampler")
     app.state.runtime = runtime
     # The embedded persistence worker; KAIWA_WORKER_EMBEDDED=0 leaves it to `manage.py chatworker`.
     worker = Worker(redis=client) if settings.KAIWA_WORKER_EMBEDDED else None
@@ -73,7 +90,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("startup complete (pid %s)", os.getpid())
         yield
     finally:
+        sampler.cancel()
         await hub.stop()
+        readiness.close()
         if worker is not None:
             await worker.close()  # writes and acknowledges its current batch first
         app.state.runtime = None
@@ -88,6 +107,7 @@ def create_app() -> FastAPI:
     endpoint = Endpoint(app)
     app.state.ws_endpoint = endpoint
     api.install(app)  # /api/*: wsapp/api/
+    metricsroute.install(app)  # /metrics, /readyz
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -35,7 +35,7 @@ from typing import Any
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from chat import events, selectors
+from chat import events, metrics, selectors
 from chat.logkeys import CONTROL_CHANNEL, channel
 from chat.messagelog import Entry, Log
 from chat.models import Room
@@ -119,10 +119,13 @@ class Hub:
 
     def add(self, conn: Connection) -> None:
         self.connections.add(conn)
+        metrics.connection_opened()
         group_add(self.by_user, conn.user_id, conn)
         self.revocation.on_registered(conn)
 
     async def remove(self, conn: Connection) -> None:
+        if conn in self.connections:
+            metrics.connection_closed(conn.close_code)
         self.connections.discard(conn)
         group_discard(self.by_user, conn.user_id, conn)
         for slug in list(conn.subscriptions):
@@ -201,6 +204,7 @@ class Hub:
             self.revocation.on_joined(conn, room_id=state.room_id, checked_at=checked_at)
         backlog_size = 0 if since is None else last - since
         reset = since is not None and (since > last or backlog_size > settings.KAIWA_BACKLOG_LIMIT)
+        metrics.joined(since=since, reset=reset)
         joined = frames.joined(room=room.slug, last_seq=last, presence=present, reset=reset)
         if since is None or reset or backlog_size == 0:
             state.members[conn] = None
@@ -268,6 +272,7 @@ class Hub:
     def _deliver_entry(self, state: RoomState, entry: Entry) -> None:
         text, nbytes = frames.encode(frames.message(entry))
         state.last = entry.seq
+        metrics.fanout(len(state.members))
         self.deliver(state, text, nbytes)
 
     async def _on_message(self, state: RoomState, entry: Entry) -> None:
@@ -295,10 +300,12 @@ class Hub:
             # Lost for good (a Redis without persistence restarted before the
             # worker stored them). Members must reload: close them with 1011.
             logger.error("%s; closing the room's sockets with 1011 so clients resync", exc)
+            metrics.gap_lost()
             for conn in list(state.members):
                 conn.close(Close.SERVER_ERROR)
             state.last = upto
             return
+        metrics.gap_repaired(len(entries))
         for entry in entries:
             if entry.seq == state.last + 1:
                 self._deliver_entry(state, entry)

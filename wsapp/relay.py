@@ -25,6 +25,8 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from chat import metrics
+
 logger = logging.getLogger("kaiwa.relay")
 
 # A pub/sub connection that carried nothing for this long gets a PING; one that
@@ -135,6 +137,7 @@ class RedisRelay:
                 self._live.set()
                 if backoff > BACKOFF_FIRST_SECONDS:
                     logger.info("pub/sub reconnected; resubscribed %d channels", len(self.channels))
+                    metrics.relay_reconnected()
                 backoff = BACKOFF_FIRST_SECONDS
                 await self._read(pubsub)
             except asyncio.CancelledError:

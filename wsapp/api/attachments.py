@@ -21,7 +21,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from chat import attachmentstore, selectors, services, uploadrate
+from chat import attachmentstore, metrics, selectors, services, uploadrate
 from chat.models import Attachment
 from wsapp.api.deps import CurrentUser
 from wsapp.api.errors import NOT_FOUND, PRIVATE_HEADERS, ApiError, error_responses
@@ -110,6 +110,7 @@ async def attachment_upload(slug: str, request: Request, user: CurrentUser) -> A
             )
         except services.UploadRefused as exc:
             raise ApiError(_STATUS_OF.get(exc.code, 400), exc.code, exc.message) from None
+        metrics.upload_stored(attachment.size)
     finally:
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(workdir, ignore_errors=True))
     return AttachmentCreated(attachment=AttachmentOut.model_validate(selectors.attachment_dict(attachment)))
