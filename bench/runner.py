@@ -61,6 +61,9 @@ def plan(cfg: sc.Config, servers: list[str], only: set[str] | None, pg_ok: bool)
         return only is None or name in only
 
     out: list[Session] = []
+    # Sessions without a rising-rate scenario run after all the others: the run
+    # budget (cfg.run_budget_s) then never cuts a ramp short for them.
+    late: list[Session] = []
     main_fresh = cfg.idle_conns + cfg.storm_conns + 10
     # Kaiwa on uvicorn's other WebSocket implementations: the throughput scenarios only.
     variants = ["fanout", "many_rooms"]
@@ -102,13 +105,13 @@ def plan(cfg: sc.Config, servers: list[str], only: set[str] | None, pg_ok: bool)
         if cfg.mode == "quick" and kind == "relay":
             large = []
         if large:
-            out.append(Session(kind, Profile("large"), large, max(small, cfg.slow_large_conns)))
+            late.append(Session(kind, Profile("large"), large, max(small, cfg.slow_large_conns)))
         if kind in ("kaiwa", "channels"):
             if want("persist_sqlite") and not quick_persist:
-                out.append(Session(kind, Profile("default", "sqlite"), ["persist_sqlite"], 20))
+                late.append(Session(kind, Profile("default", "sqlite"), ["persist_sqlite"], 20))
             if want("persist_postgres") and pg_ok:
-                out.append(Session(kind, Profile("default", "postgres"), ["persist_postgres"], 20))
-    return out
+                late.append(Session(kind, Profile("default", "postgres"), ["persist_postgres"], 20))
+    return out + late
 
 
 class Progress:
