@@ -219,7 +219,7 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         rows = []
         for kind, e in entries(results, "storm"):
             if "error" in e:
-                rows.append([label(kind), "error: " + e["error"][:80], *["-"] * 9])
+                rows.append([label(kind), "error: " + e["error"][:80], *["-"] * 8])
                 continue
             r = e["result"]
             by = r["bystander"]
@@ -262,7 +262,7 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         rows = []
         for kind, e in entries(results, "restart"):
             if "error" in e:
-                rows.append([label(kind), "error: " + e["error"][:80], *["-"] * 7])
+                rows.append([label(kind), "error: " + e["error"][:80], *["-"] * 6])
                 continue
             r = e["result"]
             d = r["deliveries"]["normal"]
@@ -304,7 +304,7 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         rows = []
         for kind, e in entries(results, scenario):
             if "error" in e:
-                rows.append([label(kind), "error: " + e["error"][:80], *["-"] * 8])
+                rows.append([label(kind), "error: " + e["error"][:80], *["-"] * 7])
                 continue
             for p in e["result"]:
                 d = p["deliveries"]["normal"]
@@ -348,7 +348,7 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         rows = []
         for kind, e in entries(results, scenario):
             if "error" in e:
-                rows.append([label(kind), "error: " + e["error"][:80], *["-"] * 7])
+                rows.append([label(kind), "error: " + e["error"][:80], *["-"] * 6])
                 continue
             r = e["result"]
             dn, ds = r["deliveries"]["normal"], r["deliveries"]["slow"]
