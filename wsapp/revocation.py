@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 
 from chat import selectors
-from wsapp import auth, frames
+from wsapp import auth, frames, userevents
 from wsapp.connection import Connection
 from wsapp.dbthread import db_ready
 from wsapp.errors import Close
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("kaiwa.hub")
 
 # A "user changed" control event is re-checked after this delay, so a password
-# change in one browser has stored its new session hash before we look.
+# change in one browser has stored its new session hash before we look; room
+# access events are re-checked at once and again after it (see _access_changed).
 RECHECK_DELAY_SECONDS = 0.5
 # A re-check that fails (database busy or down) is retried after these delays,
 # then left to the periodic re-check.
@@ -72,17 +73,21 @@ class Revocation:
             event = json.loads(data)
             kind = event.get("kind")
             now = time.monotonic()
+            if kind in userevents.KINDS:
+                # Not a revocation: a room the user can newly see, no longer see, or that was renamed.
+                userevents.on_control(self.hub, event)
+                return
             if kind == "access":
                 # A membership ended: re-check that user's sockets in that room.
                 room_id = int(event["room_id"])
                 self._note(self._room_events, room_id, now)
-                self.hub.spawn(self._recheck_access_of(user_id=int(event["user_id"]), room_id=room_id))
+                self._access_changed(user_id=int(event["user_id"]), room_id=room_id)
                 return
             if kind == "room":
                 # A room was made private or deleted: re-check every socket joined to it.
                 room_id = int(event["room_id"])
                 self._note(self._room_events, room_id, now)
-                self.hub.spawn(self._recheck_access_of(user_id=None, room_id=room_id))
+                self._access_changed(user_id=None, room_id=room_id)
                 return
             user_id = int(event["user_id"])
         except (ValueError, KeyError, TypeError, AttributeError):
@@ -105,6 +110,16 @@ class Revocation:
         if len(events) > 10_000:  # only recent events matter (a check-to-register window)
             for k in [k for k, t in events.items() if now - t > 120]:
                 del events[k]
+
+    def _access_changed(self, *, user_id: int | None, room_id: int) -> None:
+        """Re-check now, and again after RECHECK_DELAY_SECONDS.
+
+        The signals publish from inside the transaction that changes the rows
+        (a room's deletion deletes its memberships first), so the first check
+        can still see them; the second one sees the committed state.
+        """
+        self.hub.spawn(self._recheck_access_of(user_id=user_id, room_id=room_id))
+        self.hub.spawn(self._recheck_access_of(user_id=user_id, room_id=room_id, delay=RECHECK_DELAY_SECONDS))
 
     def on_control_subscribed(self) -> None:
         """The control channel is (re)subscribed: events published while it was not are lost, so re-check."""
@@ -175,8 +190,10 @@ class Revocation:
                 logger.exception("periodic room access re-check failed")
 
     async def _recheck_access_of(
-        self, *, user_id: int | None, room_id: int, conns: list[Connection] | None = None
+        self, *, user_id: int | None, room_id: int, conns: list[Connection] | None = None, delay: float = 0.0
     ) -> None:
+        if delay:
+            await asyncio.sleep(delay)
         for retry in RECHECK_RETRY_SECONDS:
             state = self.hub.rooms.get(room_id)
             if state is None:
