@@ -15,7 +15,7 @@ from typing import Any
 from django.conf import settings
 from starlette.types import Receive, Scope, Send
 
-from chat import selectors, services
+from chat import metrics, selectors, services
 from chat.messagelog import RateLimit
 from wsapp import auth, frames, schemas
 from wsapp.connection import Connection, Phase
@@ -43,12 +43,14 @@ class Endpoint:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         try:
             accepted = await self._handshake(scope, receive, send)
         except OSError as exc:
             # The client went away mid-handshake (uvicorn's ClientDisconnected is an OSError).
             logger.debug("connection ended by %r", exc)
             return
+        metrics.handshake(started, accepted is not None)
         if accepted is None:
             return
         hub, conn = accepted
@@ -145,6 +147,7 @@ class Endpoint:
             logger.warning("connection %s (user %s) sends too many bad frames; closing 1008", conn.id, conn.user_id)
             conn.close(Close.POLICY, "too many bad frames")
             return
+        metrics.refused(BAD_REQUEST, "invalid")
         conn.put_frame(frames.error(Refused(BAD_REQUEST, message), ref=ref, room=room))
 
     async def _handle(self, hub: Hub, conn: Connection, budget: FrameBudget, text: str) -> None:
@@ -177,6 +180,7 @@ class Endpoint:
             if refusal.code == BAD_REQUEST and not budget.bad_frame():
                 conn.close(Close.POLICY, "too many bad frames")
                 return
+            metrics.refused(refusal.code, type(request).__name__.lower())
             conn.put_frame(frames.error(refusal, ref=request.ref, room=room))
 
     async def _join(self, hub: Hub, conn: Connection, request: schemas.Join) -> None:
@@ -191,6 +195,7 @@ class Endpoint:
         await hub.join(conn, room, request.since, checked_at=checked_at)
 
     async def _send(self, hub: Hub, conn: Connection, request: schemas.Send) -> None:
+        started = time.perf_counter()
         subscription = conn.subscriptions.get(request.room)
         if subscription is None:
             raise Refused(NOT_JOINED, f"Join the room {request.room!r} before sending to it.")
@@ -209,3 +214,4 @@ class Endpoint:
             conn.put_frame(
                 frames.ack(room=subscription.slug, client_id=request.client_id, seq=result.seq, ts_ms=result.ts_ms)
             )
+            metrics.acked(started)
