@@ -23,6 +23,11 @@ slug_validator = RegexValidator(
 )
 
 
+class RoomKind(models.TextChoices):
+    ROOM = "room", "room"
+    DM = "dm", "direct conversation"
+
+
 class Room(models.Model):
     slug = models.SlugField(max_length=64, unique=True, validators=[slug_validator])
     name = models.CharField(max_length=100)
@@ -31,6 +36,11 @@ class Room(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # A direct conversation (protocol.md 7.5) is a private room of two members;
+    # dm_key ("<smaller user id>:<larger user id>") is unique, so two first
+    # uses at the same moment make one room.
+    kind = models.CharField(max_length=8, choices=RoomKind.choices, default=RoomKind.ROOM, db_default=RoomKind.ROOM)
+    dm_key = models.CharField(max_length=64, null=True, blank=True, editable=False, unique=True)
     members: models.ManyToManyField[User, Membership] = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="chat_rooms"
     )

@@ -37,6 +37,7 @@ from django.contrib.sessions.models import Session
 from django.db.models.signals import post_delete, post_init, post_save
 from django.dispatch import receiver
 
+from chat import roomevents
 from chat.authcache import invalidate_sessions, invalidate_users
 from chat.messagelog import CONTROL_CHANNEL
 from chat.models import Membership, Room
@@ -157,3 +158,91 @@ _user_model = get_user_model()
 post_init.connect(_on_user_init, sender=_user_model, dispatch_uid="kaiwa_user_init")
 post_save.connect(_on_user_saved, sender=_user_model, dispatch_uid="kaiwa_user_saved")
 post_delete.connect(_on_user_deleted, sender=_user_model, dispatch_uid="kaiwa_user_deleted")
+
+
+# -- the user's own room events (protocol.md 7.5, chat.roomevents) ----------------------
+
+_ROOM_SEEN = "_kaiwa_room_seen"
+
+
+@receiver(post_init, sender=Room, dispatch_uid="kaiwa_room_seen")
+def _on_room_seen(sender: Any, instance: Room, **kwargs: Any) -> None:
+    fields = instance.__dict__
+    setattr(instance, _ROOM_SEEN, (fields.get("name"), fields.get("private")))
+
+
+@receiver(post_save, sender=Room, dispatch_uid="kaiwa_room_events")
+def on_room_changed(sender: Any, instance: Room, created: bool, raw: bool = False, **kwargs: Any) -> None:
+    """A room created, renamed, or made public or private: tell who can now (or no longer) see it."""
+    before_name, before_private = getattr(instance, _ROOM_SEEN, (None, None))
+    setattr(instance, _ROOM_SEEN, (instance.name, instance.private))
+    if raw:
+        return
+    room_id = instance.pk
+    if created or (before_private is True and not instance.private):
+
+        def added() -> dict[str, Any] | None:
+            room = Room.objects.filter(pk=room_id).first()
+            if room is None:
+                return None
+            # A private room's members were added in the same transaction (bulk_create sends no signal).
+            users = roomevents.member_ids(room_id) if room.private else None
+            return roomevents.event(roomevents.ADDED, room_id=room_id, room=roomevents.room_dict(room), users=users)
+
+        roomevents.publish_on_commit(added)
+        return
+    if instance.private and before_private is False:
+        slug = instance.slug
+
+        def removed() -> dict[str, Any]:
+            members = roomevents.member_ids(room_id)
+            return roomevents.event(roomevents.REMOVED, room_id=room_id, room=slug, everyone_except=members)
+
+        roomevents.publish_on_commit(removed)
+        return
+    if before_name is not None and before_name != instance.name:
+
+        def updated() -> dict[str, Any] | None:
+            room = Room.objects.filter(pk=room_id).first()
+            if room is None:
+                return None
+            users = roomevents.member_ids(room_id) if room.private else None
+            return roomevents.event(roomevents.UPDATED, room_id=room_id, room=roomevents.room_dict(room), users=users)
+
+        roomevents.publish_on_commit(updated)
+
+
+@receiver(post_save, sender=Membership, dispatch_uid="kaiwa_membership_added")
+def on_membership_added(sender: Any, instance: Membership, created: bool, raw: bool = False, **kwargs: Any) -> None:
+    """Someone added to a private room (room_member_add, the admin inline) now sees it."""
+    if not created or raw:
+        return
+    room_id, user_id = instance.room_id, instance.user_id
+
+    def added() -> dict[str, Any] | None:
+        room = Room.objects.filter(pk=room_id, private=True).first()
+        if room is None or not Membership.objects.filter(room_id=room_id, user_id=user_id).exists():
+            return None
+        return roomevents.event(roomevents.ADDED, room_id=room_id, room=roomevents.room_dict(room), users=[user_id])
+
+    roomevents.publish_on_commit(added)
+
+
+@receiver(post_delete, sender=Membership, dispatch_uid="kaiwa_membership_removed")
+def on_membership_removed(sender: Any, instance: Membership, **kwargs: Any) -> None:
+    """Someone removed from a private room (or the room deleted) no longer sees it."""
+    # Read now: when the room itself is being deleted, its row goes right after its memberships.
+    row = Room.objects.filter(pk=instance.room_id).values_list("slug", "private").first()
+    if row is None or not row[1]:
+        return
+    data = roomevents.event(roomevents.REMOVED, room_id=instance.room_id, room=row[0], users=[instance.user_id])
+    roomevents.publish_on_commit(lambda: data)
+
+
+@receiver(post_delete, sender=Room, dispatch_uid="kaiwa_room_removed")
+def on_room_removed(sender: Any, instance: Room, **kwargs: Any) -> None:
+    """A public room deleted disappears for everybody (a private room's members are told per membership)."""
+    if instance.private:
+        return
+    data = roomevents.event(roomevents.REMOVED, room_id=instance.pk, room=instance.slug, everyone_except=())
+    roomevents.publish_on_commit(lambda: data)

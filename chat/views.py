@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 
-from chat import selectors, services
+from chat import roomevents, selectors, services
 from chat.forms import MemberAddForm, RoomCreateForm, SignupForm
 from chat.models import Room
 from chat.paging import BadParameter, parse_before
@@ -84,7 +84,6 @@ def room_detail(request: HttpRequest, slug: str) -> HttpResponse:
     history, has_more = selectors.message_page(room=room, before=before, limit=settings.KAIWA_HISTORY_PAGE_SIZE)
     frames = [selectors.message_frame(m, slug=room.slug) for m in history]
     rooms = selectors.room_list_for_user(user=request.user)
-    last_seqs = selectors.room_last_seqs(room_ids=[r.pk for r in rooms])
     context = {
         "room": room,
         # The live client binds to this markup (chat/static/chat/js/view.js):
@@ -105,9 +104,7 @@ def room_detail(request: HttpRequest, slug: str) -> HttpResponse:
         # With ?before= the page is a look at older history, not the live view.
         "archive": before is not None,
         # The sidebar: every room the user may see, with the seq the unread counts start from.
-        "rooms": [
-            {"slug": r.slug, "name": r.name, "private": r.private, "last_seq": last_seqs.get(r.pk, 0)} for r in rooms
-        ],
+        "rooms": roomevents.room_dicts(rooms),
         "can_manage": room.private and room.created_by_id == request.user.pk,
         "client_config": _client_config(request, room, has_more=has_more),
     }

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 
 from chat import selectors
-from wsapp import auth, frames
+from wsapp import auth, frames, userevents
 from wsapp.connection import Connection
 from wsapp.dbthread import db_ready
 from wsapp.errors import Close
@@ -73,6 +73,10 @@ class Revocation:
             event = json.loads(data)
             kind = event.get("kind")
             now = time.monotonic()
+            if kind in userevents.KINDS:
+                # Not a revocation: a room the user can newly see, no longer see, or that was renamed.
+                userevents.on_control(self.hub, event)
+                return
             if kind == "access":
                 # A membership ended: re-check that user's sockets in that room.
                 room_id = int(event["room_id"])

@@ -503,7 +503,7 @@ def test_first_time_user_flow_under_uvicorn(start_server):
         assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
         api = browser.get("/api/rooms/")
         assert api.json() == {
-            "rooms": [{"slug": "kaiwa-lounge", "name": "Kaiwa lounge", "private": False, "last_seq": 0}]
+            "rooms": [{"slug": "kaiwa-lounge", "name": "Kaiwa lounge", "private": False, "last_seq": 0, "kind": "room"}]
         }
         admin = browser.get("/admin/chat/room/")
         assert admin.status_code == 200 and "Kaiwa lounge" in admin.text

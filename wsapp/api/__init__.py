@@ -12,7 +12,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from wsapp.api import attachments, errors, rooms
+from wsapp.api import attachments, dms, errors, rooms
 from wsapp.api.deps import CurrentUser, csrf_protect, current_user, no_store
 
 __all__ = ["CurrentUser", "api_router", "csrf_protect", "current_user", "head_as_get", "install", "router"]
@@ -21,7 +21,7 @@ PREFIX = "/api"
 OPENAPI_URL = PREFIX + "/openapi.json"
 
 # Every endpoint module's router. Adding one is one line here.
-ROUTERS: tuple[APIRouter, ...] = (rooms.router, attachments.router)
+ROUTERS: tuple[APIRouter, ...] = (rooms.router, attachments.router, dms.router)
 
 
 def api_router(*routers: APIRouter) -> APIRouter:

@@ -23,6 +23,10 @@ class Room(BaseModel):
     last_seq: int = Field(
         description="The highest stored seq (0: none). The live stream may be ahead by the worker's delay."
     )
+    kind: Literal["room", "dm"] = Field("room", description='"dm": a direct conversation (protocol.md 7.5).')
+    members: list[User] | None = Field(
+        None, description="A direct conversation's two members (one, for a conversation with oneself)."
+    )
 
 
 class RoomList(BaseModel):

@@ -11,7 +11,7 @@ from typing import Annotated
 from asgiref.sync import sync_to_async
 from fastapi import APIRouter, Depends, Query, Request
 
-from chat import paging, selectors
+from chat import paging, roomevents, selectors
 from wsapp.api.deps import CurrentUser
 from wsapp.api.errors import BAD_REQUEST, NOT_FOUND, ApiError, V1ErrorRoute, error_responses
 from wsapp.api.models import Message, MessagePage, Room, RoomList
@@ -19,19 +19,15 @@ from wsapp.api.models import Message, MessagePage, Room, RoomList
 router = APIRouter(route_class=V1ErrorRoute, tags=["rooms"], responses=error_responses(403, "4XX", v1=True))
 
 
-@router.get("/rooms/", response_model=RoomList)
+@router.get("/rooms/", response_model=RoomList, response_model_exclude_none=True)
 async def room_list(user: CurrentUser) -> RoomList:
     """The rooms the user may see (public ones and private ones they belong to), with their last stored seq."""
     rooms = await sync_to_async(selectors.room_list_for_user)(user=user)
     # last_seq is the database's: the live sequence (Redis) may be ahead until
     # the worker has stored the newest messages; a client closes that gap by
     # joining with since=last_seq.
-    last = await sync_to_async(selectors.room_last_seqs)(room_ids=[room.pk for room in rooms])
-    return RoomList(
-        rooms=[
-            Room(slug=room.slug, name=room.name, private=room.private, last_seq=last.get(room.pk, 0)) for room in rooms
-        ]
-    )
+    dicts = await sync_to_async(roomevents.room_dicts)(rooms)
+    return RoomList(rooms=[Room.model_validate(d) for d in dicts])
 
 
 def strict_paging(request: Request) -> None:

@@ -36,9 +36,9 @@ def test_room_list_shape_and_last_seq(api_alice: Api, alice, make_user, lobby):
     assert response.headers["Content-Type"] == "application/json"
     assert response.json() == {
         "rooms": [
-            {"slug": "empty", "name": "Empty", "private": False, "last_seq": 0},
-            {"slug": "lobby", "name": "Lobby", "private": False, "last_seq": 120},
-            {"slug": "secret", "name": "Secret", "private": True, "last_seq": 0},
+            {"slug": "empty", "name": "Empty", "private": False, "last_seq": 0, "kind": "room"},
+            {"slug": "lobby", "name": "Lobby", "private": False, "last_seq": 120, "kind": "room"},
+            {"slug": "secret", "name": "Secret", "private": True, "last_seq": 0, "kind": "room"},
         ]
     }
 
