@@ -6,10 +6,10 @@ the route that serves it is ``wsapp/metricsroute.py``. Figures that any
 process can read from Redis or the database (the worker's backlog, unstored
 conflicts) are not counted here: the route reads them when it is scraped.
 
-Cost on the hot path: the fan-out counts one call per message (deliveries
-are added by the room's member count, never once per socket), and labelled
-children are looked up once and kept, so a call is a couple of
-increments (docs/operations.md, "Cost").
+Cost on the hot path: the fan-out counts once per message (deliveries are
+added by the room's member count, never once per socket) into plain integers
+that ``flush()`` moves into the counters every few seconds; labelled children
+are looked up once and kept (docs/operations.md, "Cost").
 """
 
 from __future__ import annotations
@@ -186,10 +186,30 @@ def refused(code: str, frame: str) -> None:
     child.inc()
 
 
+# The fan-out runs once per message per process: it adds to plain integers, and
+# flush() (the sampler, and the process answering a scrape) moves them into the
+# counters; an increment there takes a lock and, with several processes, writes
+# a memory-mapped file (docs/operations.md, "Cost").
+_unflushed_fanouts = 0
+_unflushed_deliveries = 0
+
+
 def fanout(members: int) -> None:
-    FANOUTS.inc()
-    if members:
-        DELIVERIES.inc(members)
+    """One message delivered to ``members`` local sockets (call from the event loop)."""
+    global _unflushed_fanouts, _unflushed_deliveries
+    _unflushed_fanouts += 1
+    _unflushed_deliveries += members
+
+
+def flush() -> None:
+    """Move what the fan-out counted into the counters (from the event loop's thread)."""
+    global _unflushed_fanouts, _unflushed_deliveries
+    fanouts, deliveries = _unflushed_fanouts, _unflushed_deliveries
+    _unflushed_fanouts = _unflushed_deliveries = 0
+    if fanouts:
+        FANOUTS.inc(fanouts)
+    if deliveries:
+        DELIVERIES.inc(deliveries)
 
 
 def gap_repaired(messages: int) -> None:
@@ -215,6 +235,7 @@ def redis_roundtrip(seconds: float | None) -> None:
 
 
 def sampled(*, queued_frames: int, queued_max: int, relay_connected: bool) -> None:
+    flush()
     QUEUED_FRAMES.set(queued_frames)
     QUEUED_MAX.set(queued_max)
     RELAY_CONNECTED.set(1 if relay_connected else 0)

@@ -107,6 +107,7 @@ def install(app: FastAPI) -> None:
         if readiness is None:
             return PlainTextResponse("503: the server is starting; scrape again shortly.\n", status_code=503)
         live = await readiness.live()
+        metrics.flush()  # this process's fan-out counts; the others' come with their sampler
         body = await anyio.to_thread.run_sync(exposition, live)
         return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
 
