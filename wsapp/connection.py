@@ -117,6 +117,7 @@ class Subscription:
     room_id: int
     slug: str
     last_typing: float = 0.0
+    present: bool = True  # joined with presence (protocol.md 7.5): makes the user present in the room
 
 
 @dataclass(eq=False, slots=True)
