@@ -116,8 +116,8 @@ def install(app: FastAPI) -> None:
         """For load balancers: 200 while this process can take new sockets, else 503 with the reasons."""
         readiness = _readiness(app)
         if readiness is None:
-            body = {"status": "not_ready", "reason": "starting: the ASGI lifespan startup has not run", "reasons": []}
-            body["reasons"] = [body["reason"]]
+            reason = "starting: the ASGI lifespan startup has not run"
+            body = {"status": "not_ready", "reason": reason, "reasons": [reason]}
             return JSONResponse(body, status_code=503, headers={"Cache-Control": "no-store"})
         ready, body = await readiness.verdict()
         return JSONResponse(body, status_code=200 if ready else 503, headers={"Cache-Control": "no-store"})

@@ -21,7 +21,7 @@ Counter("kaiwa_test_seen", "seen").inc(5)
 """
 
 
-def _decide_in_child(base: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _decide_in_child(base: str, out: multiprocessing.Queue) -> None:
     mode = metricsmode.decide(None, base=Path(base))
     out.put((str(mode.directory), mode.source, os.getppid()))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -14,6 +15,11 @@ from tests.wsapp.conftest import TIMEOUT, close_code, connect, join, recv_until,
 from wsapp.metricsroute import token_accepted
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def acked(client_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda frame: frame["type"] == "ack" and frame["client_id"] == client_id
+
 
 TOKEN = "s3cret-metrics-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -88,7 +94,7 @@ def test_real_traffic_shows_in_the_figures(start_server: Any, make_user: Any, ai
         await join(b, "lobby")
         for i in range(3):
             await send(a, {"type": "send", "room": "lobby", "body": f"m{i}", "client_id": f"c{i}"})
-            await recv_until(a, lambda f, i=i: f["type"] == "ack" and f["client_id"] == f"c{i}")
+            await recv_until(a, acked(f"c{i}"))
         await recv_until(b, lambda f: f["type"] == "message" and f["body"] == "m2")
         await send(a, {"type": "send", "room": "elsewhere", "body": "x", "client_id": "nope"})
         await recv_until(a, lambda f: f["type"] == "error" and f["code"] == "not_joined")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -13,6 +14,10 @@ from tests.wsapp.conftest import TIMEOUT, connect, join, recv_until, send, sessi
 from wsapp.readiness import Live, reasons
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def acked(client_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda frame: frame["type"] == "ack" and frame["client_id"] == client_id
 
 
 def readyz(base: str) -> httpx.Response:
@@ -82,7 +87,7 @@ def test_a_backlog_above_the_limit_makes_it_not_ready(start_server: Any, make_us
         await join(ws, "lobby")
         for i in range(3):
             await send(ws, {"type": "send", "room": "lobby", "body": f"m{i}", "client_id": f"c{i}"})
-            await recv_until(ws, lambda f, i=i: f["type"] == "ack" and f["client_id"] == f"c{i}")
+            await recv_until(ws, acked(f"c{i}"))
 
     aio(three())
     response = readyz(server.http)
