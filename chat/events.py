@@ -8,7 +8,11 @@ each a JSON object whose short key ``k`` says which:
   fields (its id is ``0-<seq>``);
 * ``p``, presence: a user's first connection joined the room, or their last
   one left (the presence scripts publish it);
-* ``t``, typing: ephemeral, published by the hub.
+* ``t``, typing: ephemeral, published by the hub;
+* ``e``, an epoch change (protocol.md 7.1): the seed script set a new epoch
+  and the room's sequence resumes above ``seq``; published before any message
+  of that epoch. Messages carry their epoch as ``ep`` (written by the append
+  script, not one of the message's own fields).
 
 The Lua scripts do not know the field names of a message: this module hands
 them the ``(name, value)`` pairs to store and publish (``message_fields``), and
@@ -30,12 +34,14 @@ KIND = "k"
 MESSAGE = "m"
 PRESENCE = "p"
 TYPING = "t"
+EPOCH_CHANGE = "e"
 
 # Fields every event of a room carries besides a message's own fields.
 ROOM_ID = "rid"
 ROOM = "room"
 SEQ = "seq"
 TS = "ts"
+EPOCH = "ep"
 USER_ID = "uid"
 USERNAME = "un"
 # Presence: "join" or "leave".
@@ -85,6 +91,7 @@ class Entry:
     body: str
     client_id: str | None
     room: str | None = None
+    epoch: str = ""  # the room's epoch when the message was accepted ("" before epochs existed)
 
     @property
     def ts(self) -> str:
@@ -121,14 +128,19 @@ def entry_from_stream(room_id: int, slug: str | None, entry_id: bytes | str, fie
     """A stream entry (id ``0-<seq>``) as an Entry."""
     f = {_decode(k): _decode(v) for k, v in fields.items()}
     values = {attr: parse(f[key]) for attr, key, parse in _MESSAGE_FIELDS}
-    return Entry(room_id=room_id, room=slug, seq=seq_of(entry_id), ts_ms=int(f[TS]), **values)
+    return Entry(room_id=room_id, room=slug, seq=seq_of(entry_id), ts_ms=int(f[TS]), epoch=f.get(EPOCH, ""), **values)
 
 
 def entry_from_event(event: dict[str, Any]) -> Entry:
     """A published message event (``k == "m"``) as an Entry."""
     values = {attr: parse(str(event[key])) for attr, key, parse in _MESSAGE_FIELDS}
     return Entry(
-        room_id=int(event[ROOM_ID]), room=str(event[ROOM]), seq=int(event[SEQ]), ts_ms=int(event[TS]), **values
+        room_id=int(event[ROOM_ID]),
+        room=str(event[ROOM]),
+        seq=int(event[SEQ]),
+        ts_ms=int(event[TS]),
+        epoch=str(event.get(EPOCH, "")),
+        **values,
     )
 
 
@@ -162,8 +174,22 @@ def typing_event(*, user_id: int, username: str) -> str:
 PRESENCE_LEAVE_ARGS = (KIND, PRESENCE, PRESENCE_EVENT, "leave", USER_ID, USERNAME)
 
 
-def decode(data: bytes | str) -> Entry | UserSignal | None:
-    """A room event: an Entry (message), a UserSignal (presence with ``event``, typing without), or None (unknown)."""
+@dataclass(frozen=True, slots=True)
+class EpochChange:
+    """The room's state was re-seeded: epoch ``epoch``, its sequence resumes above ``base``."""
+
+    epoch: str
+    base: int
+
+
+def epoch_event(*, room_id: int, slug: str, epoch: str, base: int) -> str:
+    """The event the seed script publishes, as Python writes it (the in-memory log's twin)."""
+    return json.dumps({KIND: EPOCH_CHANGE, ROOM_ID: room_id, ROOM: slug, EPOCH: epoch, SEQ: base}, ensure_ascii=False)
+
+
+def decode(data: bytes | str) -> Entry | UserSignal | EpochChange | None:
+    """A room event: an Entry (message), a UserSignal (presence with ``event``, typing without),
+    an EpochChange, or None (unknown)."""
     event = json.loads(data)
     kind = event.get(KIND)
     if kind == MESSAGE:
@@ -172,6 +198,8 @@ def decode(data: bytes | str) -> Entry | UserSignal | None:
         return UserSignal(int(event[USER_ID]), str(event[USERNAME]), str(event[PRESENCE_EVENT]))
     if kind == TYPING:
         return UserSignal(int(event[USER_ID]), str(event[USERNAME]))
+    if kind == EPOCH_CHANGE:
+        return EpochChange(str(event[EPOCH]), int(event[SEQ]))
     return None
 
 
@@ -181,6 +209,8 @@ def message_event(entry: Entry) -> str:
     tests/chat/test_events.py checks that it decodes like what Redis publishes.
     """
     event: dict[str, Any] = {KIND: MESSAGE, ROOM_ID: entry.room_id, ROOM: entry.room, SEQ: entry.seq, TS: entry.ts_ms}
+    if entry.epoch:
+        event[EPOCH] = entry.epoch
     pairs = message_fields(user_id=entry.user_id, username=entry.username, body=entry.body, client_id=entry.client_id)
     event.update(zip(pairs[::2], pairs[1::2], strict=True))
     return json.dumps(event, ensure_ascii=False)

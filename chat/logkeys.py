@@ -20,6 +20,11 @@ def seq_key(room_id: int) -> str:
     return f"{room_tag(room_id)}:seq"
 
 
+def epoch_key(room_id: int) -> str:
+    """The room's epoch (protocol.md 7.1): present only while its Redis state continues the database's history."""
+    return f"{room_tag(room_id)}:epoch"
+
+
 def stream_key(room_id: int) -> str:
     return f"{room_tag(room_id)}:log"
 

@@ -6,26 +6,31 @@ Field and kind names of the events they store and publish come from
 
 from __future__ import annotations
 
-# KEYS: seq, stream, dedup, channel, bucket, rooms
-# ARGV: floor, ttl, has_dedup, room_id, slug, burst ('' = no limit), per_second, then the message's own
+# KEYS: seq, stream, dedup, channel, bucket, rooms, epoch
+# ARGV: epoch/known (the epoch the caller validated, '/', the highest seq it has seen), ttl, has_dedup,
+#       room_id, slug, burst ('' = no limit), per_second, then the message's own
 #       fields as name, value pairs (chat.events.message_fields: the script does not know their names)
-# -> {1, seq, ts} appended | {0, seq, ts} a duplicate of that one | {-1, 0, 0} floor needed
+# -> {1, seq, ts} appended | {0, seq, ts} a duplicate of that one | {-1, 0, 0} the room's state is not the
+#    epoch the caller validated (Redis lost it, another process re-seeded it, or the counter is below a
+#    seq the caller has seen: Redis was restored from an older copy): validate again
 #    | {-2, retry_after_ms, 0} rate limited
-# A duplicate and a floor request take no token: the retry that follows is the same send.
+# A duplicate and a refused epoch take no token: the retry that follows is the same send.
 # The bucket refills by the time elapsed on Redis's own clock, so the processes' clocks do not matter.
+# The epoch key exists only while the room's state is valid (protocol.md 7.1; chat.epochs seeds it):
+# checking it here is what makes every append validate the room's state without a database query.
 APPEND = """
+local sep = string.find(ARGV[1], '/', 1, true)
+local epoch = string.sub(ARGV[1], 1, sep - 1)
+local counter = redis.call('GET', KEYS[1])
+if redis.call('GET', KEYS[7]) ~= epoch or not counter or tonumber(counter) < tonumber(string.sub(ARGV[1], sep + 1)) then
+  return {-1, 0, 0}
+end
 if ARGV[3] == '1' then
   local seen = redis.call('GET', KEYS[3])
   if seen then
     local sep = string.find(seen, ':', 1, true)
     return {0, tonumber(string.sub(seen, 1, sep - 1)), tonumber(string.sub(seen, sep + 1))}
   end
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if ARGV[1] == '' then
-    return {-1, 0, 0}
-  end
-  redis.call('SET', KEYS[1], ARGV[1])
 end
 local t = redis.call('TIME')
 local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -57,16 +62,37 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
 end
 redis.call('SADD', KEYS[6], ARGV[4])
 local seq = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], '0-' .. seq, 'ts', ts, unpack(ARGV, 8))
+redis.call('XADD', KEYS[2], '0-' .. seq, 'ts', ts, 'ep', epoch, unpack(ARGV, 8))
 if ARGV[3] == '1' then
   redis.call('SET', KEYS[3], seq .. ':' .. ts, 'EX', ARGV[2])
 end
-local event = {k = 'm', rid = tonumber(ARGV[4]), room = ARGV[5], seq = seq, ts = ts}
+local event = {k = 'm', rid = tonumber(ARGV[4]), room = ARGV[5], seq = seq, ts = ts, ep = epoch}
 for i = 8, #ARGV, 2 do
   event[ARGV[i]] = ARGV[i + 1]
 end
 redis.call('PUBLISH', KEYS[4], cjson.encode(event))
 return {1, seq, ts}
+"""
+
+# KEYS: seq, epoch, channel
+# ARGV: the epoch the caller found ('' = none), the new epoch, floor, room_id, slug
+# -> {1, new epoch, base} seeded | {0, epoch, seq} the room's epoch is no longer the one the caller found
+# A compare-and-set, so two processes seeding one room agree on one epoch. The new epoch starts
+# above the floor and above the counter, whatever is left of it: seqs never go back. The epoch event
+# tells every process's hub (chat.events EPOCH) before any message of the new epoch is published.
+SEED = """
+local current = redis.call('GET', KEYS[2]) or ''
+if current ~= ARGV[1] then
+  return {0, current, tonumber(redis.call('GET', KEYS[1]) or '0')}
+end
+local base = tonumber(ARGV[3])
+local counter = tonumber(redis.call('GET', KEYS[1]) or '0')
+if counter > base then base = counter end
+redis.call('SET', KEYS[1], string.format('%d', base))
+redis.call('SET', KEYS[2], ARGV[2])
+local event = {k = 'e', rid = tonumber(ARGV[4]), room = ARGV[5], ep = ARGV[2], seq = base}
+redis.call('PUBLISH', KEYS[3], cjson.encode(event))
+return {1, ARGV[2], base}
 """
 
 # KEYS: stream, seq   ARGV: keep

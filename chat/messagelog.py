@@ -19,12 +19,15 @@ bundled server is 6.2). ``chat.memorylog.MemoryLog`` is the in-memory twin
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from django.conf import settings
 
-from chat import logscripts
+from chat import epochs, logscripts
 from chat.events import Entry, entry_from_stream, format_ts, message_fields, parse_ts, ts_ms_of
 from chat.logkeys import (
     CONTROL_CHANNEL,
@@ -33,12 +36,14 @@ from chat.logkeys import (
     bucket_key,
     channel,
     dedup_key,
+    epoch_key,
     room_id_from_stream_key,
     room_tag,
     seq_key,
     stream_key,
 )
 from chat.persistgroup import PendingEntry, PersistGroup, RoomBacklog
+from chat.redistopology import call_script_with_replicas
 
 __all__ = [
     "CONTROL_CHANNEL",
@@ -82,7 +87,9 @@ class RateLimit:
 
 
 class FloorNeeded(Exception):
-    """The room has no sequence in Redis (new room, or Redis lost its data)."""
+    """The room's Redis state is not one this process validated (a new room, Redis lost or restored it,
+    another process re-seeded it): append again with ``floor`` = max(highest stored seq, highest seen),
+    and the log settles the room's epoch first (``chat.epochs``)."""
 
 
 class RateLimited(Exception):
@@ -108,10 +115,15 @@ class Log(Protocol):
         token: str,
         token_seconds: int | None = None,
         floor: int | None = None,
+        known_last: int = 0,
         rate: RateLimit | None = None,
     ) -> AppendResult: ...
 
     async def last_seq(self, room_id: int) -> int | None: ...
+
+    async def room_state(self, room_id: int) -> tuple[str | None, int | None]: ...
+
+    async def settle(self, *, room_id: int, slug: str, floor: int) -> epochs.EpochState: ...
 
     async def read_range(
         self, *, room_id: int, slug: str | None, after: int, upto: int | None = None
@@ -121,10 +133,25 @@ class Log(Protocol):
 class MessageLog(PersistGroup):
     """The Redis side of the message history. One per process, sharing a pool."""
 
-    def __init__(self, client: aioredis.Redis, *, dedup_seconds: int, stream_keep: int) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        dedup_seconds: int,
+        stream_keep: int,
+        epoch_store: epochs.EpochStore | None = None,
+        ack_replicas: int | None = None,
+        ack_timeout_ms: int | None = None,
+    ) -> None:
         super().__init__(client, stream_keep=stream_keep)
         self.dedup_seconds = dedup_seconds
+        self.epoch_store: epochs.EpochStore = epoch_store or epochs.DatabaseEpochs()
+        # protocol.md 7.2: an ack waits for this many replicas (Redis WAIT), at most ack_timeout_ms.
+        self.ack_replicas = settings.KAIWA_ACK_REPLICAS if ack_replicas is None else ack_replicas
+        self.ack_timeout_ms = settings.KAIWA_ACK_REPLICA_TIMEOUT_MS if ack_timeout_ms is None else ack_timeout_ms
         self._append = client.register_script(logscripts.APPEND)
+        self._seed = client.register_script(logscripts.SEED)
+        self._epochs: dict[int, str] = {}  # room -> the epoch this process validated
 
     # -- writes -------------------------------------------------------------
 
@@ -140,6 +167,7 @@ class MessageLog(PersistGroup):
         token: str,
         token_seconds: int | None = None,
         floor: int | None = None,
+        known_last: int = 0,
         rate: RateLimit | None = None,
     ) -> AppendResult:
         """Append a message; raise ``FloorNeeded`` when the room's seq is unknown.
@@ -149,7 +177,14 @@ class MessageLog(PersistGroup):
         retry after a lost reply cannot create a second message. With ``rate``
         the message takes a token from the user's bucket first, or the append
         raises ``RateLimited``.
+        ``known_last``: the highest seq this process has seen in the room; a
+        counter below it (Redis restored from an older copy) is refused like a lost epoch.
         """
+        if floor is not None:
+            await self.settle(room_id=room_id, slug=slug, floor=floor)
+        epoch = self._epochs.get(room_id)
+        if epoch is None:
+            raise FloorNeeded(room_id)
         keys = [
             seq_key(room_id),
             stream_key(room_id),
@@ -157,9 +192,10 @@ class MessageLog(PersistGroup):
             channel(room_id),
             bucket_key(user_id),
             ROOMS_KEY,
+            epoch_key(room_id),
         ]
         args: list[str | int] = [
-            "" if floor is None else str(floor),
+            f"{epoch}/{known_last}",
             token_seconds or self.dedup_seconds,
             "1",
             room_id,
@@ -169,13 +205,55 @@ class MessageLog(PersistGroup):
             *message_fields(user_id=user_id, username=username, body=body, client_id=client_id),
         ]
 
-        result = await self._append(keys=keys, args=args)
+        result = await self._run_append(keys, args)
         status, seq, ts = (int(x) for x in result)
         if status == -1:
+            self._epochs.pop(room_id, None)  # lost, restored or re-seeded since this process validated it
             raise FloorNeeded(room_id)
         if status == -2:
             raise RateLimited(max(1, seq))
         return AppendResult(seq=seq, ts_ms=ts, duplicate=status == 0)
+
+    async def _run_append(self, keys: list[str], args: list[str | int]) -> Any:
+        if self.ack_replicas <= 0:
+            return await self._append(keys=keys, args=args)
+        replicated = await call_script_with_replicas(
+            self.client, self._append, keys=keys, args=args, replicas=self.ack_replicas, timeout_ms=self.ack_timeout_ms
+        )
+        if int(replicated.reply[0]) < 0:
+            return replicated.reply  # refused: no message was written, nothing to confirm
+        # Too few replicas in time: ReplicasDidNotConfirm (a RedisError), answered unavailable.
+        return replicated.confirmed_reply()
+
+    # -- epochs (chat.epochs) -------------------------------------------------
+
+    async def settle(self, *, room_id: int, slug: str, floor: int) -> epochs.EpochState:
+        """Validate the room's Redis state against the database (and ``floor``), re-seeding it if needed."""
+        return await epochs.settle(self, self.epoch_store, room_id=room_id, slug=slug, floor=floor)
+
+    async def room_state(self, room_id: int) -> tuple[str | None, int | None]:
+        """The room's epoch and latest seq in Redis (None where Redis has none)."""
+        epoch, seq = await self.client.mget([epoch_key(room_id), seq_key(room_id)])
+        return (None if epoch is None else epoch.decode()), (None if seq is None else int(seq))
+
+    async def preload_dedup(self, room_id: int, tokens: Sequence[epochs.StoredToken]) -> None:
+        if not tokens:
+            return
+        now_ms = int(time.time() * 1000)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for t in tokens:
+                ttl = epochs.dedup_ttl(t, self.dedup_seconds, now_ms)
+                # NX: a token Redis still holds is the same fact.
+                pipe.set(dedup_key(room_id, t.user_id, t.client_id), f"{t.seq}:{t.ts_ms}", ex=ttl, nx=True)
+            await pipe.execute()
+
+    async def seed(self, *, room_id: int, slug: str, found: str, new: str, floor: int) -> tuple[bool, str, int]:
+        keys = [seq_key(room_id), epoch_key(room_id), channel(room_id)]
+        status, epoch, base = await self._seed(keys=keys, args=[found, new, floor, room_id, slug])
+        return int(status) == 1, epoch.decode() if isinstance(epoch, bytes) else str(epoch), int(base)
+
+    def adopt(self, room_id: int, epoch: str) -> None:
+        self._epochs[room_id] = epoch
 
     # -- reads --------------------------------------------------------------
 

@@ -354,6 +354,7 @@ async def amessage_send(
                 token=token,
                 token_seconds=token_seconds,
                 floor=floor,
+                known_last=known_last or 0,
                 rate=rate,
             )
         except FloorNeeded:

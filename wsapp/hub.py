@@ -35,13 +35,12 @@ from typing import Any
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from chat import events, metrics, selectors
+from chat import events, metrics
 from chat.logkeys import CONTROL_CHANNEL, channel
 from chat.messagelog import Entry, Log
 from chat.models import Room
-from wsapp import backlog, frames
+from wsapp import backlog, epochsync, frames
 from wsapp.connection import Connection, Subscription
-from wsapp.dbthread import db_ready
 from wsapp.errors import Close, unavailable
 from wsapp.lifecycle import Lifecycle
 from wsapp.presence import Presence
@@ -59,6 +58,7 @@ class RoomState:
     room: Room
     channel: str
     last: int | None = None
+    epoch: str = ""  # the room's epoch (protocol.md 7.1) that ``last`` belongs to
     ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     # conn -> None when live, or the frames held back while its backlog is fetched
     members: dict[Connection, list[tuple[str, int]] | None] = field(default_factory=dict)
@@ -173,11 +173,21 @@ class Hub:
         if state.channel not in self.by_channel:
             self.relay.unsubscribe(state.channel)
 
-    async def join(self, conn: Connection, room: Room, since: int | None, *, checked_at: float | None = None) -> None:
+    async def join(
+        self,
+        conn: Connection,
+        room: Room,
+        since: int | None,
+        *,
+        checked_at: float | None = None,
+        epoch: str | None = None,
+    ) -> None:
         """Register ``conn`` in ``room`` and queue ``joined`` (+ the backlog with ``since``).
 
         ``checked_at``: when the caller checked the user's access to the room
         (monotonic); if access may have changed since, it is re-checked.
+        ``epoch``: the room's epoch the client last saw; another one means its
+        ``since`` counts in a history the room no longer continues: ``reset``.
         """
         if room.slug in conn.subscriptions:
             # Joining again restarts the room on this connection (a fresh boundary).
@@ -204,8 +214,10 @@ class Hub:
             self.revocation.on_joined(conn, room_id=state.room_id, checked_at=checked_at)
         backlog_size = 0 if since is None else last - since
         reset = since is not None and (since > last or backlog_size > settings.KAIWA_BACKLOG_LIMIT)
+        if since is not None and epoch is not None and epoch != state.epoch:
+            reset = True
         metrics.joined(since=since, reset=reset)
-        joined = frames.joined(room=room.slug, last_seq=last, presence=present, reset=reset)
+        joined = frames.joined(room=room.slug, last_seq=last, presence=present, reset=reset, epoch=state.epoch)
         if since is None or reset or backlog_size == 0:
             state.members[conn] = None
             conn.put_frame(joined)
@@ -276,8 +288,15 @@ class Hub:
         self.deliver(state, text, nbytes)
 
     async def _on_message(self, state: RoomState, entry: Entry) -> None:
-        if state.last is None or entry.seq <= state.last:
-            return  # before this room's start point, or a duplicate
+        if state.last is None:
+            return  # before this room's start point
+        if entry.epoch and entry.epoch != state.epoch:
+            # A message of another epoch: its epoch event was missed (settle now), or it is stale.
+            await self._repair(state, upto=None)
+            if entry.epoch != state.epoch:
+                return
+        if entry.seq <= state.last:
+            return  # a duplicate
         if entry.seq > state.last + 1:
             logger.info("room %s: seq jumped %s -> %s; repairing from the stream", state.slug, state.last, entry.seq)
             await self._repair(state, upto=entry.seq - 1)
@@ -288,9 +307,11 @@ class Hub:
         """Deliver what the room missed, up to ``upto`` (None: whatever the log has)."""
         assert state.last is not None
         if upto is None:
-            current = await self.log.last_seq(state.room_id)
-            if current is None:
-                return  # Redis lost the sequence: the next append resumes above our last
+            epoch, current = await self.log.room_state(state.room_id)
+            if epoch != state.epoch or current is None or current < state.last:
+                # Redis lost, restored or re-seeded the room's state: settle a new epoch above what we delivered.
+                await epochsync.settle(self, state)
+                return
             upto = current
         if upto <= state.last:
             return
@@ -322,6 +343,8 @@ class Hub:
         event = events.decode(data)
         if isinstance(event, Entry):
             await self._on_message(state, event)
+        elif isinstance(event, events.EpochChange):
+            await epochsync.on_epoch_change(self, state, event)
         elif event is None or state.last is None:
             return
         elif event.event is not None:
@@ -343,17 +366,16 @@ class Hub:
             await self._repair(state, upto=None)
             return
         try:
-            last = await self.log.last_seq(state.room_id)
-            if last is None:
-                await db_ready()
-                last = await selectors.amessage_max_seq(room_id=state.room_id)
+            # Once per room and process: is Redis's state the database's history? (chat.epochs)
+            settled = await self.log.settle(room_id=state.room_id, slug=state.slug, floor=0)
         except Exception as exc:
             if not state.ready.done():
                 state.ready.set_exception(exc)
             if isinstance(exc, RedisError | OSError):
                 raise  # the relay reconnects
             return
-        state.last = last
+        state.last = settled.last
+        state.epoch = settled.epoch
         if not state.ready.done():
             state.ready.set_result(None)
 

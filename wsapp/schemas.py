@@ -32,6 +32,7 @@ class Join:
     room: str
     since: int | None
     ref: str
+    epoch: str | None = None  # protocol.md 7.1: the room's epoch the client last saw, with since
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +118,10 @@ def parse(text: str) -> Request:
             raise bad('"since" must be an integer: the last seq you received in this room.')
         if since is not None and since < 0:
             raise bad('"since" must be 0 or more.')
-        return Join(room=room, since=since, ref=ref)
+        epoch = data.get("epoch")
+        if epoch is not None and (not isinstance(epoch, str) or not 0 < len(epoch) <= 64):
+            raise bad('"epoch" must be the string of at most 64 characters that "joined" gave for this room.')
+        return Join(room=room, since=since, ref=ref, epoch=epoch)
     if kind == "leave":
         return Leave(room=room, ref=ref)
     if kind == "typing":

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
-from chat import events
+from chat import epochs, events
 from chat.logkeys import channel
 from chat.memorybroker import MemoryBroker
 from chat.memorylog import MemoryLog
@@ -70,8 +72,12 @@ def without_ts(data: list[str]) -> list[Any]:
     return [dataclasses.replace(e, ts_ms=0) if isinstance(e, events.Entry) else e for e in decoded]
 
 
-def test_memory_log_answers_like_the_redis_log() -> None:
-    """Floor, dedup, rate limit, range reads and the published events are the same on both logs."""
+def test_memory_log_answers_like_the_redis_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epoch seeding, floor, dedup, rate limit, range reads and the published events are the same on both logs."""
+
+    def numbered_epochs() -> None:
+        counter = itertools.count(1)
+        monkeypatch.setattr(epochs, "new_epoch", lambda: f"e{next(counter)}")
 
     async def on_redis() -> tuple[list[Any], list[str]]:
         assert redis_server.SERVER is not None
@@ -79,10 +85,12 @@ def test_memory_log_answers_like_the_redis_log() -> None:
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(channel(1))
-            answers = await script(MessageLog(client, dedup_seconds=600, stream_keep=100))
+            numbered_epochs()
+            log = MessageLog(client, dedup_seconds=600, stream_keep=100, epoch_store=epochs.MemoryEpochs())
+            answers = await script(log)
             published: list[str] = []
             async with asyncio.timeout(10):
-                while len(published) < 4:  # the four appends that were accepted
+                while len(published) < 5:  # the epoch's seed, then the four appends that were accepted
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         published.append(message["data"].decode())
@@ -95,6 +103,7 @@ def test_memory_log_answers_like_the_redis_log() -> None:
         broker = MemoryBroker()
         recorder = Recorder(channel(1))
         broker.attach(recorder)
+        numbered_epochs()
         return await script(MemoryLog(broker, dedup_seconds=600)), recorder.data
 
     redis_answers, redis_events = asyncio.run(asyncio.wait_for(on_redis(), 30))
@@ -103,5 +112,7 @@ def test_memory_log_answers_like_the_redis_log() -> None:
     assert redis_answers[1:9] == [
         "floor needed", (6, False), (6, True), (7, False), (8, False), (9, False), "rate limited", (8, True)
     ]  # fmt: skip
-    assert len(memory_events) == 4
+    assert len(memory_events) == 5
+    assert without_ts(memory_events)[0] == events.EpochChange("e1", 5)
+    assert all(e.epoch == "e1" for e in without_ts(memory_events)[1:])
     assert without_ts(redis_events) == without_ts(memory_events)

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import pytest
 import redis.asyncio as aioredis
 
+from chat.epochs import MemoryEpochs
 from chat.messagelog import GROUP, MessageLog, RateLimit, RateLimited, bucket_key, stream_key
 from tests import redis_server
 
@@ -20,7 +21,7 @@ def run(test: Callable[[MessageLog], Awaitable[T]], *, keep: int = 10000) -> T:
         assert redis_server.SERVER is not None
         client = aioredis.Redis.from_url(redis_server.SERVER.url)
         try:
-            log = MessageLog(client, dedup_seconds=600, stream_keep=keep)
+            log = MessageLog(client, dedup_seconds=600, stream_keep=keep, epoch_store=MemoryEpochs())
             return await asyncio.wait_for(test(log), timeout=30)
         finally:
             await client.aclose()

@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from django.db import connection
 
 from chat import services
+from chat.epochs import MemoryEpochs
 from chat.messagelog import GROUP, Entry, MessageLog, stream_key
 from chat.models import Message, Room
 from tests import redis_server
@@ -49,7 +50,7 @@ def append(room: Room, user: Any, count: int, *, prefix: str = "m") -> None:
         assert redis_server.SERVER is not None
         client = aioredis.Redis.from_url(redis_server.SERVER.url)
         try:
-            log = MessageLog(client, dedup_seconds=600, stream_keep=10000)
+            log = MessageLog(client, dedup_seconds=600, stream_keep=10000, epoch_store=MemoryEpochs())
             for i in range(count):
                 await asyncio.wait_for(
                     log.append(
@@ -90,7 +91,7 @@ def unacknowledged(*rooms: Room) -> int:
         assert redis_server.SERVER is not None
         client = aioredis.Redis.from_url(redis_server.SERVER.url)
         try:
-            log = MessageLog(client, dedup_seconds=600, stream_keep=10000)
+            log = MessageLog(client, dedup_seconds=600, stream_keep=10000, epoch_store=MemoryEpochs())
             total, _ = await log.backlog([room.pk for room in rooms])
             return total
         finally:
