@@ -130,6 +130,10 @@ class Log(Protocol):
     ) -> list[Entry]: ...
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class MessageLog(PersistGroup):
     """The Redis side of the message history. One per process, sharing a pool."""
 
@@ -234,7 +238,7 @@ class MessageLog(PersistGroup):
     async def room_state(self, room_id: int) -> tuple[str | None, int | None]:
         """The room's epoch and latest seq in Redis (None where Redis has none)."""
         epoch, seq = await self.client.mget([epoch_key(room_id), seq_key(room_id)])
-        return (None if epoch is None else epoch.decode()), (None if seq is None else int(seq))
+        return (None if epoch is None else _text(epoch)), (None if seq is None else int(seq))
 
     async def preload_dedup(self, room_id: int, tokens: Sequence[epochs.StoredToken]) -> None:
         if not tokens:
@@ -250,7 +254,7 @@ class MessageLog(PersistGroup):
     async def seed(self, *, room_id: int, slug: str, found: str, new: str, floor: int) -> tuple[bool, str, int]:
         keys = [seq_key(room_id), epoch_key(room_id), channel(room_id)]
         status, epoch, base = await self._seed(keys=keys, args=[found, new, floor, room_id, slug])
-        return int(status) == 1, epoch.decode() if isinstance(epoch, bytes) else str(epoch), int(base)
+        return int(status) == 1, _text(epoch), int(base)
 
     def adopt(self, room_id: int, epoch: str) -> None:
         self._epochs[room_id] = epoch
