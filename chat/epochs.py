@@ -127,6 +127,9 @@ async def settle(log: SeedableLog, store: EpochStore, *, room_id: int, slug: str
             room_id=room_id, slug=slug, found=found or "", new=epoch, floor=base
         )
         if seeded:
+            from chat import metrics
+
+            metrics.epoch_changed()
             logger.warning(
                 "room %s: new epoch %s above seq %s (Redis had epoch %s, seq %s; the floor was %s)",
                 slug,
