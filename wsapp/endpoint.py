@@ -192,7 +192,9 @@ class Endpoint:
         room = await selectors.aroom_get_for_user_id(user_id=conn.user_id, slug=request.room)
         if room is None:
             raise Refused(NOT_FOUND, f"There is no room {request.room!r} you can join.")
-        await hub.join(conn, room, request.since, checked_at=checked_at, epoch=request.epoch)
+        await hub.join(
+            conn, room, request.since, checked_at=checked_at, epoch=request.epoch, presence=request.presence
+        )
 
     async def _send(self, hub: Hub, conn: Connection, request: schemas.Send) -> None:
         started = time.perf_counter()

@@ -65,6 +65,8 @@ class RoomState:
     # user id -> that user's connections here (lists: almost always one, and a
     # one-element set costs four times the memory per idle socket)
     users: dict[int, list[Connection]] = field(default_factory=dict)
+    # user id -> the connections that make that user present (joined without presence: false)
+    present: dict[int, list[Connection]] = field(default_factory=dict)
     pending_joins: int = 0
 
     @property
@@ -181,6 +183,7 @@ class Hub:
         *,
         checked_at: float | None = None,
         epoch: str | None = None,
+        presence: bool = True,
     ) -> None:
         """Register ``conn`` in ``room`` and queue ``joined`` (+ the backlog with ``since``).
 
@@ -188,14 +191,18 @@ class Hub:
         (monotonic); if access may have changed since, it is re-checked.
         ``epoch``: the room's epoch the client last saw; another one means its
         ``since`` counts in a history the room no longer continues: ``reset``.
+        ``presence``: False receives everything without making the user present.
         """
-        if room.slug in conn.subscriptions:
+        previous = conn.subscriptions.get(room.slug)
+        if previous is not None:
             # Joining again restarts the room on this connection (a fresh boundary).
-            self._unregister(conn, room.slug)
+            was = self._unregister(conn, room.slug)
+            if was is not None and previous.present and not presence:
+                await self._absent_if_last(was, conn)
         state = await self._room_state(room)
         state.pending_joins += 1
         try:
-            if not state.users.get(conn.user_id):
+            if presence and not state.present.get(conn.user_id):
                 await self.presence.join(room_id=state.room_id, user_id=conn.user_id, username=conn.username)
             present = await self.presence.members(room_id=state.room_id)
         except BaseException:
@@ -208,8 +215,10 @@ class Hub:
             return
         assert state.last is not None
         last = state.last
-        conn.subscriptions[room.slug] = Subscription(room_id=state.room_id, slug=room.slug)
+        conn.subscriptions[room.slug] = Subscription(room_id=state.room_id, slug=room.slug, present=presence)
         group_add(state.users, conn.user_id, conn)
+        if presence:
+            group_add(state.present, conn.user_id, conn)
         if checked_at is not None:
             self.revocation.on_joined(conn, room_id=state.room_id, checked_at=checked_at)
         backlog_size = 0 if since is None else last - since
@@ -233,10 +242,14 @@ class Hub:
             raise
 
     async def leave(self, conn: Connection, slug: str) -> None:
+        subscription = conn.subscriptions.get(slug)
         state = self._unregister(conn, slug)
-        if state is None:
-            return
-        if not state.users.get(conn.user_id):
+        if state is not None and subscription is not None and subscription.present:
+            await self._absent_if_last(state, conn)
+
+    async def _absent_if_last(self, state: RoomState, conn: Connection) -> None:
+        """``conn`` no longer makes its user present: announce them gone if no other connection here does."""
+        if not state.present.get(conn.user_id):
             try:
                 await self.presence.leave(room_id=state.room_id, user_id=conn.user_id, username=conn.username)
             except (RedisError, OSError) as exc:
@@ -251,6 +264,7 @@ class Hub:
             return None
         backlog.release_held(conn, state.members.pop(conn, None))
         group_discard(state.users, conn.user_id, conn)
+        group_discard(state.present, conn.user_id, conn)
         self._discard_if_empty(state)
         return state
 

@@ -38,12 +38,12 @@ async def refresh_once(hub: Hub) -> None:
     entries = [
         (state.room_id, uid, conns[0].username)
         for state in list(hub.rooms.values())
-        for uid, conns in list(state.users.items())
+        for uid, conns in list(state.present.items())
         if conns
     ]
     missing = await hub.presence.refresh(entries)
     for room_id, uid, username in missing:
         state = hub.rooms.get(room_id)
-        if state is not None and state.users.get(uid):
+        if state is not None and state.present.get(uid):
             await hub.presence.join(room_id=room_id, user_id=uid, username=username)
     await hub.presence.sweep(list(hub.rooms))

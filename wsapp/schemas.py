@@ -33,6 +33,7 @@ class Join:
     since: int | None
     ref: str
     epoch: str | None = None  # protocol.md 7.1: the room's epoch the client last saw, with since
+    presence: bool = True  # protocol.md 7.5: false for a background room (unread counts, not "here")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +122,10 @@ def parse(text: str) -> Request:
         epoch = data.get("epoch")
         if epoch is not None and (not isinstance(epoch, str) or not 0 < len(epoch) <= 64):
             raise bad('"epoch" must be the string of at most 64 characters that "joined" gave for this room.')
-        return Join(room=room, since=since, ref=ref, epoch=epoch)
+        presence = data.get("presence", True)
+        if not isinstance(presence, bool):
+            raise bad('"presence" must be true or false (false: listen without being shown as present).')
+        return Join(room=room, since=since, ref=ref, epoch=epoch, presence=presence)
     if kind == "leave":
         return Leave(room=room, ref=ref)
     if kind == "typing":
