@@ -9,12 +9,15 @@ frames; the worker passes none (its entries carry ``room=None``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from django.conf import settings
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from chat import logscripts
@@ -60,6 +63,8 @@ class PersistGroup:
         self.stream_keep = stream_keep
         self._trim = client.register_script(logscripts.TRIM)
         self._forget = client.register_script(logscripts.FORGET)
+        # On a cluster an idle worker polls (see persist_read): how long it waits between empty reads.
+        self.cluster_poll_ms = settings.KAIWA_WORKER_CLUSTER_POLL_MS
 
     async def active_rooms(self) -> list[int]:
         return sorted(int(x) for x in await self.client.smembers(ROOMS_KEY))
@@ -88,6 +93,12 @@ class PersistGroup:
         if not room_ids:
             return []
         streams: dict[Any, Any] = {stream_key(rid): ">" for rid in room_ids}
+        if isinstance(self.client, RedisCluster):
+            by_slot: dict[int, dict[Any, Any]] = {}
+            for key in streams:
+                by_slot.setdefault(self.client.keyslot(key), {})[key] = ">"
+            if len(by_slot) > 1:
+                return await self._persist_read_slots(consumer, list(by_slot.values()), count, block_ms, slugs)
         try:
             reply = await self.client.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)
         except ResponseError as exc:
@@ -97,6 +108,37 @@ class PersistGroup:
                 await self.ensure_group(rid)
             return []
         return self._pending_entries(reply, slugs)
+
+    async def _persist_read_slots(
+        self,
+        consumer: str,
+        groups: list[dict[Any, Any]],
+        count: int,
+        block_ms: int | None,
+        slugs: dict[int, str] | None,
+    ) -> list[PendingEntry]:
+        """``persist_read`` on a cluster: one XREADGROUP per slot (one over several slots is CROSSSLOT).
+
+        The cluster pipeline sends each node its reads in one round trip, the
+        nodes in parallel. A blocking read cannot wait on several nodes at
+        once, so an empty answer waits ``cluster_poll_ms`` (at most ``block_ms``).
+        """
+        pipe = self.client.pipeline()
+        for streams in groups:
+            pipe.xreadgroup(GROUP, consumer, streams, count=count)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        out: list[PendingEntry] = []
+        for streams, reply in zip(groups, replies, strict=True):
+            if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+                for key in streams:
+                    await self.ensure_group(room_id_from_stream_key(key))
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            out.extend(self._pending_entries(reply, slugs))
+        if not out and block_ms:
+            await asyncio.sleep(min(block_ms, self.cluster_poll_ms) / 1000)
+        return out
 
     async def persist_claim_rooms(
         self,
@@ -192,7 +234,7 @@ class PersistGroup:
 
         def build(pipe: Pipeline) -> None:
             for rid in room_ids:
-                pipe.evalsha(self._trim.sha, 2, stream_key(rid), seq_key(rid), self.stream_keep)
+                pipe.execute_command("EVALSHA", self._trim.sha, 2, stream_key(rid), seq_key(rid), self.stream_keep)
 
         return sum(int(r) for r in await self._pipeline(build))
 
@@ -210,7 +252,7 @@ class PersistGroup:
 
         def build(pipe: Pipeline) -> None:
             for rid in room_ids:
-                pipe.evalsha(self._forget.sha, 1, stream_key(rid), min_idle_ms, consumer or "")
+                pipe.execute_command("EVALSHA", self._forget.sha, 1, stream_key(rid), min_idle_ms, consumer or "")
 
         return sum(int(r) for r in await self._pipeline(build))
 
@@ -218,7 +260,9 @@ class PersistGroup:
         """Run a non-transactional pipeline whose scripts are called by EVALSHA.
 
         redis-py's ``Script`` in a pipeline sends ``SCRIPT EXISTS`` before every
-        execution: a second round trip on each append. Here a script is loaded
+        execution: a second round trip on each append. (``EVALSHA`` by
+        ``execute_command``: a cluster pipeline refuses its ``evalsha`` method,
+        and routes the command by its keys.) Here a script is loaded
         only when Redis answers NOSCRIPT (first use, or after a restart), and
         the pipeline is sent again: NOSCRIPT means that script did not run, and
         every pipeline built here may safely run twice (trim, forget).

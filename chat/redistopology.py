@@ -37,7 +37,8 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode as SyncClusterNode
 from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import MovedError, NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MovedError, NoScriptError, RedisClusterException, RedisError
 from redis.retry import Retry
 from redis.sentinel import Sentinel as SyncSentinel
 
@@ -80,6 +81,30 @@ class SyncSentinelRedis(redis.Redis):
             super().close()
         finally:
             self.connection_pool.sentinel_manager.close()  # type: ignore[attr-defined]
+
+
+class ClusterUnreachable(RedisConnectionError):
+    """No node of the cluster answered, or a slot has no owner yet (mid-failover): a ``RedisError``.
+
+    redis-py raises ``RedisClusterException`` for these, which is no ``RedisError``; as one, every
+    place that answers ``unavailable`` or retries on a Redis outage handles it as in the other modes.
+    """
+
+
+class KaiwaRedisCluster(RedisCluster):
+    """``RedisCluster`` whose "cluster unreachable" errors are ``RedisError``s (``ClusterUnreachable``)."""
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ClusterUnreachable(str(exc)) from exc
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ClusterUnreachable(str(exc)) from exc
 
 
 def split_url(url: str) -> tuple[str, list[tuple[str, int]]]:
@@ -146,7 +171,7 @@ def make_async_client(*, blocking_reads: bool = False, pool_size: int | None = N
         first, hosts = split_url(settings.REDIS_URL)
         options = _url_options(first)
         options.pop("db", None)
-        return RedisCluster(
+        return KaiwaRedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in hosts],
             max_connections=size,
             # MOVED and ASK are followed whatever this says; a connection error

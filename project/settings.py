@@ -379,6 +379,8 @@ KAIWA_WORKER_BATCH_SIZE = _env_int("KAIWA_WORKER_BATCH_SIZE", 500)
 KAIWA_WORKER_BATCH_MS = _env_int("KAIWA_WORKER_BATCH_MS", 50, minimum=0)
 KAIWA_WORKER_CLAIM_IDLE_MS = _env_int("KAIWA_WORKER_CLAIM_IDLE_MS", 30000)
 KAIWA_WORKER_BACKLOG_WARN = _env_int("KAIWA_WORKER_BACKLOG_WARN", 10000)
+# KAIWA_REDIS_MODE=cluster: an idle worker reads every room slot again after this (no blocking read spans nodes).
+KAIWA_WORKER_CLUSTER_POLL_MS = _env_int("KAIWA_WORKER_CLUSTER_POLL_MS", 50, minimum=1)
 
 # Operations (protocol.md 7.7, docs/operations.md) ------------------------------
 
