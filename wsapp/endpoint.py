@@ -27,6 +27,7 @@ from wsapp.errors import (
     NOT_JOINED,
     Close,
     Refused,
+    handshake_close_for,
     refusal_for,
     too_big_reason,
 )
@@ -98,12 +99,16 @@ class Endpoint:
         session_key = auth.cookies(scope).get(settings.SESSION_COOKIE_NAME)
         checked_at = time.monotonic()
         try:
-            await db_ready()
+            # No db_ready() hop: a cached session needs no database, and the
+            # check of an uncached one runs on sessioncheck's own threads.
             user = await auth.session_user(session_key)
-        except Exception:
-            logger.exception("session check failed at the handshake")
+        except Exception as exc:
+            close = handshake_close_for(exc)
+            if close is None:
+                logger.exception("session check failed at the handshake")
+                close = (Close.SERVER_ERROR, "server error")
             await send({"type": "websocket.accept"})
-            await send({"type": "websocket.close", "code": Close.SERVER_ERROR, "reason": "server error"})
+            await send({"type": "websocket.close", "code": close[0], "reason": close[1]})
             return None
         await send({"type": "websocket.accept"})
         if user is None or session_key is None:

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from chat.messagelog import RateLimited
 from chat.services import MessageBodyEmpty, MessageBodyTooLong, MessageUnavailable
+from wsapp.sessioncheck import AuthUnavailable
 
 logger = logging.getLogger("kaiwa.ws")
 
@@ -39,6 +40,22 @@ CLOSE_REASONS: dict[int, str] = {
     Close.TRY_AGAIN: "too slow: outgoing queue overflowed",
     Close.UNAUTHENTICATED: "unauthenticated",
 }
+
+
+DATABASE_UNAVAILABLE_REASON = "try again later: database unavailable"
+
+
+def handshake_close_for(exc: BaseException) -> tuple[Close, str] | None:
+    """The close a failed session check at the handshake means, or None for a bug (1011, with its traceback).
+
+    An uncached session while the database is down or slow is an expected
+    outage, not a bug: one WARNING line, no traceback, and 1013 so the client
+    reconnects with backoff (protocol.md section 4).
+    """
+    if isinstance(exc, AuthUnavailable):
+        logger.warning("session check at the handshake unavailable (%s); closing 1013", exc)
+        return Close.TRY_AGAIN, DATABASE_UNAVAILABLE_REASON
+    return None
 
 
 def too_big_reason(size: int, limit: int) -> str:

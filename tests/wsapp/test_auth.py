@@ -6,11 +6,13 @@ import asyncio
 import socket
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import redis as redis_sync
+import websockets
 from django.conf import settings
 from django.contrib.sessions.models import Session
 from django.test import Client as DjangoClient
@@ -229,9 +231,14 @@ def test_a_session_signed_under_a_fallback_secret_is_trusted_only_while_the_fall
 
 @pytest.mark.django_db(transaction=True)
 def test_during_a_database_outage_a_cached_session_still_connects(make_user, start_server, aio, tmp_path):
-    """A server whose database cannot even be opened accepts a socket whose session was checked before."""
-    alice = make_user("alice")
+    """Database cannot be opened: a session checked before connects; an uncached one is closed 1013 within a second.
+
+    The refused socket gets the documented reason, the log one WARNING line and
+    no traceback (the ``start_server`` fixture fails on any traceback).
+    """
+    alice, bob = make_user("alice"), make_user("bob")
     _, cached = _session_of(alice)
+    _, uncached = _session_of(bob)
     assert _check(cached).pk == alice.pk  # cached in the suite's Redis, which the server shares
     broken = tmp_path / "no-such-dir" / "db.sqlite3"
     server = start_server(env={"DATABASE_URL": f"sqlite:///{broken}", "KAIWA_WORKER_EMBEDDED": "0"})
@@ -240,8 +247,20 @@ def test_during_a_database_outage_a_cached_session_still_connects(make_user, sta
         ws = await connect(server.ws, cached)
         await send(ws, {"type": "ping"})
         assert (await recv(ws))["type"] == "pong"
+        for _ in range(2):  # the second one is refused at once, without asking the database again
+            started = time.monotonic()
+            refused = await connect(server.ws, uncached)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(refused.recv(), TIMEOUT)
+            assert closed.value.rcvd is not None
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1013, "try again later: database unavailable")
+            assert time.monotonic() - started < 1.0
+        await send(ws, {"type": "ping"})
+        assert (await recv(ws))["type"] == "pong"
 
     aio(outage())
+    warnings = [line for line in server.lines if "closing 1013" in line]
+    assert len(warnings) == 2 and all("WARNING" in line for line in warnings), "".join(server.lines)
 
 
 # Runs in a child process whose DATABASE_URL is broken: prints what the check of
