@@ -24,6 +24,7 @@ from chat.paging import BadParameter, parse_before
 # they cannot be reversed; protocol.md fixes them.
 WS_PATH = "/ws"
 API_MESSAGES_PATH = "/api/rooms/{slug}/messages"
+API_DMS_PATH = "/api/dms"
 # Avatar colours; render.js's avatarColour() picks the same one for a name.
 AVATAR_COLOURS = 8
 
@@ -84,8 +85,16 @@ def room_detail(request: HttpRequest, slug: str) -> HttpResponse:
     history, has_more = selectors.message_page(room=room, before=before, limit=settings.KAIWA_HISTORY_PAGE_SIZE)
     frames = [selectors.message_frame(m, slug=room.slug) for m in history]
     rooms = selectors.room_list_for_user(user=request.user)
+    sidebar = roomevents.room_dicts(rooms)
+    for item in sidebar:
+        if item["kind"] == "dm":
+            # Named after the other person (oneself, for a conversation with oneself).
+            others = [m["username"] for m in item["members"] if m["id"] != request.user.pk]
+            item["dm_with"] = others[0] if others else request.user.get_username()
+    title = next((r["dm_with"] for r in sidebar if r["slug"] == room.slug and r["kind"] == "dm"), room.name)
     context = {
         "room": room,
+        "room_title": title,
         # The live client binds to this markup (chat/static/chat/js/view.js):
         # each <li> carries the message frame's fields, so the first page is
         # read from the page, never fetched a second time.
@@ -104,7 +113,8 @@ def room_detail(request: HttpRequest, slug: str) -> HttpResponse:
         # With ?before= the page is a look at older history, not the live view.
         "archive": before is not None,
         # The sidebar: every room the user may see, with the seq the unread counts start from.
-        "rooms": roomevents.room_dicts(rooms),
+        "rooms": [r for r in sidebar if r["kind"] != "dm"],
+        "dms": [r for r in sidebar if r["kind"] == "dm"],
         "can_manage": room.private and room.created_by_id == request.user.pk,
         "client_config": _client_config(request, room, has_more=has_more),
     }
@@ -118,12 +128,15 @@ def _client_config(request: HttpRequest, room: Room, *, has_more: bool) -> dict[
     JavaScript has no copy that could disagree with the server.
     """
     return {
-        "room": {"slug": room.slug, "name": room.name, "private": room.private},
+        "room": {"slug": room.slug, "name": room.name, "private": room.private, "kind": room.kind},
         "user": {"id": request.user.pk, "username": request.user.get_username()},
         "urls": {
             "ws": WS_PATH,
             "messages": API_MESSAGES_PATH.format(slug=quote(room.slug)),
             "login": resolve_url(settings.LOGIN_URL),
+            "dms": API_DMS_PATH,
+            # Where a room's page is: this + slug + "/" (chat.urls).
+            "rooms": reverse("chat:room_detail", kwargs={"slug": "x"})[: -len("x/")],
         },
         "history": {"has_more": has_more, "page_size": settings.KAIWA_HISTORY_PAGE_SIZE},
         "limits": {

@@ -262,9 +262,15 @@ def test_room_page_renders_latest_history_and_client_hooks(client_alice, alice, 
     assert 'href="?before=26"' in page
     assert '<script type="module" src="/static/chat/js/room.js"></script>' in page
     assert client_config_of(page) == {
-        "room": {"slug": "lobby", "name": "Lobby", "private": False},
+        "room": {"slug": "lobby", "name": "Lobby", "private": False, "kind": "room"},
         "user": {"id": alice.pk, "username": "alice"},
-        "urls": {"ws": "/ws", "messages": "/api/rooms/lobby/messages", "login": "/accounts/login/"},
+        "urls": {
+            "ws": "/ws",
+            "messages": "/api/rooms/lobby/messages",
+            "login": "/accounts/login/",
+            "dms": "/api/dms",
+            "rooms": "/rooms/",
+        },
         "history": {"has_more": True, "page_size": 20},
         "limits": {
             "max_body_chars": 4000,

@@ -97,7 +97,26 @@ test("the sidebar's rooms are joined up to the page's KAIWA_MAX_ROOMS_PER_CONNEC
   controller.start();
   controller.joinAll();
   assert.deepEqual(socket.sent.map((f) => f.room), ["general", "a"]);
-  assert.deepEqual(socket.sent[1], { type: "join", room: "a", since: 4 });
+  // A background room counts unread messages without making the user present in it (protocol 7.5).
+  assert.deepEqual(socket.sent[1], { type: "join", room: "a", since: 4, presence: false });
+  assert.equal(socket.sent[0].presence, undefined);
+});
+
+test("a room added live is counted (all unread) and joined in the background; a removed one is dropped", () => {
+  const { controller, socket } = setup({});
+  controller.start();
+  controller.joinAll();
+  socket.sent.length = 0;
+  controller.addRoom({ slug: "new", name: "New", lastSeq: 3 });
+  assert.equal(controller.rooms.get("new").unread, 3);
+  controller.dmSlugs.add("dm-x");
+  controller.addRoom({ slug: "dm-x", name: "bob", lastSeq: 0 });
+  assert.deepEqual(socket.sent, [
+    { type: "join", room: "new", since: 3, presence: false },
+    { type: "join", room: "dm-x" },
+  ]);
+  controller.removeRoom("new");
+  assert.equal(controller.rooms.has("new"), false);
 });
 
 test("a pending send is re-sent on join only within the page's KAIWA_DEDUP_SECONDS; past it, it fails for the user", () => {

@@ -41,6 +41,8 @@ export function parseConfig(text) {
     wsPath: need(data, "urls.ws", "string"),
     messagesUrl: need(data, "urls.messages", "string"),
     loginUrl: need(data, "urls.login", "string"),
+    dmsUrl: need(data, "urls.dms", "string"),
+    roomsUrl: need(data, "urls.rooms", "string"),
     hasMore: need(data, "history.has_more", "boolean"),
     pageSize: need(data, "history.page_size", "integer"),
     maxBodyChars: need(data, "limits.max_body_chars", "integer"),

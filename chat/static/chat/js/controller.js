@@ -46,6 +46,8 @@ export class RoomController {
     });
     this.lastTypingSentAt = 0;
     this.retryTimers = new Map();
+    // Direct conversations (roomnav.js): joined with presence even in the background.
+    this.dmSlugs = new Set();
   }
 
   newRoom(slug, name, isPrivate = false) {
@@ -117,6 +119,8 @@ export class RoomController {
       if (room === this.active && !room.historyLoaded) continue;
       const frame = { type: "join", room: room.slug };
       if (room.lastSeq > 0 || room.historyLoaded) frame.since = room.lastSeq;
+      // Background rooms only count unread messages: the user is not "here" (protocol 7.5).
+      if (room !== this.active && !this.dmSlugs.has(room.slug)) frame.presence = false;
       if (this.socket.send(frame)) room.joinSent = true;
     }
   }
@@ -381,6 +385,34 @@ export class RoomController {
   renderUnread(room) {
     room.unread = this.unreadCount(room);
     this.view.renderUnread(room.slug, room.unread);
+    let others = 0;
+    for (const r of this.rooms.values()) others += r === this.active ? 0 : r.unread;
+    this.view.setOthersUnread(others);
+  }
+
+  /** A room the user can newly see (room_added, or a conversation just opened): count and join it. */
+  addRoom({ slug, name, lastSeq }) {
+    if (this.rooms.has(slug) || this.rooms.size >= this.config.maxRooms) return;
+    const room = this.newRoom(slug, name);
+    room.lastSeq = lastSeq;
+    room.knownLastSeq = lastSeq;
+    // Everything in a room the user was just given is unread.
+    if (this.marks.get(slug) === null) this.marks.mark(slug, 0);
+    this.rooms.set(slug, room);
+    this.renderUnread(room);
+    if (this.socket && this.socket.isOpen()) this.joinAll();
+  }
+
+  /** A room the user can no longer see (room_removed; the server ended the join first). */
+  removeRoom(slug) {
+    const room = this.rooms.get(slug);
+    if (!room) return;
+    if (room === this.active) {
+      room.joined = false;
+      this.view.showHistoryError("You no longer have access to this room.");
+      return;
+    }
+    this.rooms.delete(slug);
     let others = 0;
     for (const r of this.rooms.values()) others += r === this.active ? 0 : r.unread;
     this.view.setOthersUnread(others);

@@ -9,6 +9,7 @@ import { RoomController } from "./controller.js";
 import { HttpError } from "./history.js";
 import { Socket, loginUrl, socketUrl } from "./socket.js";
 import { PendingSends, ReadMarks, resendWindowMs } from "./store.js";
+import { RoomNav } from "./roomnav.js";
 import { RoomView } from "./view.js";
 
 async function fetchJson(url, config) {
@@ -51,9 +52,21 @@ function main() {
     fetchJson: (url) => fetchJson(url, config),
     visible,
   });
+  const nav = new RoomNav({
+    controller,
+    sidebar: view.sidebar,
+    root,
+    config,
+    fetch: (url, init) => window.fetch(url, init),
+    go: (url) => window.location.assign(url),
+    cookie: () => document.cookie,
+  });
   const socket = new Socket({
     url: socketUrl(config.wsPath, window.location),
-    onFrame: (frame) => controller.handleFrame(frame),
+    onFrame: (frame) => {
+      controller.handleFrame(frame);
+      nav.handleFrame(frame);
+    },
     onOpen: () => controller.joinAll(),
     onStatus: (status, detail) => controller.renderStatus(status, detail),
     onClose: () => controller.onSocketClosed(),
@@ -82,6 +95,7 @@ function main() {
   });
   window.addEventListener("storage", (event) => controller.onStorage(event.key));
 
+  nav.bind();
   controller.start();
   socket.start();
   window.kaiwa = controller; // handy from the devtools console

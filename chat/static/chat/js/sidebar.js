@@ -16,6 +16,8 @@ export class Sidebar {
     this.doc = doc;
     this.roomList = find(".rooms__list");
     this.roomsPanel = find(".rooms");
+    this.dmList = find(".rooms__list--dm");
+    this.roomsBase = "/rooms/"; // set by the controller from the page's config
     this.roomsToggle = find(".chat__rooms-toggle");
     this.roomsBadge = find(".badge--toggle");
     this.peopleToggle = find(".chat__people-toggle");
@@ -23,13 +25,87 @@ export class Sidebar {
     this.scrim = find(".kaiwa__scrim");
   }
 
-  /** The sidebar's rooms: [{slug, name, lastSeq}] in page order. */
+  /** The sidebar's rooms and direct conversations: [{slug, name, lastSeq, kind, dmUser}] in page order. */
   readRooms() {
-    return Array.from(this.roomList.querySelectorAll("li[data-room]"), (li) => ({
+    return Array.from(this.roomsPanel.querySelectorAll("li[data-room]"), (li) => ({
       slug: li.dataset.room,
       name: li.querySelector(".rooms__name")?.textContent || li.dataset.room,
       lastSeq: Number.parseInt(li.dataset.lastSeq || "0", 10) || 0,
+      kind: li.dataset.kind === "dm" ? "dm" : "room",
+      dmUser: li.dataset.dmUser || null,
     }));
+  }
+
+  item(slug) {
+    return this.roomsPanel.querySelector(`li[data-room="${CSS.escape(slug)}"]`);
+  }
+
+  /**
+   * A room that appeared (room_added), in its section, in name order; a known one is renamed.
+   * @param {{slug: string, name: string, private: boolean, kind: string}} room
+   * @param {string|null} dmUser   for a direct conversation: the other person's name
+   */
+  addRoom(room, dmUser) {
+    const existing = this.item(room.slug);
+    const label = room.kind === "dm" ? dmUser || room.name : room.name;
+    if (existing) {
+      existing.querySelector(".rooms__name").textContent = label;
+      return;
+    }
+    const icon =
+      room.kind === "dm"
+        ? el("span", { cls: "rooms__dot", attrs: { "data-online": "false", "aria-hidden": "true" } })
+        : room.private
+          ? this.lockIcon()
+          : el("span", { cls: "rooms__hash", attrs: { "aria-hidden": "true" }, text: "#" });
+    const link = el(
+      "a",
+      { cls: "rooms__link", attrs: { href: `${this.roomsBase}${encodeURIComponent(room.slug)}/` } },
+      icon,
+      el("span", { cls: "rooms__name", text: label }),
+      room.kind === "dm" ? el("span", { cls: "sr-only rooms__state", text: " (offline)" }) : null,
+      el("span", { cls: "badge", attrs: { hidden: true } }),
+    );
+    const li = el("li", {
+      cls: "rooms__item",
+      attrs: { "data-room": room.slug, "data-last-seq": "0", "data-kind": room.kind === "dm" ? "dm" : null },
+    }, link);
+    if (room.kind === "dm") li.dataset.dmUser = label;
+    const list = room.kind === "dm" ? this.dmList : this.roomList;
+    const after = Array.from(list.children).find(
+      (other) => (other.querySelector(".rooms__name")?.textContent || "").localeCompare(label) > 0,
+    );
+    list.insertBefore(li, after || null);
+  }
+
+  /** The template's lock icon (chat/_icon.html), for a private room added live. */
+  lockIcon() {
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = this.doc.createElementNS(ns, "svg");
+    const attrs = { class: "icon icon--lock rooms__hash", viewBox: "0 0 24 24", fill: "none", stroke: "currentColor",
+      "stroke-width": "2", "stroke-linecap": "round", "stroke-linejoin": "round", "aria-hidden": "true", focusable: "false" };
+    for (const [name, value] of Object.entries(attrs)) svg.setAttribute(name, value);
+    for (const d of ["M7 11V8a5 5 0 0 1 10 0v3", "M5 11h14v10H5z"]) {
+      const path = this.doc.createElementNS(ns, "path");
+      path.setAttribute("d", d);
+      svg.append(path);
+    }
+    return svg;
+  }
+
+  /** A room the user can no longer see (room_removed). */
+  removeRoom(slug) {
+    const item = this.item(slug);
+    if (item) item.remove();
+  }
+
+  /** A direct conversation's dot: whether the other person is connected. */
+  setDmOnline(slug, online) {
+    const item = this.item(slug);
+    if (!item || item.dataset.kind !== "dm") return;
+    item.querySelector(".rooms__dot")?.setAttribute("data-online", String(online));
+    const state = item.querySelector(".rooms__state");
+    if (state) state.textContent = online ? " (online)" : " (offline)";
   }
 
   bind(onEscapeInComposer) {
@@ -65,7 +141,7 @@ export class Sidebar {
   }
 
   renderUnread(slug, count) {
-    const item = this.roomList.querySelector(`li[data-room="${CSS.escape(slug)}"]`);
+    const item = this.item(slug);
     if (!item) return;
     const badge = item.querySelector(".badge");
     badge.hidden = count === 0;

@@ -1,0 +1,152 @@
+// The user's own rooms, live (protocol 7.5): room_added / room_removed /
+// room_updated keep the sidebar and the socket's joins current, direct
+// conversations get their own section named after the other person with a
+// presence dot, and a person's name (message author, people list, the
+// "Message someone" field) opens the conversation with them.
+//
+// Background rooms are joined with presence: false (controller.js), so
+// "Online" in a room means "has it open". Direct conversations are the
+// exception: every page joins them with presence, so a conversation's dot
+// says whether the other person has Kaiwa open at all.
+
+/** The other member of a direct conversation (oneself, for a conversation with oneself). */
+export function dmPartner(room, me) {
+  const members = Array.isArray(room.members) ? room.members : [];
+  const other = members.find((m) => m && m.id !== me.id);
+  return other ? other.username : me.username;
+}
+
+/** The csrftoken cookie's value (Django's CSRF rule for the API's POSTs). */
+export function csrfToken(cookie) {
+  for (const part of cookie.split(";")) {
+    const [name, ...rest] = part.trim().split("=");
+    if (name === "csrftoken") return decodeURIComponent(rest.join("="));
+  }
+  return "";
+}
+
+export class RoomNav {
+  /**
+   * @param {object} deps
+   * @param {import("./controller.js").RoomController} deps.controller
+   * @param {import("./sidebar.js").Sidebar} deps.sidebar
+   * @param {HTMLElement} deps.root   the page's section[data-room]
+   * @param {object} deps.config
+   * @param {(url: string, init: object) => Promise<Response>} deps.fetch
+   * @param {(url: string) => void} deps.go   open a page
+   * @param {() => string} deps.cookie
+   */
+  constructor({ controller, sidebar, root, config, fetch, go, cookie }) {
+    this.controller = controller;
+    this.sidebar = sidebar;
+    this.root = root;
+    this.config = config;
+    this.fetch = fetch;
+    this.go = go;
+    this.cookie = cookie;
+    this.me = { id: config.userId, username: config.username };
+    this.sidebar.roomsBase = config.roomsUrl;
+    this.dmUsers = new Map(); // dm slug -> the other person's name
+    for (const info of sidebar.readRooms()) if (info.kind === "dm") this.dmUsers.set(info.slug, info.dmUser);
+    controller.dmSlugs = new Set(this.dmUsers.keys());
+  }
+
+  bind() {
+    const form = this.root.querySelector(".dm-start");
+    if (form) {
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        const input = form.querySelector("input[name=user]");
+        const name = input.value.trim();
+        if (name) this.openDm(name, form.querySelector(".dm-start__error"));
+      });
+    }
+    // A person's name opens the conversation with them (click, or Enter on the focused name).
+    const activate = (event) => {
+      const name = event.target.closest?.(".msg__author, .presence__name");
+      if (!name || !this.root.contains(name)) return;
+      const username = name.textContent.trim();
+      if (username) this.openDm(username, null);
+    };
+    this.root.addEventListener("click", activate);
+    this.root.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") activate(event);
+    });
+  }
+
+  async openDm(username, errorNode) {
+    if (errorNode) errorNode.hidden = true;
+    let response;
+    try {
+      response = await this.fetch(this.config.dmsUrl, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRFToken": csrfToken(this.cookie()) },
+        body: JSON.stringify({ user: username }),
+      });
+    } catch (err) {
+      this.showError(errorNode, "Could not reach the server; try again.");
+      return;
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (err) {
+      body = null;
+    }
+    if (!response.ok || !body || !body.room) {
+      const message = body && body.error && (body.error.message || body.error);
+      this.showError(errorNode, typeof message === "string" ? message : `The server answered ${response.status}.`);
+      return;
+    }
+    this.onAdded(body.room);
+    this.go(`${this.config.roomsUrl}${encodeURIComponent(body.room.slug)}/`);
+  }
+
+  showError(node, text) {
+    if (!node) return;
+    node.textContent = text;
+    node.hidden = false;
+  }
+
+  handleFrame(frame) {
+    switch (frame.type) {
+      case "room_added":
+      case "room_updated":
+        if (frame.room && typeof frame.room.slug === "string") this.onAdded(frame.room);
+        break;
+      case "room_removed":
+        if (typeof frame.room === "string") {
+          this.dmUsers.delete(frame.room);
+          this.controller.dmSlugs.delete(frame.room);
+          this.sidebar.removeRoom(frame.room);
+          this.controller.removeRoom(frame.room);
+        }
+        break;
+      case "joined":
+      case "presence":
+        if (this.dmUsers.has(frame.room)) this.renderDmPresence(frame.room);
+        break;
+      default:
+        break;
+    }
+  }
+
+  onAdded(room) {
+    const dmUser = room.kind === "dm" ? dmPartner(room, this.me) : null;
+    if (dmUser !== null) {
+      this.dmUsers.set(room.slug, dmUser);
+      this.controller.dmSlugs.add(room.slug);
+    }
+    this.sidebar.addRoom(room, dmUser);
+    this.controller.addRoom({ slug: room.slug, name: dmUser || room.name, lastSeq: Number(room.last_seq) || 0 });
+    if (dmUser !== null) this.renderDmPresence(room.slug);
+  }
+
+  renderDmPresence(slug) {
+    const state = this.controller.rooms.get(slug);
+    const other = this.dmUsers.get(slug);
+    const online = !!state && Array.from(state.presence.values()).some((u) => u.username === other && u.id !== this.me.id);
+    this.sidebar.setDmOnline(slug, online);
+  }
+}

@@ -1,0 +1,128 @@
+"""The user's own rooms, live (issue #16, protocol.md 7.5), in real Chromium with two users.
+
+The sidebar follows rooms created or removed elsewhere, background rooms do
+not make anyone "Online", and a direct conversation opened by one person
+appears, live, for the other.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from chat import services
+from chat.models import Room
+from tests.browser.conftest import SCREENSHOTS, Browsers
+from tests.browser.test_room_page import expect, open_room, send, wait_for_bodies
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def in_thread(fn: Callable[[], Any]) -> Any:
+    """Run an ORM call off Playwright's thread (Django refuses the ORM next to a running event loop)."""
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(fn()))
+    worker.start()
+    worker.join(timeout=30)
+    assert result, "the database call did not finish"
+    return result[0]
+
+
+def online(page: Any) -> list[str]:
+    return page.eval_on_selector_all(".presence__list .presence__name", "els => els.map(e => e.textContent)")
+
+
+def test_background_rooms_do_not_make_anyone_online(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """alice has General open and Random only in her sidebar: Random's Online list shows bob alone."""
+    alice, _bob = make_user("alice"), make_user("bob")
+    services.room_create(name="General", slug="general", creator=alice)
+    services.room_create(name="Random", slug="random", creator=alice)
+    server = start_server()
+    a = open_room(browsers, login, server, "alice", "general")
+    b = open_room(browsers, login, server, "bob", "random")
+    expect(b.locator(".presence__list .presence__name")).to_have_text(["bob"])
+    expect(a.locator(".presence__list .presence__name")).to_have_text(["alice"])
+    # alice's page still counts Random's messages: she is listening, just not "here".
+    send(b, "anyone?")
+    expect(a.locator("li[data-room='random'] .badge")).to_have_text("1 unread message")
+    assert online(b) == ["bob"]
+    # Opening Random makes her present there, and no longer in General.
+    a.get_by_role("navigation", name="Your rooms").get_by_role("link", name="Random").click()
+    expect(b.locator(".presence__list .presence__name")).to_have_text(["alice", "bob"])
+
+
+def test_sidebar_follows_rooms_added_renamed_and_removed(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """A public room created elsewhere appears in bob's sidebar with its unread count; a rename and removal follow."""
+    alice, bob = make_user("alice"), make_user("bob")
+    services.room_create(name="General", slug="general", creator=alice)
+    server = start_server()
+    b = open_room(browsers, login, server, "bob", "general")
+    nav = b.get_by_role("navigation", name="Your rooms")
+    expect(nav.get_by_role("link")).to_have_count(1)
+
+    garden = in_thread(lambda: services.room_create(name="Garden", slug="garden", creator=alice))
+    expect(nav.get_by_role("link", name="Garden")).to_be_visible()
+    a = open_room(browsers, login, server, "alice", "garden")
+    send(a, "the tomatoes are in")
+    expect(b.locator("li[data-room='garden'] .badge")).to_have_text("1 unread message")
+    secret = in_thread(lambda: services.room_create(name="Plans", slug="plans", private=True, creator=alice))
+    in_thread(lambda: services.room_member_add(room=secret, user=bob))
+    expect(nav.get_by_role("link", name="Plans")).to_be_visible()
+    b.screenshot(path=str(SCREENSHOTS / "sidebar-live.png"))
+
+    def rename() -> None:
+        garden.name = "Roof garden"
+        garden.save()
+
+    in_thread(rename)
+    expect(nav.get_by_role("link", name="Roof garden")).to_be_visible()
+    in_thread(lambda: services.room_member_remove(room=secret, user=bob))
+    expect(nav.get_by_role("link", name="Plans")).to_have_count(0)
+    in_thread(lambda: Room.objects.filter(slug="garden").delete())
+    expect(nav.get_by_role("link")).to_have_count(1)
+
+
+def test_a_dm_started_by_one_user_appears_live_for_the_other(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """alice opens a conversation with bob from "Message someone"; bob sees "alice" appear, online, and they talk."""
+    alice, _bob = make_user("alice"), make_user("bob")
+    services.room_create(name="General", slug="general", creator=alice)
+    server = start_server()
+    a = open_room(browsers, login, server, "alice", "general")
+    b = open_room(browsers, login, server, "bob", "general")
+    dms = b.get_by_role("list", name="Direct messages")
+    expect(dms.get_by_role("link")).to_have_count(0)
+
+    a.get_by_label("Message someone").fill("nobody")
+    a.get_by_label("Message someone").press("Enter")
+    expect(a.locator(".dm-start__error")).to_contain_text("no user named 'nobody'")
+    a.get_by_label("Message someone").fill("bob")
+    a.get_by_role("button", name="Open").click()
+    a.wait_for_url(f"{server.http}/rooms/dm-*/")
+    expect(a.locator(".conn")).to_have_attribute("data-state", "connected")
+    expect(a.locator("#room-title")).to_have_text("bob")
+
+    link = dms.get_by_role("link", name="alice (online)")
+    expect(link).to_be_visible()
+    expect(b.locator("li[data-kind='dm'] .rooms__dot")).to_have_attribute("data-online", "true")
+    send(a, "psst, bob")
+    expect(b.locator("li[data-kind='dm'] .badge")).to_have_text("1 unread message")
+    b.screenshot(path=str(SCREENSHOTS / "dm-appears.png"))
+    link.click()
+    wait_for_bodies(b, ["psst, bob"])
+    send(b, "hi alice")
+    wait_for_bodies(a, ["psst, bob", "hi alice"])
+    a.screenshot(path=str(SCREENSHOTS / "dm-conversation.png"))
+    # bob asking for a conversation with alice gets the same one, not a second.
+    b.get_by_label("Message someone").fill("alice")
+    b.get_by_label("Message someone").press("Enter")
+    b.wait_for_url(a.url)
+    assert in_thread(lambda: Room.objects.filter(kind="dm").count()) == 1
