@@ -29,8 +29,10 @@ async def _pong(peer: Peer) -> None:
 
 def test_parse_presence_flag():
     """presence defaults to true, takes booleans only, and says how to fix anything else."""
-    assert schemas.parse('{"type":"join","room":"lobby"}').presence is True
-    assert schemas.parse('{"type":"join","room":"lobby","presence":false}').presence is False
+    default = schemas.parse('{"type":"join","room":"lobby"}')
+    background = schemas.parse('{"type":"join","room":"lobby","presence":false}')
+    assert isinstance(default, schemas.Join) and default.presence is True
+    assert isinstance(background, schemas.Join) and background.presence is False
     for bad in ('"no"', "0", "null"):
         with pytest.raises(schemas.BadFrame, match="true or false"):
             schemas.parse(f'{{"type":"join","room":"lobby","presence":{bad}}}')
