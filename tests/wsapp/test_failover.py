@@ -3,8 +3,8 @@
 Two real uvicorn Kaiwa processes (``KAIWA_REDIS_MODE=sentinel``,
 ``KAIWA_ACK_REPLICAS=1``), one client on each, both sending. The primary is
 killed with SIGKILL mid-stream; Sentinel promotes the replica; the killed node
-is started again and becomes the new primary's replica (without it ``WAIT 1``
-could never be answered again and every send would be ``unavailable``).
+is started again as the new primary's replica (without it ``WAIT 1`` could
+never be answered again and every send would be ``unavailable``).
 Clients re-send whatever got no ``ack`` with the same ``client_id``.
 """
 
@@ -37,6 +37,8 @@ class Run:
     acked: dict[str, int] = field(default_factory=dict)
     unavailable: int = 0
     killed_at: float | None = None
+    promoted_at: float | None = None
+    replica_back_at: float | None = None
     first_ack_after_kill: float | None = None
     killed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -78,9 +80,14 @@ async def failover(topology: SentinelTopology, run: Run) -> None:
     await run.killed.wait()
     old = topology.kill_primary()
     run.killed_at = time.monotonic()
-    await asyncio.to_thread(topology.wait_for_failover, old)
-    # Back as the new primary's replica: WAIT 1 can be answered again.
+    new = await asyncio.to_thread(topology.wait_for_failover, old)
+    run.promoted_at = time.monotonic()
+    # Back as the new primary's replica (as an operator restarts a failed node: never as an empty
+    # primary; Sentinel alone would convert it only ~10 s later): WAIT 1 can be answered again.
+    host, port = new.address
+    old.args = [*old.args, "--replicaof", host, str(port)]
     await asyncio.to_thread(old.start)
+    run.replica_back_at = time.monotonic()
 
 
 def received_view(peer: Peer) -> tuple[dict[int, str], list[int]]:
@@ -154,8 +161,11 @@ def test_primary_killed_while_two_clients_send_loses_and_duplicates_nothing(
             # Not seen live as acked: only allowed below a reset's boundary (the client reloads that history).
             assert any(seq <= bound for bound in reset_bounds), f"client missed acked seq {seq}"
     assert run.killed_at is not None and run.first_ack_after_kill is not None
+    assert run.promoted_at is not None and run.replica_back_at is not None
     print(
-        f"\nFAILOVER: first ack {run.first_ack_after_kill - run.killed_at:.2f} s after kill -9; "
+        f"\nFAILOVER: promoted {run.promoted_at - run.killed_at:.2f} s after kill -9, old node restarted "
+        f"{run.replica_back_at - run.killed_at:.2f} s; "
+        f"first ack {run.first_ack_after_kill - run.killed_at:.2f} s after kill -9; "
         f"{len(run.acked)} acked, lost {len(lost)}, duplicates {duplicates}, "
         f"{run.unavailable} unavailable answers re-sent, {resets} resets"
     )
