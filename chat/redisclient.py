@@ -8,7 +8,9 @@ time out an idle blocking read and silently re-send it.
 The clients come from ``chat.redistopology`` for ``KAIWA_REDIS_MODE``: with
 ``sentinel`` every new connection asks the Sentinels for the master, so the
 hub, the append path, the worker and the signal handlers follow a failover
-without a restart (docs/redis-deployments.md).
+without a restart (docs/redis-deployments.md); with ``cluster`` they are
+``RedisCluster`` clients, and ``chat.clusterlog`` / ``wsapp.shardedrelay`` adapt
+the log and the relay to them.
 """
 
 from __future__ import annotations
@@ -17,27 +19,15 @@ from typing import cast
 
 import redis
 import redis.asyncio as aioredis
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 
 from chat import redistopology
 
 
-def _refuse_cluster() -> None:
-    if settings.KAIWA_REDIS_MODE == redistopology.CLUSTER:
-        raise ImproperlyConfigured(
-            "KAIWA_REDIS_MODE=cluster: the message log, relay and worker do not run on a Redis Cluster yet; "
-            "use KAIWA_REDIS_MODE=single or sentinel (docs/redis-deployments.md)."
-        )
-
-
 def make_async_client(*, blocking_reads: bool = False) -> aioredis.Redis:
     """The process's async client, or (``blocking_reads``) a one-connection one."""
-    _refuse_cluster()
     return cast(aioredis.Redis, redistopology.make_async_client(blocking_reads=blocking_reads))
 
 
 def sync_client() -> redis.Redis:
     """A small sync client for code that runs outside the event loop (signals)."""
-    _refuse_cluster()
     return cast(redis.Redis, redistopology.sync_client())

@@ -40,6 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat import metrics, persistconflicts, workerdb
 from chat.backlogwatch import BacklogWatch
+from chat.clusterlog import message_log
 from chat.events import Entry
 from chat.messagelog import MessageLog, PendingEntry
 from chat.orphansweep import OrphanSweep
@@ -151,6 +152,8 @@ class Worker:
             except TimeoutError:
                 logger.error("persistence worker did not stop in time; cancelling it (its entries stay in Redis)")
                 self._task.cancel()
+            except RedisError as exc:
+                logger.warning("persistence worker stopped on a Redis error (%r); its entries stay in Redis", exc)
             except Exception:
                 logger.exception("persistence worker failed while stopping (its entries stay in Redis)")
 
@@ -162,8 +165,8 @@ class Worker:
         self._reader_client = make_async_client(blocking_reads=True)
         self._client = self._shared_client or make_async_client()
         options = {"dedup_seconds": settings.KAIWA_DEDUP_SECONDS, "stream_keep": settings.KAIWA_STREAM_KEEP}
-        self._log = MessageLog(self._client, **options)
-        self._reader = MessageLog(self._reader_client, **options)
+        self._log = message_log(self._client, **options)
+        self._reader = message_log(self._reader_client, **options)
         self._executor = workerdb.executor()
         logger.info(
             "persistence worker started: consumer %s, batches of %d entries or %d ms",

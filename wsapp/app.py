@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from chat import embedded_redis, metrics
+from chat.clusterlog import is_cluster, message_log
 from chat.epochs import DatabaseEpochs
 from chat.logkeys import CONTROL_CHANNEL
 from chat.messagelog import MessageLog
@@ -39,6 +40,7 @@ from wsapp.metricssampler import sample_loop
 from wsapp.presence import RedisPresence, process_id
 from wsapp.readiness import Readiness
 from wsapp.relay import RedisRelay
+from wsapp.shardedrelay import ShardedRedisRelay
 
 logger = logging.getLogger("kaiwa.app")
 
@@ -60,7 +62,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.KAIWA_EMBEDDED_REDIS_SOCKET is not None:
         embedded = embedded_redis.ensure_running(settings.KAIWA_EMBEDDED_REDIS_SOCKET)
     client = make_async_client()
-    log = MessageLog(
+    log = message_log(
         client,
         dedup_seconds=settings.KAIWA_DEDUP_SECONDS,
         stream_keep=settings.KAIWA_STREAM_KEEP,
@@ -69,7 +71,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runtime = Runtime(redis=client, log=log)
     # The hub: this process's pub/sub reader and sockets (stopped first: it drains sends, closes sockets with 1012).
     Connection.write_through = settings.KAIWA_WS_WRITE_THROUGH
-    relay = RedisRelay(make_async_client(blocking_reads=True), publisher=client, always=(CONTROL_CHANNEL,))
+    relay: RedisRelay | ShardedRedisRelay
+    if is_cluster(client):  # room channels on sharded pub/sub (Redis 7), one connection per primary
+        relay = ShardedRedisRelay(make_async_client(blocking_reads=True), publisher=client, always=(CONTROL_CHANNEL,))
+    else:
+        relay = RedisRelay(make_async_client(blocking_reads=True), publisher=client, always=(CONTROL_CHANNEL,))
     presence = RedisPresence(client, process_id=process_id(), ttl_seconds=settings.KAIWA_PRESENCE_TTL_SECONDS)
     hub = Hub(log=log, relay=relay, presence=presence)
     await hub.start()

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
+from chat.clusterlog import is_cluster, sharded_script
 from chat.events import PRESENCE_LEAVE_ARGS, presence_event
 from chat.logkeys import channel, room_tag
 
@@ -142,9 +143,11 @@ class RedisPresence:
         self.client = client
         self.process_id = process_id
         self.ttl_ms = int(ttl_seconds * 1000)
-        self._join = client.register_script(_JOIN)
-        self._leave = client.register_script(_LEAVE)
-        self._sweep = client.register_script(_SWEEP)
+        # On a cluster the events go out on the room's sharded channel (SPUBLISH), as the messages do.
+        shard = sharded_script if is_cluster(client) else str
+        self._join = client.register_script(shard(_JOIN))
+        self._leave = client.register_script(shard(_LEAVE))
+        self._sweep = client.register_script(shard(_SWEEP))
         self._list = client.register_script(_LIST)
 
     def _member(self, user_id: int, username: str) -> str:

@@ -20,7 +20,8 @@ from django.db import DatabaseError, connection
 from redis.exceptions import RedisError
 
 from chat import embedded_redis
-from chat.messagelog import MessageLog, RoomBacklog
+from chat.clusterlog import message_log
+from chat.messagelog import RoomBacklog
 from chat.models import Message, Room, UnstoredMessage
 from chat.redisclient import make_async_client
 from chat.worker import Worker
@@ -89,7 +90,9 @@ class Command(BaseCommand):
     async def _status(self, *, per_room: bool) -> None:
         client = make_async_client()
         try:
-            log = MessageLog(client, dedup_seconds=settings.KAIWA_DEDUP_SECONDS, stream_keep=settings.KAIWA_STREAM_KEEP)
+            log = message_log(
+                client, dedup_seconds=settings.KAIWA_DEDUP_SECONDS, stream_keep=settings.KAIWA_STREAM_KEEP
+            )
             rooms = await log.backlog_by_room(await log.active_rooms())
         finally:
             await client.aclose()
