@@ -144,6 +144,21 @@ _joins = {kind: JOINS.labels(kind) for kind in ("fresh", "resume", "reset")}
 _handshakes = {True: HANDSHAKES.labels("accepted"), False: HANDSHAKES.labels("refused")}
 
 
+def prepare(*, refusals: Iterable[tuple[str, str]], closes: Iterable[int | None]) -> None:
+    """Create the usual label sets at zero, so a first refusal or close shows in ``rate()`` at once.
+
+    (A series that appears with its first event has no earlier sample to
+    compare with: Prometheus would see its first increase only at the next one.)
+    """
+    for code, frame in refusals:
+        key = (code, frame)
+        if key not in _refused:
+            _refused[key] = REFUSALS.labels(code, frame)
+    for close in closes:
+        if close not in _closed:
+            _closed[close] = CONNECTIONS_CLOSED.labels("client" if close is None else str(int(close)))
+
+
 def process_started() -> None:
     PROCESSES.set(1)
     RELAY_CONNECTED.set(0)

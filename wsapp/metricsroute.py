@@ -24,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from chat import metrics, metricsmode
+from wsapp import errors
 from wsapp.readiness import Live, Readiness
 
 
@@ -91,6 +92,13 @@ def _readiness(app: FastAPI) -> Readiness | None:
 
 
 def install(app: FastAPI) -> None:
+    codes = (errors.BAD_REQUEST, errors.NOT_FOUND, errors.NOT_JOINED, errors.TOO_LONG, errors.RATE_LIMITED)
+    metrics.prepare(
+        refusals=[(code, frame) for code in (*codes, errors.LIMIT, errors.UNAVAILABLE) for frame in ("send", "join")]
+        + [(errors.BAD_REQUEST, "invalid")],
+        closes=[None, *errors.Close],
+    )
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics_view(request: Request) -> Response:
         token = settings.KAIWA_METRICS_TOKEN

@@ -131,3 +131,13 @@ def test_sampled_gauges_take_the_latest_sample() -> None:
     assert value("kaiwa_relay_connected") == 1
     metrics.sampled(queued_frames=0, queued_max=0, relay_connected=False)
     assert value("kaiwa_relay_connected") == 0
+
+
+def test_prepared_label_sets_exist_at_zero_before_their_first_event() -> None:
+    """A refusal or close code prepared at startup is a series from the first scrape, so rate() sees its first event."""
+    assert metrics.REGISTRY.get_sample_value("kaiwa_refusals_total", {"code": "limit", "frame": "typing"}) is None
+    metrics.prepare(refusals=[("limit", "typing")], closes=[4999])
+    assert metrics.REGISTRY.get_sample_value("kaiwa_refusals_total", {"code": "limit", "frame": "typing"}) == 0
+    assert metrics.REGISTRY.get_sample_value("kaiwa_connections_closed_total", {"code": "4999"}) == 0
+    metrics.refused("limit", "typing")
+    assert metrics.REGISTRY.get_sample_value("kaiwa_refusals_total", {"code": "limit", "frame": "typing"}) == 1
