@@ -77,6 +77,11 @@ def _database_figures() -> int | None:
         return None  # the table is missing (migrations not applied): the database itself answers
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class Readiness:
     """The checks of one server process, with their cache."""
 
@@ -87,6 +92,7 @@ class Readiness:
         self._figures: dict[str, Figure] = {}
         # One thread with one kept connection: a poll never opens a database connection of its own.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaiwa-readiness")
+        self._db_job: asyncio.Future[int | None] | None = None
 
     def close(self) -> None:
         self._executor.submit(connection.close)
@@ -128,8 +134,13 @@ class Readiness:
         return total, (None if oldest_ms is None else oldest_ms / 1000)
 
     async def _database(self) -> int | None:
+        # A database that never answers holds the thread: later polls must not queue behind it.
+        if self._db_job is not None and not self._db_job.done():
+            raise TimeoutError("the previous check has not returned yet")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _database_figures)
+        self._db_job = loop.run_in_executor(self._executor, _database_figures)
+        self._db_job.add_done_callback(_retrieved)  # an answer after the timeout is dropped quietly
+        return await asyncio.shield(self._db_job)
 
     async def live(self) -> Live:
         """Redis, the database and the backlog, looked at together (each from its cache when fresh)."""
