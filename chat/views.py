@@ -116,25 +116,28 @@ def room_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "rooms": [r for r in sidebar if r["kind"] != "dm"],
         "dms": [r for r in sidebar if r["kind"] == "dm"],
         "can_manage": room.private and room.created_by_id == request.user.pk,
-        "client_config": _client_config(request, room, has_more=has_more),
+        "client_config": _client_config(request, room, has_more=has_more, title=title),
     }
     return render(request, "chat/room_detail.html", context)
 
 
-def _client_config(request: HttpRequest, room: Room, *, has_more: bool) -> dict[str, object]:
+def _client_config(request: HttpRequest, room: Room, *, has_more: bool, title: str) -> dict[str, object]:
     """What room.js needs from the server, embedded with json_script (static/chat/js/config.js reads it).
 
     Every server limit the client obeys is here, from the settings, so the
     JavaScript has no copy that could disagree with the server.
     """
     return {
-        "room": {"slug": room.slug, "name": room.name, "private": room.private, "kind": room.kind},
+        # name: what the page calls the room (a direct conversation: the other person).
+        "room": {"slug": room.slug, "name": title, "private": room.private, "kind": room.kind},
         "user": {"id": request.user.pk, "username": request.user.get_username()},
         "urls": {
             "ws": WS_PATH,
             "messages": API_MESSAGES_PATH.format(slug=quote(room.slug)),
             "login": resolve_url(settings.LOGIN_URL),
             "dms": API_DMS_PATH,
+            # Any room's history: {slug} replaced (switching rooms in place, static/chat/js/roomswitch.js).
+            "messages_template": API_MESSAGES_PATH,
             # Where a room's page is: this + slug + "/" (chat.urls).
             "rooms": reverse("chat:room_detail", kwargs={"slug": "x"})[: -len("x/")],
         },

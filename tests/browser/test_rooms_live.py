@@ -16,7 +16,8 @@ import pytest
 from chat import services
 from chat.models import Room
 from tests.browser.conftest import SCREENSHOTS, Browsers
-from tests.browser.test_room_page import expect, open_room, send, wait_for_bodies
+from tests.browser.test_room_page import expect, log_in_and_wait, open_room, send, wait_for_bodies
+from tests.chat.factories import add_messages
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -126,3 +127,60 @@ def test_a_dm_started_by_one_user_appears_live_for_the_other(
     b.get_by_label("Message someone").press("Enter")
     b.wait_for_url(a.url)
     assert in_thread(lambda: Room.objects.filter(kind="dm").count()) == 1
+
+
+COUNT_SOCKETS = """
+window.__kaiwaSockets = 0;
+const Native = window.WebSocket;
+window.WebSocket = class extends Native {
+  constructor(...args) { super(...args); window.__kaiwaSockets += 1; }
+};
+"""
+
+
+def test_switching_rooms_in_place_with_back_and_forward(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """A sidebar click changes the URL without a page load or a new socket; back/forward work; scroll is kept."""
+    alice, _bob = make_user("alice"), make_user("bob")
+    general = services.room_create(name="General", slug="general", creator=alice)
+    random = services.room_create(name="Random", slug="random", creator=alice)
+    add_messages(general, 60, author=alice, body="general {seq}")
+    add_messages(random, 3, author=alice, body="random {seq}")
+    server = start_server()
+    b = open_room(browsers, login, server, "bob", "random")
+    ctx = browsers.context()
+    ctx.add_init_script(COUNT_SOCKETS)
+    a = browsers.page(ctx)
+
+    log_in_and_wait(a, login, server, "alice", "general")
+    a.evaluate("window.__samePage = true")
+    scroller = a.locator(".chat__scroll")
+    scroller.evaluate("el => { el.scrollTop = 200; }")
+    kept = scroller.evaluate("el => el.scrollHeight - el.scrollTop")
+    expect(b.locator(".presence__list .presence__name")).to_have_text(["bob"])
+
+    nav = a.get_by_role("navigation", name="Your rooms")
+    nav.get_by_role("link", name="Random").click()
+    a.wait_for_url(f"{server.http}/rooms/random/")
+    wait_for_bodies(a, ["random 1", "random 2", "random 3"])
+    expect(a.locator("#room-title")).to_have_text("#Random")
+    expect(nav.get_by_role("link", name="Random")).to_have_attribute("aria-current", "page")
+    expect(a).to_have_title("#Random · Kaiwa")
+    # alice is now here for bob, and can talk.
+    expect(b.locator(".presence__list .presence__name")).to_have_text(["alice", "bob"])
+    send(a, "switched without a reload")
+    wait_for_bodies(b, ["random 1", "random 2", "random 3", "switched without a reload"])
+
+    a.go_back()
+    a.wait_for_url(f"{server.http}/rooms/general/")
+    expect(a.locator("#room-title")).to_have_text("#General")
+    expect(a.locator(".chat__list li.msg")).to_have_count(60)
+    assert abs(scroller.evaluate("el => el.scrollHeight - el.scrollTop") - kept) <= 2
+    expect(b.locator(".presence__list .presence__name")).to_have_text(["bob"])
+    a.go_forward()
+    a.wait_for_url(f"{server.http}/rooms/random/")
+    wait_for_bodies(a, ["random 1", "random 2", "random 3", "switched without a reload"])
+    assert a.evaluate("window.__samePage") is True
+    assert a.evaluate("window.__kaiwaSockets") == 1
+    a.screenshot(path=str(SCREENSHOTS / "room-switched.png"))

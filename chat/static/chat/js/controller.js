@@ -311,7 +311,7 @@ export class RoomController {
     const body = this.view.composerText();
     if (body.trim() === "") return;
     if (!this.validateLength()) return;
-    const item = this.pending.add(this.config.slug, body);
+    const item = this.pending.add(this.active.slug, body);
     this.view.clearComposer();
     this.lastTypingSentAt = 0;
     this.view.leftOff = null;

@@ -10,6 +10,7 @@ import { HttpError } from "./history.js";
 import { Socket, loginUrl, socketUrl } from "./socket.js";
 import { PendingSends, ReadMarks, resendWindowMs } from "./store.js";
 import { RoomNav } from "./roomnav.js";
+import { RoomSwitch } from "./roomswitch.js";
 import { RoomView } from "./view.js";
 
 async function fetchJson(url, config) {
@@ -60,6 +61,15 @@ function main() {
     fetch: (url, init) => window.fetch(url, init),
     go: (url) => window.location.assign(url),
     cookie: () => document.cookie,
+    openRoom: (slug) => switcher.open(slug, { push: true }),
+  });
+  const switcher = new RoomSwitch({
+    controller,
+    view,
+    config,
+    root,
+    win: window,
+    describe: (slug) => nav.describe(slug),
   });
   const socket = new Socket({
     url: socketUrl(config.wsPath, window.location),
@@ -96,6 +106,7 @@ function main() {
   window.addEventListener("storage", (event) => controller.onStorage(event.key));
 
   nav.bind();
+  switcher.bind();
   controller.start();
   socket.start();
   window.kaiwa = controller; // handy from the devtools console

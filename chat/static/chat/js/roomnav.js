@@ -34,9 +34,11 @@ export class RoomNav {
    * @param {object} deps.config
    * @param {(url: string, init: object) => Promise<Response>} deps.fetch
    * @param {(url: string) => void} deps.go   open a page
+   * @param {(slug: string) => void} [deps.openRoom]   open a known room in place
    * @param {() => string} deps.cookie
    */
-  constructor({ controller, sidebar, root, config, fetch, go, cookie }) {
+  constructor({ controller, sidebar, root, config, fetch, go, cookie, openRoom = null }) {
+    this.openRoom = openRoom;
     this.controller = controller;
     this.sidebar = sidebar;
     this.root = root;
@@ -47,7 +49,11 @@ export class RoomNav {
     this.me = { id: config.userId, username: config.username };
     this.sidebar.roomsBase = config.roomsUrl;
     this.dmUsers = new Map(); // dm slug -> the other person's name
-    for (const info of sidebar.readRooms()) if (info.kind === "dm") this.dmUsers.set(info.slug, info.dmUser);
+    this.about = new Map(); // slug -> {title, kind, private}
+    for (const info of sidebar.readRooms()) {
+      if (info.kind === "dm") this.dmUsers.set(info.slug, info.dmUser);
+      this.about.set(info.slug, { title: info.kind === "dm" ? info.dmUser : info.name, kind: info.kind, private: info.private });
+    }
     controller.dmSlugs = new Set(this.dmUsers.keys());
   }
 
@@ -100,7 +106,8 @@ export class RoomNav {
       return;
     }
     this.onAdded(body.room);
-    this.go(`${this.config.roomsUrl}${encodeURIComponent(body.room.slug)}/`);
+    if (this.openRoom && this.controller.rooms.has(body.room.slug)) this.openRoom(body.room.slug);
+    else this.go(`${this.config.roomsUrl}${encodeURIComponent(body.room.slug)}/`);
   }
 
   showError(node, text) {
@@ -139,8 +146,14 @@ export class RoomNav {
       this.controller.dmSlugs.add(room.slug);
     }
     this.sidebar.addRoom(room, dmUser);
+    this.about.set(room.slug, { title: dmUser || room.name, kind: room.kind === "dm" ? "dm" : "room", private: !!room.private });
     this.controller.addRoom({ slug: room.slug, name: dmUser || room.name, lastSeq: Number(room.last_seq) || 0 });
     if (dmUser !== null) this.renderDmPresence(room.slug);
+  }
+
+  /** What the page calls a room, and whether it is private: for switching to it in place. */
+  describe(slug) {
+    return this.about.get(slug) || { title: slug, kind: "room", private: false };
   }
 
   renderDmPresence(slug) {

@@ -32,6 +32,7 @@ export class Sidebar {
       name: li.querySelector(".rooms__name")?.textContent || li.dataset.room,
       lastSeq: Number.parseInt(li.dataset.lastSeq || "0", 10) || 0,
       kind: li.dataset.kind === "dm" ? "dm" : "room",
+      private: li.dataset.private === "true" || li.dataset.kind === "dm",
       dmUser: li.dataset.dmUser || null,
     }));
   }
@@ -68,7 +69,12 @@ export class Sidebar {
     );
     const li = el("li", {
       cls: "rooms__item",
-      attrs: { "data-room": room.slug, "data-last-seq": "0", "data-kind": room.kind === "dm" ? "dm" : null },
+      attrs: {
+        "data-room": room.slug,
+        "data-last-seq": "0",
+        "data-kind": room.kind === "dm" ? "dm" : null,
+        "data-private": room.private ? "true" : null,
+      },
     }, link);
     if (room.kind === "dm") li.dataset.dmUser = label;
     const list = room.kind === "dm" ? this.dmList : this.roomList;
