@@ -149,7 +149,7 @@ def test_switching_rooms_in_place_with_back_and_forward(
     add_messages(random, 3, author=alice, body="random {seq}")
     server = start_server()
     b = open_room(browsers, login, server, "bob", "random")
-    ctx = browsers.context()
+    ctx = browsers.context(locale="en-US", timezone_id="Europe/Paris")
     ctx.add_init_script(COUNT_SOCKETS)
     a = browsers.page(ctx)
 
@@ -181,6 +181,9 @@ def test_switching_rooms_in_place_with_back_and_forward(
     a.go_forward()
     a.wait_for_url(f"{server.http}/rooms/random/")
     wait_for_bodies(a, ["random 1", "random 2", "random 3", "switched without a reload"])
+    # Date separators, in the viewer's time zone: the stored messages' day, then today's.
+    expect(a.locator(".chat__day")).to_have_text(["Saturday, November 21", "Today"])
+    expect(a.locator(".chat__day").first).to_have_attribute("role", "separator")
     assert a.evaluate("window.__samePage") is True
     assert a.evaluate("window.__kaiwaSockets") == 1
     a.screenshot(path=str(SCREENSHOTS / "room-switched.png"))

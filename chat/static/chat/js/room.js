@@ -6,6 +6,7 @@
 
 import { CONFIG_ELEMENT_ID, parseConfig } from "./config.js";
 import { RoomController } from "./controller.js";
+import { DaySeparators } from "./dates.js";
 import { HttpError } from "./history.js";
 import { Socket, loginUrl, socketUrl } from "./socket.js";
 import { PendingSends, ReadMarks, resendWindowMs } from "./store.js";
@@ -105,6 +106,7 @@ function main() {
   });
   window.addEventListener("storage", (event) => controller.onStorage(event.key));
 
+  new DaySeparators(view.list, document).start();
   nav.bind();
   switcher.bind();
   controller.start();
