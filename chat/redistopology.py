@@ -19,7 +19,10 @@ connection error. See docs/redis-deployments.md for what was checked and how.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -29,7 +32,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, ClusterPubSub, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, parse_url
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -92,7 +95,31 @@ class ClusterUnreachable(RedisConnectionError):
 
 
 class KaiwaRedisCluster(RedisCluster):
-    """``RedisCluster`` whose "cluster unreachable" errors are ``RedisError``s (``ClusterUnreachable``)."""
+    """``RedisCluster`` that waits for a free connection, and whose "cluster unreachable" errors are ``RedisError``s.
+
+    redis-py's cluster pools raise ``MaxConnectionsError`` at once when a node's
+    pool is in use; one Redis's ``BlockingConnectionPool`` waits up to
+    ``POOL_WAIT``. So that a burst behaves alike in every mode (and is not
+    answered ``unavailable``), at most ``max_connections`` commands and
+    pipelines are in flight per process, each of which holds at most one
+    connection per node; the rest wait their turn up to ``POOL_WAIT``.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._turns = asyncio.Semaphore(int(kwargs.get("max_connections", 100)))
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(POOL_WAIT):
+                await self._turns.acquire()
+        except TimeoutError:
+            raise ClusterUnreachable(f"no free Redis Cluster connection within {POOL_WAIT:g} s") from None
+        try:
+            yield
+        finally:
+            self._turns.release()
 
     async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
         try:
@@ -101,10 +128,29 @@ class KaiwaRedisCluster(RedisCluster):
             raise ClusterUnreachable(str(exc)) from exc
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().execute_command(*args, **kwargs)
-        except RedisClusterException as exc:
-            raise ClusterUnreachable(str(exc)) from exc
+        async with self.turn():
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except RedisClusterException as exc:
+                raise ClusterUnreachable(str(exc)) from exc
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            raise ValueError("shard_hint has no meaning in cluster mode")
+        return _KaiwaClusterPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py makes its own
+
+
+class _KaiwaClusterPipeline(ClusterPipeline):
+    """A cluster pipeline that takes its client's turn while it runs (one connection per node at most)."""
+
+    async def execute(self, *args: Any, **kwargs: Any) -> list[Any]:
+        client = self.cluster_client
+        assert isinstance(client, KaiwaRedisCluster)
+        async with client.turn():
+            try:
+                return await super().execute(*args, **kwargs)
+            except RedisClusterException as exc:
+                raise ClusterUnreachable(str(exc)) from exc
 
 
 def split_url(url: str) -> tuple[str, list[tuple[str, int]]]:
