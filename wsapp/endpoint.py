@@ -15,11 +15,10 @@ from typing import Any
 from django.conf import settings
 from starlette.types import Receive, Scope, Send
 
-from chat import metrics, selectors, services
+from chat import metrics, services
 from chat.messagelog import RateLimit
-from wsapp import auth, frames, schemas
+from wsapp import auth, frames, roomaccess, schemas
 from wsapp.connection import Connection, Phase
-from wsapp.dbthread import db_ready
 from wsapp.errors import (
     BAD_REQUEST,
     LIMIT,
@@ -192,9 +191,10 @@ class Endpoint:
         limit = settings.KAIWA_MAX_ROOMS_PER_CONNECTION
         if request.room not in conn.subscriptions and len(conn.subscriptions) >= limit:
             raise Refused(LIMIT, f"A connection may join at most {limit} rooms; leave one first.")
-        await db_ready()
-        checked_at = time.monotonic()
-        room = await selectors.aroom_get_for_user_id(user_id=conn.user_id, slug=request.room)
+        # Remembered per process after the first lookup (no thread hop); the
+        # answer's read time is the access check's time for the revocation.
+        access = hub.revocation.access
+        room, checked_at = await roomaccess.room_for_join(access, user_id=conn.user_id, slug=request.room)
         if room is None:
             raise Refused(NOT_FOUND, f"There is no room {request.room!r} you can join.")
         await hub.join(

@@ -26,6 +26,7 @@ from wsapp import auth, frames, userevents
 from wsapp.connection import Connection
 from wsapp.dbthread import db_ready
 from wsapp.errors import Close
+from wsapp.roomaccess import RoomAccess
 
 if TYPE_CHECKING:
     from wsapp.hub import Hub
@@ -51,6 +52,9 @@ class Revocation:
         self._control_since = float("inf")
         self._user_events: dict[int, float] = {}
         self._room_events: dict[int, float] = {}
+        # The joins' remembered room access: every event below that can take
+        # access away drops what it concerns (wsapp/roomaccess.py).
+        self.access = RoomAccess()
 
     def on_registered(self, conn: Connection) -> None:
         """A socket joined the hub: re-check it if a revocation may have been published since its session check."""
@@ -75,18 +79,21 @@ class Revocation:
             now = time.monotonic()
             if kind in userevents.KINDS:
                 # Not a revocation: a room the user can newly see, no longer see, or that was renamed.
+                self.access.forget_room(int(event["room_id"]), now=now)
                 userevents.on_control(self.hub, event)
                 return
             if kind == "access":
                 # A membership ended: re-check that user's sockets in that room.
                 room_id = int(event["room_id"])
                 self._note(self._room_events, room_id, now)
+                self.access.forget_room(room_id, now=now)
                 self._access_changed(user_id=int(event["user_id"]), room_id=room_id)
                 return
             if kind == "room":
                 # A room was made private or deleted: re-check every socket joined to it.
                 room_id = int(event["room_id"])
                 self._note(self._room_events, room_id, now)
+                self.access.forget_room(room_id, now=now)
                 self._access_changed(user_id=None, room_id=room_id)
                 return
             user_id = int(event["user_id"])
@@ -96,6 +103,8 @@ class Revocation:
         if kind not in ("user", "session"):
             return
         self._note(self._user_events, user_id, now)
+        if kind == "user":
+            self.access.forget_user(user_id, now=now)
         session_key = event.get("session_key")
         if session_key:
             for conn in list(self.hub.by_user.get(user_id, ())):
@@ -124,6 +133,7 @@ class Revocation:
     def on_control_subscribed(self) -> None:
         """The control channel is (re)subscribed: events published while it was not are lost, so re-check."""
         self._control_since = time.monotonic()
+        self.access.reset(now=self._control_since)
         conns = list(self.hub.connections)
         if conns:
             logger.info("control channel subscribed; re-checking %d sockets' sessions and rooms", len(conns))
@@ -219,6 +229,7 @@ class Revocation:
         for room_id, conns in by_room.items():
             private = await selectors.aroom_privacy(room_id=room_id)
             if private is None:
+                self.access.forget_room(room_id)
                 allowed: set[int] = set()  # deleted
             elif not private:
                 continue
@@ -227,6 +238,7 @@ class Revocation:
             for conn in conns:
                 if conn.user_id in allowed:
                     continue
+                self.access.forget_member(room_id=room_id, user_id=conn.user_id)
                 for slug, subscription in list(conn.subscriptions.items()):
                     if subscription.room_id == room_id and conn.open:
                         logger.info(
