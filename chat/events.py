@@ -24,7 +24,7 @@ the frame in ``Entry.frame`` (see docs/architecture.md, "Adding a field").
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +55,8 @@ _MESSAGE_FIELDS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("username", USERNAME, str),
     ("body", "body", str),
     ("client_id", "cid", lambda raw: raw or None),
+    # The attachment objects ("A" of protocol.md 7.3) as a JSON list; "" when none.
+    ("attachments", "att", lambda raw: tuple(json.loads(raw)) if raw else ()),
 )
 
 
@@ -92,6 +94,7 @@ class Entry:
     client_id: str | None
     room: str | None = None
     epoch: str = ""  # the room's epoch when the message was accepted ("" before epochs existed)
+    attachments: tuple[dict[str, Any], ...] = ()
 
     @property
     def ts(self) -> str:
@@ -108,12 +111,26 @@ class Entry:
             "user": {"id": self.user_id, "username": self.username},
             "body": self.body,
             "client_id": self.client_id,
+            "attachments": list(self.attachments),
         }
 
 
-def message_fields(*, user_id: int, username: str, body: str, client_id: str | None) -> list[str]:
+def message_fields(
+    *,
+    user_id: int,
+    username: str,
+    body: str,
+    client_id: str | None,
+    attachments: Sequence[Mapping[str, Any]] = (),
+) -> list[str]:
     """A new message's own fields as flat ``name, value`` pairs for the append script (see ``_MESSAGE_FIELDS``)."""
-    values = {"user_id": str(user_id), "username": username, "body": body, "client_id": client_id or ""}
+    values = {
+        "user_id": str(user_id),
+        "username": username,
+        "body": body,
+        "client_id": client_id or "",
+        "attachments": json.dumps(list(attachments), ensure_ascii=False, separators=(",", ":")) if attachments else "",
+    }
     out: list[str] = []
     for attr, key, _ in _MESSAGE_FIELDS:
         out += (key, values[attr])
@@ -127,13 +144,14 @@ def _decode(value: bytes | str) -> str:
 def entry_from_stream(room_id: int, slug: str | None, entry_id: bytes | str, fields: dict[Any, Any]) -> Entry:
     """A stream entry (id ``0-<seq>``) as an Entry."""
     f = {_decode(k): _decode(v) for k, v in fields.items()}
-    values = {attr: parse(f[key]) for attr, key, parse in _MESSAGE_FIELDS}
+    # .get: an entry written before a field existed (e.g. "att") reads as its empty value.
+    values = {attr: parse(f.get(key, "")) for attr, key, parse in _MESSAGE_FIELDS}
     return Entry(room_id=room_id, room=slug, seq=seq_of(entry_id), ts_ms=int(f[TS]), epoch=f.get(EPOCH, ""), **values)
 
 
 def entry_from_event(event: dict[str, Any]) -> Entry:
     """A published message event (``k == "m"``) as an Entry."""
-    values = {attr: parse(str(event[key])) for attr, key, parse in _MESSAGE_FIELDS}
+    values = {attr: parse(str(event.get(key, ""))) for attr, key, parse in _MESSAGE_FIELDS}
     return Entry(
         room_id=int(event[ROOM_ID]),
         room=str(event[ROOM]),
@@ -206,11 +224,17 @@ def decode(data: bytes | str) -> Entry | UserSignal | EpochChange | None:
 def message_event(entry: Entry) -> str:
     """The event the append script publishes for ``entry``, as Python writes it (the in-memory log's twin).
 
-    tests/chat/test_events.py checks that it decodes like what Redis publishes.
+    tests/chat/test_memorylog.py checks that it decodes like what the append script publishes.
     """
     event: dict[str, Any] = {KIND: MESSAGE, ROOM_ID: entry.room_id, ROOM: entry.room, SEQ: entry.seq, TS: entry.ts_ms}
     if entry.epoch:
         event[EPOCH] = entry.epoch
-    pairs = message_fields(user_id=entry.user_id, username=entry.username, body=entry.body, client_id=entry.client_id)
+    pairs = message_fields(
+        user_id=entry.user_id,
+        username=entry.username,
+        body=entry.body,
+        client_id=entry.client_id,
+        attachments=entry.attachments,
+    )
     event.update(zip(pairs[::2], pairs[1::2], strict=True))
     return json.dumps(event, ensure_ascii=False)

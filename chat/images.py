@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -225,10 +227,26 @@ _pool_lock = threading.Lock()
 # A worker process is replaced after this many images, so one huge photo's
 # memory does not stay with the process for good.
 _TASKS_PER_WORKER = 100
+_PARENT_CHECK_SECONDS = 1.0
 
 
 class ImageWorkersUnavailable(RuntimeError):
     """The image worker process died (out of memory?) while handling this image."""
+
+
+def _watch_parent(parent: int) -> None:
+    """In a worker: exit when the server process is gone (killed without shutting the pool down).
+
+    An orphaned worker would otherwise live on, holding the server's stdout
+    and stderr open.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_CHECK_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="kaiwa-image-parent-watch", daemon=True).start()
 
 
 def _get_pool(workers: int) -> ProcessPoolExecutor:
@@ -240,6 +258,8 @@ def _get_pool(workers: int) -> ProcessPoolExecutor:
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 max_tasks_per_child=_TASKS_PER_WORKER,
+                initializer=_watch_parent,
+                initargs=(os.getpid(),),
             )
         return _pool
 

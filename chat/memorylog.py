@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from chat import epochs
 from chat.events import Entry, epoch_event, message_event
@@ -67,6 +68,7 @@ class MemoryLog:
         floor: int | None = None,
         known_last: int = 0,
         rate: RateLimit | None = None,
+        attachments: Sequence[Mapping[str, Any]] = (),
     ) -> AppendResult:
         if floor is not None:
             await self.settle(room_id=room_id, slug=slug, floor=floor)
@@ -87,7 +89,7 @@ class MemoryLog:
         entry = Entry(
             room_id=room_id, room=slug, seq=seq, ts_ms=ts, epoch=epoch,
             user_id=user_id, username=username, body=body,
-            client_id=client_id,
+            client_id=client_id, attachments=tuple(dict(a) for a in attachments),
         )  # fmt: skip
         self.streams.setdefault(room_id, {})[seq] = entry
         self._dedup[dedup] = (seq, ts, now + (token_seconds or self.dedup_seconds))

@@ -20,7 +20,7 @@ bundled server is 6.2). ``chat.memorylog.MemoryLog`` is the in-memory twin
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -117,6 +117,7 @@ class Log(Protocol):
         floor: int | None = None,
         known_last: int = 0,
         rate: RateLimit | None = None,
+        attachments: Sequence[Mapping[str, Any]] = (),
     ) -> AppendResult: ...
 
     async def last_seq(self, room_id: int) -> int | None: ...
@@ -173,6 +174,7 @@ class MessageLog(PersistGroup):
         floor: int | None = None,
         known_last: int = 0,
         rate: RateLimit | None = None,
+        attachments: Sequence[Mapping[str, Any]] = (),
     ) -> AppendResult:
         """Append a message; raise ``FloorNeeded`` when the room's seq is unknown.
 
@@ -206,7 +208,9 @@ class MessageLog(PersistGroup):
             slug,
             "" if rate is None else rate.burst,
             "" if rate is None else repr(float(rate.per_second)),
-            *message_fields(user_id=user_id, username=username, body=body, client_id=client_id),
+            *message_fields(
+                user_id=user_id, username=username, body=body, client_id=client_id, attachments=attachments
+            ),
         ]
 
         result = await self._run_append(keys, args)

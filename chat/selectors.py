@@ -7,6 +7,7 @@ arguments; async twins carry Django's ``a`` prefix.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +129,7 @@ def message_page(*, room: Room, before: int | None, limit: int) -> tuple[list[Me
     has_more = len(rows) > limit
     rows = rows[:limit]
     rows.reverse()
+    _attach(rows, attachments_for_messages(room_id=room.pk, seqs=[m.seq for m in rows]))
     return rows, has_more
 
 
@@ -140,7 +142,9 @@ async def amessage_range(*, room: Room, after: int, upto: int) -> list[Entry]:
     if upto <= after:
         return []
     qs = Message.objects.filter(room=room, seq__gt=after, seq__lte=upto).order_by("seq")
-    return [message_entry(message, slug=room.slug) async for message in qs]
+    messages = [message async for message in qs]
+    _attach(messages, await aattachments_for_messages(room_id=room.pk, seqs=[m.seq for m in messages]))
+    return [message_entry(message, slug=room.slug) for message in messages]
 
 
 def message_max_seq(*, room_id: int) -> int:
@@ -156,7 +160,11 @@ async def amessage_max_seq(*, room_id: int) -> int:
 
 
 def message_entry(message: Message, *, slug: str) -> Entry:
-    """A stored message as a :class:`chat.events.Entry`."""
+    """A stored message as a :class:`chat.events.Entry`.
+
+    Its attachments are those :func:`message_page` / :func:`amessage_range`
+    loaded with it (none for a message read otherwise).
+    """
     return Entry(
         room_id=message.room_id,
         room=slug,
@@ -166,6 +174,7 @@ def message_entry(message: Message, *, slug: str) -> Entry:
         username=message.author_username,
         body=message.body,
         client_id=message.client_id or None,
+        attachments=tuple(getattr(message, _ATTACHMENTS, ())),
     )
 
 
@@ -210,6 +219,33 @@ async def aattachment_get_for_user_id(*, user_id: int | None, attachment_id: str
     if user_id is not None:
         visible |= Q(room__memberships__user_id=user_id)
     return await Attachment.objects.filter(visible, pk=attachment_id).distinct().afirst()
+
+
+# Where message_page / amessage_range leave a message's A objects for message_entry.
+_ATTACHMENTS = "_kaiwa_attachment_objects"
+
+
+def _attach(messages: list[Message], found: dict[int, list[dict[str, Any]]]) -> None:
+    for message in messages:
+        setattr(message, _ATTACHMENTS, found.get(message.seq, []))
+
+
+async def aattachments_for_messages(*, room_id: int, seqs: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Async twin of :func:`attachments_for_messages`."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    if not seqs:
+        return found
+    rows = Attachment.objects.filter(room_id=room_id, message_seq__in=seqs).order_by("message_seq", "created_at")
+    async for attachment in rows:
+        assert attachment.message_seq is not None
+        found.setdefault(attachment.message_seq, []).append(attachment_dict(attachment))
+    return found
+
+
+async def aattachment_dicts(*, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The ``A`` objects of the attachments ``ids``, in that order (unknown ids are left out)."""
+    by_id = {a.pk: attachment_dict(a) async for a in Attachment.objects.filter(pk__in=list(ids))}
+    return [by_id[i] for i in ids if i in by_id]
 
 
 def attachments_for_messages(*, room_id: int, seqs: list[int]) -> dict[int, list[dict[str, Any]]]:

@@ -222,6 +222,9 @@ def message_bulk_persist(*, entries: Sequence[Entry], statement_timeout_ms: int 
     if rows and _message_insert_ignoring_stored(rows) < len(rows):
         # Some rows were already there: a replayed batch, or a conflict that must not vanish.
         persistconflicts.conflicts_record([e for e in entries if e.room_id in rooms])
+    for e in entries:
+        if e.attachments and e.room_id in rooms:
+            attachments_link(room_id=e.room_id, seq=e.seq, uploader_id=e.user_id, ids=[a["id"] for a in e.attachments])
     return len(rows)
 
 
@@ -301,9 +304,12 @@ _APPEND_RETRIES = 2
 _SERVER_TOKEN_SECONDS = 30
 
 
-def message_body_validate(*, body: str) -> None:
-    """Raise ``MessageBodyEmpty`` / ``MessageBodyTooLong`` for a body the server refuses."""
-    if not body.strip():
+def message_body_validate(*, body: str, attachments: bool = False) -> None:
+    """Raise ``MessageBodyEmpty`` / ``MessageBodyTooLong`` for a body the server refuses.
+
+    A message with attachments may have an empty body (protocol.md 7.3).
+    """
+    if not body.strip() and not attachments:
         raise MessageBodyEmpty("The message is empty: type some text before sending.")
     limit = settings.KAIWA_MAX_BODY_CHARS
     if len(body) > limit:
@@ -323,6 +329,7 @@ async def amessage_send(
     client_id: str | None,
     known_last: int | None = None,
     rate: RateLimit | None = None,
+    attachments: Sequence[str] = (),
 ) -> AppendResult:
     """Accept one message: append it to the room's Redis log (durable, ordered, published).
 
@@ -336,10 +343,21 @@ async def amessage_send(
     ``max(highest stored seq, known_last)``, ``known_last`` being the highest
     seq this process has delivered. Raises ``MessageUnavailable`` when Redis
     cannot be reached.
+
+    ``attachments`` (upload ids) are claimed for this message first
+    (``AttachmentsInvalid`` if one is not the user's unused upload to the
+    room); the message carries their ``A`` objects.
     """
-    message_body_validate(body=body)
+    message_body_validate(body=body, attachments=bool(attachments))
     token = client_id or uuid.uuid4().hex
     token_seconds = None if client_id else _SERVER_TOKEN_SECONDS
+    objects: list[dict[str, Any]] = []
+    if attachments:
+        try:
+            await aattachments_claim(ids=attachments, room_id=room_id, user_id=user_id, token=token)
+            objects = await selectors.aattachment_dicts(ids=attachments)
+        except DatabaseError as exc:
+            raise MessageUnavailable(f"the database is unreachable ({exc})") from exc
     floor: int | None = None
     failures = 0
     while True:
@@ -356,6 +374,7 @@ async def amessage_send(
                 floor=floor,
                 known_last=known_last or 0,
                 rate=rate,
+                attachments=objects,
             )
         except FloorNeeded:
             if floor is not None:
@@ -370,6 +389,7 @@ async def amessage_send(
             failures += 1
             if failures > _APPEND_RETRIES:
                 raise MessageUnavailable(f"Redis is unreachable ({exc})") from exc
+
 
 # Attachments (protocol.md 7.3) --------------------------------------------------
 
@@ -490,17 +510,19 @@ async def aattachments_claim(*, ids: Sequence[str], room_id: int, user_id: int, 
         )
 
 
-def attachments_link(*, room_id: int, seq: int, ids: Sequence[str]) -> int:
+def attachments_link(*, room_id: int, seq: int, uploader_id: int, ids: Sequence[str]) -> int:
     """Record that message ``(room_id, seq)`` has the attachments ``ids``; idempotent.
 
     Called by the worker in the transaction that stores the message: an
-    attachment is linked only while unused or already this message's, so a
-    replayed batch changes nothing and no upload ends up in two messages.
+    attachment is linked only if the message's author uploaded it, and only
+    while unused or already this message's, so a replayed batch changes
+    nothing and no upload ends up in two messages.
     """
     if not ids:
         return 0
     unused_or_this = Q(message_seq__isnull=True) | Q(message_seq=seq)
-    return Attachment.objects.filter(pk__in=list(ids), room_id=room_id).filter(unused_or_this).update(message_seq=seq)
+    mine = Attachment.objects.filter(pk__in=list(ids), room_id=room_id, uploader_id=uploader_id)
+    return mine.filter(unused_or_this).update(message_seq=seq)
 
 
 def attachment_delete_orphans(*, now: datetime | None = None, batch: int = 200) -> int:

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from chat import embedded_redis, metrics
+from chat import embedded_redis, images, metrics
 from chat.clusterlog import is_cluster, message_log
 from chat.epochs import DatabaseEpochs
 from chat.logkeys import CONTROL_CHANNEL
@@ -104,6 +104,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = None
         await client.aclose()
         embedded_redis.stop(embedded)
+        await asyncio.to_thread(images.shutdown_pool)  # the image worker processes (attachments)
 
 
 def create_app() -> FastAPI:

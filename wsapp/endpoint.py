@@ -217,6 +217,7 @@ class Endpoint:
                 client_id=request.client_id,
                 known_last=hub.known_last(subscription.room_id),
                 rate=RateLimit(burst=settings.KAIWA_RATE_BURST, per_second=settings.KAIWA_RATE_PER_SECOND),
+                attachments=request.attachments,
             )
             conn.put_frame(
                 frames.ack(room=subscription.slug, client_id=request.client_id, seq=result.seq, ts_ms=result.ts_ms)

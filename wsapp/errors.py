@@ -14,7 +14,7 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from chat.messagelog import RateLimited
-from chat.services import MessageBodyEmpty, MessageBodyTooLong, MessageUnavailable
+from chat.services import AttachmentsInvalid, MessageBodyEmpty, MessageBodyTooLong, MessageUnavailable
 from wsapp.sessioncheck import AuthUnavailable
 
 logger = logging.getLogger("kaiwa.ws")
@@ -98,7 +98,7 @@ def refusal_for(exc: BaseException) -> Refused | None:
     """The refusal an exception means, or None for a bug (the connection then closes with 1011)."""
     if isinstance(exc, Refused):
         return exc
-    if isinstance(exc, MessageBodyEmpty):
+    if isinstance(exc, MessageBodyEmpty | AttachmentsInvalid):
         return Refused(BAD_REQUEST, str(exc))
     if isinstance(exc, MessageBodyTooLong):
         return Refused(TOO_LONG, str(exc))

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from django.conf import settings
 
 from chat.models import SLUG_PATTERN
 
@@ -48,6 +51,7 @@ class Send:
     body: str
     client_id: str | None
     ref: str
+    attachments: tuple[str, ...] = ()  # upload ids (protocol.md 7.3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +137,22 @@ def parse(text: str) -> Request:
     # send
     if client_id is not None and not _valid_client_id(client_id):
         raise bad('"client_id" must be a string of 1 to 64 characters.')
-    body = data.get("body")
+    attachments = _attachment_ids(data.get("attachments"), bad)
+    body = data.get("body", "" if attachments else None)
     if not isinstance(body, str):
         raise bad('"send" needs a string field "body".')
     if not _encodable(body):
         raise bad('"body" contains an unpaired surrogate (invalid Unicode); send valid UTF-8 text.')
-    return Send(room=room, body=body, client_id=client_id, ref=ref)
+    return Send(room=room, body=body, client_id=client_id, ref=ref, attachments=attachments)
+
+
+def _attachment_ids(raw: Any, bad: Callable[[str], BadFrame]) -> tuple[str, ...]:
+    """``attachments`` of a ``send``: absent, or a list of 1 to 10 upload ids (strings)."""
+    if raw is None:
+        return ()
+    limit = settings.KAIWA_MAX_ATTACHMENTS_PER_MESSAGE
+    if not isinstance(raw, list) or not 1 <= len(raw) <= limit:
+        raise bad(f'"attachments" must be a list of 1 to {limit} attachment ids (the "id" of each upload).')
+    if not all(isinstance(i, str) and 0 < len(i) <= 64 and _encodable(i) for i in raw):
+        raise bad('Each of "attachments" must be the string "id" an upload answered with.')
+    return tuple(raw)

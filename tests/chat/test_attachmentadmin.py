@@ -55,7 +55,7 @@ def _message(room: Room, user: Any, seq: int, attachments: list[Attachment]) -> 
     message = Message.objects.create(
         room=room, seq=seq, author=user, author_username=user.username, body=f"m{seq}", created_at=timezone.now()
     )
-    services.attachments_link(room_id=room.pk, seq=seq, ids=[a.pk for a in attachments])
+    services.attachments_link(room_id=room.pk, seq=seq, uploader_id=user.pk, ids=[a.pk for a in attachments])
     return message
 
 

@@ -10,16 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from django.core.management import call_command
 from django.utils import timezone
 
-from chat import images, selectors, services
+from chat import events, images, selectors, services
 from chat.attachmentstore import attachment_storage
+from chat.events import Entry
+from chat.messagelog import MessageLog
 from chat.models import Attachment, Room
 from chat.orphansweep import OrphanSweep
 from chat.redisclient import make_async_client
 from chat.worker import Worker
-from tests import samplefiles
+from tests import redis_server, samplefiles
 from tests.chat.conftest import run_async
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -151,10 +154,14 @@ def test_claim_link_and_replay_are_exactly_once(
     with pytest.raises(services.AttachmentsInvalid):
         claim([bobs.pk], "c1", user=alice)
 
-    assert services.attachments_link(room_id=room.pk, seq=7, ids=[a1.pk, a2.pk]) == 2
-    assert services.attachments_link(room_id=room.pk, seq=7, ids=[a1.pk, a2.pk]) == 2  # replayed batch
-    assert services.attachments_link(room_id=room.pk, seq=8, ids=[a1.pk]) == 0  # never into a second message
-    assert services.attachments_link(room_id=other.pk, seq=7, ids=[a1.pk]) == 0
+    assert services.attachments_link(room_id=room.pk, seq=7, uploader_id=alice.pk, ids=[a1.pk, a2.pk]) == 2
+    assert (
+        services.attachments_link(room_id=room.pk, seq=7, uploader_id=alice.pk, ids=[a1.pk, a2.pk]) == 2
+    )  # replayed batch
+    assert (
+        services.attachments_link(room_id=room.pk, seq=8, uploader_id=alice.pk, ids=[a1.pk]) == 0
+    )  # never into a second message
+    assert services.attachments_link(room_id=other.pk, seq=7, uploader_id=alice.pk, ids=[a1.pk]) == 0
     claim([a1.pk], "c1")  # the same message re-sent after it was stored: still fine
     by_seq = selectors.attachments_for_messages(room_id=room.pk, seqs=[7, 8])
     assert [a["id"] for a in by_seq[7]] == [a1.pk, a2.pk] and 8 not in by_seq
@@ -172,7 +179,7 @@ def test_orphans_are_deleted_with_their_files(
     now = timezone.now()
     long_ago = now - timedelta(hours=25)
     Attachment.objects.filter(pk__in=[old_unused.pk, old_used.pk, old_claimed.pk]).update(created_at=long_ago)
-    services.attachments_link(room_id=room.pk, seq=1, ids=[old_used.pk])
+    services.attachments_link(room_id=room.pk, seq=1, uploader_id=alice.pk, ids=[old_used.pk])
     Attachment.objects.filter(pk=old_claimed.pk).update(claim="1:x", claimed_at=now - timedelta(hours=1))
 
     assert services.attachment_delete_orphans(now=now) == 1
@@ -290,3 +297,83 @@ def test_sweep_survives_a_storage_that_refuses(tmp_path: Path, room: Room, alice
         directory.chmod(0o700)
     assert run_async(sweep.run()) == 1
     assert not Attachment.objects.filter(pk=orphan.pk).exists()
+
+
+# -- messages with attachments (send, the relay, persistence, history) -------------------
+
+
+def _send(room: Room, user: Any, *, body: str, ids: list[str], client_id: str | None) -> tuple[int, list[Entry]]:
+    """amessage_send on the suite's real Redis; returns the seq and what the room's stream holds."""
+
+    async def main() -> tuple[int, list[Entry]]:
+        assert redis_server.SERVER is not None
+        client = aioredis.Redis.from_url(redis_server.SERVER.url)
+        try:
+            log = MessageLog(client, dedup_seconds=600, stream_keep=1000)
+            result = await services.amessage_send(
+                log=log,
+                room_id=room.pk,
+                slug=room.slug,
+                user_id=user.pk,
+                username=user.username,
+                body=body,
+                client_id=client_id,
+                attachments=ids,
+            )
+            return result.seq, await log.read_range(room_id=room.pk, slug=room.slug, after=0)
+        finally:
+            await client.aclose()
+
+    return run_async(main())
+
+
+def test_send_with_attachments_relays_persists_and_lists_them_once(
+    media: Path, tmp_path: Path, room: Room, alice: Any
+) -> None:
+    """A send with two uploads and an empty body: the stream entry and frame carry both A objects in order;
+    persisting (twice, as a replayed batch) links them once; the history shows them."""
+    photo = _upload(tmp_path, samplefiles.jpeg_with_gps(), room=room, user=alice, name="p.jpg")
+    pdf = _upload(tmp_path, samplefiles.PDF, room=room, user=alice, name="r.pdf")
+    seq, stream = _send(room, alice, body="", ids=[pdf.pk, photo.pk], client_id="c1")
+    (entry,) = stream
+    expected = [selectors.attachment_dict(pdf), selectors.attachment_dict(photo)]
+    assert entry.seq == seq and list(entry.attachments) == expected
+    assert entry.frame()["attachments"] == expected and entry.frame()["body"] == ""
+    # The same message re-sent (same client_id): acked again, nothing new.
+    again, stream = _send(room, alice, body="", ids=[pdf.pk, photo.pk], client_id="c1")
+    assert again == seq and len(stream) == 1
+
+    assert services.message_bulk_persist(entries=stream) == 1
+    assert services.message_bulk_persist(entries=stream) == 1
+    assert set(Attachment.objects.filter(message_seq=seq).values_list("pk", flat=True)) == {pdf.pk, photo.pk}
+    messages, _ = selectors.message_page(room=room, before=None, limit=10)
+    assert selectors.message_frame(messages[0], slug=room.slug)["attachments"] == [
+        selectors.attachment_dict(photo),  # history lists them in upload order
+        selectors.attachment_dict(pdf),
+    ]
+
+
+def test_send_refuses_attachments_that_are_not_the_senders_unused_uploads(
+    media: Path, tmp_path: Path, room: Room, alice: Any, make_user: Any
+) -> None:
+    """Another user's upload, an upload used by another message, an unknown id: AttachmentsInvalid, nothing sent."""
+    bob = make_user("bob")
+    bobs = _upload(tmp_path, samplefiles.TEXT, room=room, user=bob, name="b.txt")
+    mine = _upload(tmp_path, samplefiles.TEXT, room=room, user=alice, name="a.txt")
+    for ids in ([bobs.pk], ["unknown"], [mine.pk, bobs.pk]):
+        with pytest.raises(services.AttachmentsInvalid):
+            _send(room, alice, body="look", ids=ids, client_id=None)
+    _send(room, alice, body="first", ids=[mine.pk], client_id="m1")
+    with pytest.raises(services.AttachmentsInvalid):
+        _send(room, alice, body="second", ids=[mine.pk], client_id="m2")
+    with pytest.raises(services.MessageBodyEmpty):
+        _send(room, alice, body="  ", ids=[], client_id="m3")
+    assert len(_send(room, alice, body="text only", ids=[], client_id="m4")[1]) == 2
+
+
+def test_entries_written_before_attachments_existed_read_as_none() -> None:
+    """A stream entry or event without the "att" field (written by an older server) has no attachments."""
+    entry = events.entry_from_stream(
+        1, "lobby", b"0-5", {b"uid": b"7", b"un": b"ann", b"body": b"hi", b"cid": b"", b"ts": b"1700000000000"}
+    )
+    assert entry.attachments == () and entry.frame()["attachments"] == []

@@ -183,6 +183,7 @@ def test_message_frame_has_the_wire_shape(make_user):
         "user": {"id": alice.pk, "username": "alice"},
         "body": "message 1",
         "client_id": "c1",
+        "attachments": [],
     }
 
 

@@ -73,6 +73,7 @@ def test_messages_default_page(api_alice: Api, alice, lobby):
         "user": {"id": alice.pk, "username": "alice"},
         "body": "message 71",
         "client_id": "c71",
+        "attachments": [],
     }
 
 
