@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from bench import rising, storms
+from bench import ackreplicas, rising, storms
 from bench import scenarios as sc
 from bench.nodefleet import ensure_installed, node_version, ws_version
 from bench.procs import ROOT, Pinning, pin_self, plan_pinning, raise_nofile
@@ -43,6 +43,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "slow_large": ("slow readers, 1 MB", sc.slow_large),
     "persist_sqlite": ("persistence, SQLite", sc.persistence),
     "persist_postgres": ("persistence, PostgreSQL", sc.persistence),
+    "ack_replicas": ("acks waiting for a replica (KAIWA_ACK_REPLICAS 0 vs 1)", ackreplicas.scenario),
 }
 
 
