@@ -16,12 +16,11 @@ Animated GIF and WebP keep animating in the full-size copy; their thumbnail
 is a still of the first frame (a chat list of moving thumbnails costs every
 member CPU and battery; the viewer shows the animation).
 
-Decoding and encoding are CPU-heavy (about 0.3 s and 300 MB for a 24
-megapixel phone photo), so they run in a pool of worker processes
-(:func:`arun_in_workers`), never on a server's event loop: a thread would hold
-the GIL between Pillow's C calls and delay the loop (figures in
-docs/performance.md). This module imports no Django: the workers only load it
-and Pillow.
+Decoding and encoding are CPU-heavy, so they run in a pool of worker
+processes (:func:`arun_in_workers`), never on a server's event loop: a thread
+would hold the GIL between Pillow's C calls and delay the loop (the measured
+figures, and why Pillow rather than libvips, are in README, "Attachment
+storage"). This module imports no Django: the workers only load it and Pillow.
 """
 
 from __future__ import annotations
