@@ -7,13 +7,14 @@ appears, live, for the other.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from chat import services
+from chat import dms, services
 from chat.models import Room
 from tests.browser.conftest import SCREENSHOTS, Browsers
 from tests.browser.test_room_page import expect, log_in_and_wait, open_room, send, wait_for_bodies
@@ -187,3 +188,81 @@ def test_switching_rooms_in_place_with_back_and_forward(
     assert a.evaluate("window.__samePage") is True
     assert a.evaluate("window.__kaiwaSockets") == 1
     a.screenshot(path=str(SCREENSHOTS / "room-switched.png"))
+
+
+RECORD_NOTIFICATIONS = """
+window.__notes = [];
+window.__permissionAsked = 0;
+const NativeNotification = window.Notification;
+window.Notification = class extends NativeNotification {
+  constructor(title, options) { super(title, options); window.__notes.push({ title, body: options && options.body }); }
+  static get permission() { return NativeNotification.permission; }
+  static requestPermission(...args) {
+    window.__permissionAsked += 1;
+    return NativeNotification.requestPermission(...args);
+  }
+};
+// The test hides the tab the way a browser does when another tab is in front.
+window.__hidden = false;
+Object.defineProperty(document, "visibilityState", { get: () => (window.__hidden ? "hidden" : "visible") });
+Object.defineProperty(document, "hidden", { get: () => window.__hidden });
+window.__setHidden = (hidden) => { window.__hidden = hidden; document.dispatchEvent(new Event("visibilitychange")); };
+"""
+
+
+def test_notifications_for_dms_and_mentions_while_hidden_or_elsewhere(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """Permission is never asked on load; with it granted, a mention while hidden and a DM while another room is
+    open notify, count in the title and the favicon; a muted room does not notify."""
+    alice, bob = make_user("alice"), make_user("bob")
+    services.room_create(name="General", slug="general", creator=alice)
+    dm, _ = dms.dm_open(user=bob, username="alice")
+    server = start_server()
+
+    asking = browsers.context()
+    asking.add_init_script(RECORD_NOTIFICATIONS)
+    first = browsers.page(asking)
+    log_in_and_wait(first, login, server, "alice", "general")
+    assert first.evaluate("window.__permissionAsked") == 0
+    expect(first.get_by_role("button", name="Enable notifications")).to_be_visible()
+    first.get_by_role("button", name="Enable notifications").click()
+    assert first.evaluate("window.__permissionAsked") == 1
+    asking.close()
+
+    granted = browsers.context(permissions=["notifications"])
+    granted.add_init_script(RECORD_NOTIFICATIONS)
+    a = browsers.page(granted)
+    log_in_and_wait(a, login, server, "alice", "general")
+    expect(a.get_by_role("button", name="Enable notifications")).to_be_hidden()
+    expect(a.locator(".notify-state")).to_have_text("Notifications are on for direct messages and mentions.")
+    b = open_room(browsers, login, server, "bob", "general")
+
+    # A mention while alice's tab is hidden.
+    a.evaluate("window.__setHidden(true)")
+    send(b, "@alice can you look at this?")
+    a.wait_for_function("() => window.__notes.length === 1")
+    assert a.evaluate("window.__notes[0]") == {"title": "bob in #General", "body": "@alice can you look at this?"}
+    expect(a).to_have_title(re.compile(r"^\(1\) #General"))
+    assert a.evaluate("document.querySelector(\"link[rel='icon']\").href").startswith("data:image/svg+xml")
+    a.evaluate("window.__setHidden(false)")
+    expect(a).to_have_title("#General · Kaiwa")
+
+    # A direct message while General is open (the tab visible): notified too.
+    b.locator(f"li[data-room='{dm.slug}'] a").click()
+    expect(b.locator("#room-title")).to_have_text("alice")
+    send(b, "a word in private")
+    a.wait_for_function("() => window.__notes.length === 2")
+    assert a.evaluate("window.__notes[1]") == {"title": "bob", "body": "a word in private"}
+    expect(a.locator(f"li[data-room='{dm.slug}'] .badge")).to_have_text("1 unread message")
+    a.screenshot(path=str(SCREENSHOTS / "notification-badge.png"))
+
+    # Muting the conversation stops its notifications.
+    a.locator(f"li[data-room='{dm.slug}'] a").click()
+    expect(a.locator("#room-title")).to_have_text("bob")
+    a.get_by_role("button", name="Mute").click()
+    expect(a.locator(".chat__mute")).to_have_attribute("aria-pressed", "true")
+    a.get_by_role("navigation", name="Your rooms").get_by_role("link", name="General").click()
+    send(b, "muted now")
+    expect(a.locator(f"li[data-room='{dm.slug}'] .badge")).to_have_text("1 unread message")
+    assert a.evaluate("window.__notes.length") == 2

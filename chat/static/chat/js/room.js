@@ -8,6 +8,7 @@ import { CONFIG_ELEMENT_ID, parseConfig } from "./config.js";
 import { RoomController } from "./controller.js";
 import { DaySeparators } from "./dates.js";
 import { HttpError } from "./history.js";
+import { Notifier } from "./notify.js";
 import { Socket, loginUrl, socketUrl } from "./socket.js";
 import { PendingSends, ReadMarks, resendWindowMs } from "./store.js";
 import { RoomNav } from "./roomnav.js";
@@ -72,11 +73,26 @@ function main() {
     win: window,
     describe: (slug) => nav.describe(slug),
   });
+  const notifier = new Notifier({
+    controller,
+    view,
+    root,
+    win: window,
+    storage: window.localStorage,
+    isDm: (slug) => nav.describe(slug).kind === "dm",
+    title: (slug) => nav.describe(slug).title,
+    openRoom: (slug) => switcher.open(slug, { push: true }),
+  });
+  switcher.onOpen.push((slug) => {
+    notifier.clear(slug);
+    notifier.renderMute();
+  });
   const socket = new Socket({
     url: socketUrl(config.wsPath, window.location),
     onFrame: (frame) => {
       controller.handleFrame(frame);
       nav.handleFrame(frame);
+      notifier.handleFrame(frame);
     },
     onOpen: () => controller.joinAll(),
     onStatus: (status, detail) => controller.renderStatus(status, detail),
@@ -109,6 +125,7 @@ function main() {
   new DaySeparators(view.list, document).start();
   nav.bind();
   switcher.bind();
+  notifier.bind();
   controller.start();
   socket.start();
   window.kaiwa = controller; // handy from the devtools console

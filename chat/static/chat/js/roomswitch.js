@@ -39,6 +39,7 @@ export class RoomSwitch {
     this.win = win;
     this.describe = describe;
     this.scroll = new Map(); // slug -> {atBottom, fromBottom}
+    this.onOpen = []; // callbacks(slug) once a room is opened in place
     this.switching = 0;
   }
 
@@ -119,6 +120,7 @@ export class RoomSwitch {
     controller.markActiveRead();
     controller.renderUnread(target);
     view.renderTitle();
+    for (const callback of this.onOpen) callback(slug);
   }
 
   /** Everything on screen that names the room, for `room`. */
@@ -129,6 +131,7 @@ export class RoomSwitch {
     const label = about.kind === "dm" ? title : `#${title}`;
     view.roomName = title;
     this.root.dataset.room = room.slug;
+    this.root.dataset.kind = about.kind;
     const heading = this.root.querySelector("#room-title");
     heading.replaceChildren();
     if (about.private) {
@@ -161,7 +164,7 @@ export class RoomSwitch {
     view.jumpButton.hidden = true;
     view.leftOff = this.controller.marks.get(room.slug);
     view.renderEmpty();
-    this.win.document.title = `${label} · Kaiwa`;
+    view.renderTitle();
   }
 
   /** The room's messages as the store holds them, then its unsent messages. */

@@ -45,6 +45,7 @@ export class RoomView {
     this.stick = true; // the user is reading the newest messages
     this.unseen = 0; // messages that arrived while the user was scrolled up (or away)
     this.othersUnread = 0;
+    this.importantUnread = 0; // unread mentions and direct messages elsewhere (notify.js)
     this.leftOff = null; // last visit's read mark: the "New messages" line goes after it
     this.typingTimer = null;
 
@@ -321,10 +322,12 @@ export class RoomView {
 
   renderTitle() {
     const others = this.othersUnread;
-    const total = others + this.unseen;
+    // The title counts what needs the user (mentions, direct messages) and what they have not seen here.
+    const total = this.importantUnread + this.unseen;
     this.sidebar.renderOthersUnread(others);
-    const base = `#${this.roomName} · Kaiwa`;
+    const base = `${this.root.dataset.kind === "dm" ? "" : "#"}${this.roomName} · Kaiwa`;
     this.doc.title = total > 0 ? `(${total}) ${base}` : base;
+    if (this.onTitle) this.onTitle(total); // the favicon badge (notify.js)
   }
 
   announce(text) {
