@@ -26,6 +26,7 @@ storage"). This module imports no Django: the workers only load it and Pillow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -227,18 +228,23 @@ _pool_lock = threading.Lock()
 # memory does not stay with the process for good.
 _TASKS_PER_WORKER = 100
 _PARENT_CHECK_SECONDS = 1.0
+_WORKER_NICENESS = 10
 
 
 class ImageWorkersUnavailable(RuntimeError):
     """The image worker process died (out of memory?) while handling this image."""
 
 
-def _watch_parent(parent: int) -> None:
-    """In a worker: exit when the server process is gone (killed without shutting the pool down).
+def _worker_init(parent: int) -> None:
+    """In a worker: give way to the server, and exit when the server process is gone.
 
-    An orphaned worker would otherwise live on, holding the server's stdout
-    and stderr open.
+    A lower CPU priority: on a busy machine the chat (the server process)
+    gets the CPU first, the picture waits. An orphaned worker (the server was
+    killed without shutting the pool down) would otherwise live on, holding
+    the server's stdout and stderr open.
     """
+    with contextlib.suppress(OSError):
+        os.nice(_WORKER_NICENESS)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -257,7 +263,7 @@ def _get_pool(workers: int) -> ProcessPoolExecutor:
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 max_tasks_per_child=_TASKS_PER_WORKER,
-                initializer=_watch_parent,
+                initializer=_worker_init,
                 initargs=(os.getpid(),),
             )
         return _pool
