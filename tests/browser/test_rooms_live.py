@@ -266,3 +266,28 @@ def test_notifications_for_dms_and_mentions_while_hidden_or_elsewhere(
     send(b, "muted now")
     expect(a.locator(f"li[data-room='{dm.slug}'] .badge")).to_have_text("1 unread message")
     assert a.evaluate("window.__notes.length") == 2
+
+
+def test_success_message_floats_can_be_dismissed_and_fades(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """'Room “Garden” created.' floats over the chat with a Dismiss button, and fades by itself."""
+    make_user("alice")
+    server = start_server()
+    ctx = browsers.context()
+    a = browsers.page(ctx)
+    login(a, server.http, "alice", "/")
+    for attempt in range(2):
+        name = f"Garden {attempt}"
+        a.get_by_label("Name").fill(name)
+        a.get_by_role("button", name="Create room").click()
+        a.wait_for_url(re.compile(r"/rooms/garden-\d/$"))
+        flash = a.locator(".flash-success")
+        expect(flash.locator(".flash__text")).to_have_text(f"Room “{name}” created.")
+        expect(a.locator(".flash-area")).to_have_css("position", "fixed")
+        if attempt == 0:
+            a.get_by_role("button", name="Dismiss this message").click()
+            expect(flash).to_have_count(0)
+            a.goto(f"{server.http}/")
+        else:
+            expect(flash).to_have_count(0, timeout=10_000)
