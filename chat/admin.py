@@ -18,7 +18,7 @@ from django.http import HttpRequest
 from django.utils.functional import cached_property
 from django.utils.text import Truncator
 
-from chat import attachmentadmin
+from chat import attachmentadmin, moderationadmin
 from chat.models import Membership, Message, Room
 
 
@@ -154,21 +154,24 @@ class RoomAdmin(admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ["seq", "room", "author_name", "created_at", "excerpt", "attachments"]
+    list_display = ["seq", "room", "author_name", "created_at", "excerpt", "state", "attachments", "in_room"]
     list_display_links = ["seq", "excerpt"]
-    list_filter = ["room", "created_at"]
+    # No date_hierarchy: its drill-down runs MIN()/MAX(created_at) over the
+    # filtered list, which for one room walked most of the created_at index
+    # (moderationadmin.py). The "created_at" filter's ranges need no aggregate.
+    list_filter = ["room", moderationadmin.AuthorFilter, moderationadmin.StateFilter, "created_at"]
     list_select_related = ["room"]
     search_fields = ["body", "author_username"]
-    date_hierarchy = "created_at"
     # Newest first, read backwards along an index (Django adds -pk as a
     # tie-breaker; the created_at index covers it on SQLite, and PostgreSQL's
-    # incremental sort handles it): no sort of the whole table, also within
-    # the date hierarchy's ranges.
+    # incremental sort handles it): no sort of the whole table.
     ordering = ["-created_at"]
     raw_id_fields = ["room", "author"]
     fields = readonly_fields = (
         "room", "seq", "author", "author_username", "created_at", "persisted_at", "client_id", "body", "attachments",
+        "reply_to", "state", "deleted_by", "in_room", "versions",
     )  # fmt: skip
+    actions = [moderationadmin.delete_messages]
     paginator = LargeTablePaginator
     show_full_result_count = False
     # Facet counts run one COUNT per filter choice over the whole table.
@@ -177,6 +180,12 @@ class MessageAdmin(admin.ModelAdmin):
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return MessageChangeList
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        # Django's "delete selected" would remove rows from the record; moderation deletes through the room's log.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
 
     def get_ordering(self, request: HttpRequest) -> list[str] | tuple[str, ...]:
         # Within one room, walk the (room, seq) unique index instead of
@@ -188,7 +197,8 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description="author", ordering="author_username")
     def author_name(self, obj: Message) -> str:
         # The name stored with the message: no join, and it survives account deletion.
-        return obj.author_username
+        # It links to the author's messages (the author filter).
+        return moderationadmin.author_link_html(obj)
 
     @admin.display(description="message")
     def excerpt(self, obj: Message) -> str:
@@ -198,9 +208,23 @@ class MessageAdmin(admin.ModelAdmin):
     def attachments(self, obj: Message) -> str:
         return attachmentadmin.thumbnails_html(attachmentadmin.attachments_of(obj))
 
+    @admin.display(description="state")
+    def state(self, obj: Message) -> str:
+        return moderationadmin.state_text(obj)
+
+    @admin.display(description="in its room")
+    def in_room(self, obj: Message) -> str:
+        return moderationadmin.room_link_html(obj)
+
+    @admin.display(description="previous versions")
+    def versions(self, obj: Message) -> str:
+        return moderationadmin.versions_html(obj)
+
     # History is a record: every accepted message stays exactly once in the
-    # database (protocol.md §3), so admins read it but do not add, edit or
-    # delete single messages. Deleting a room removes its history with it.
+    # database (protocol.md §3), so admins never add or change rows. They
+    # moderate with the "delete messages" action, which appends a deletion to
+    # the room's log like a user's (the row stays, emptied). Deleting a room
+    # removes its history with it.
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -208,4 +232,5 @@ class MessageAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
-        return False
+        # Needed to offer the action; rows are never deleted (get_actions drops "delete selected").
+        return bool(obj is None and request.user.is_staff and request.user.has_perm("chat.delete_message"))

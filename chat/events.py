@@ -46,6 +46,18 @@ USER_ID = "uid"
 USERNAME = "un"
 # Presence: "join" or "leave".
 PRESENCE_EVENT = "event"
+# A log entry's ``op`` (protocol.md 7.4): "" a message, or an event about the message ``target``.
+EDIT_OP = "e"
+DELETE_OP = "d"
+
+
+def _optional_int(raw: str) -> int | None:
+    return int(raw) if raw else None
+
+
+def _ids(raw: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in raw.split(",")) if raw else ()
+
 
 # A message's own fields as stored and published: (Entry attribute, short key,
 # parse from the stored string). The append script stores them after ``ts``
@@ -57,7 +69,13 @@ _MESSAGE_FIELDS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("client_id", "cid", lambda raw: raw or None),
     # The attachment objects ("A" of protocol.md 7.3) as a JSON list; "" when none.
     ("attachments", "att", lambda raw: tuple(json.loads(raw)) if raw else ()),
+    # Edits, deletions, replies, mentions (protocol.md 7.4); left out of a plain message when empty.
+    ("op", "op", str),
+    ("target", "tg", _optional_int),
+    ("reply_to", "re", _optional_int),
+    ("mentions", "mn", _ids),
 )
+_OMITTED_WHEN_EMPTY = frozenset({"op", "target", "reply_to", "mentions"})
 
 
 def parse_ts(ts_ms: int) -> datetime:
@@ -95,6 +113,14 @@ class Entry:
     room: str | None = None
     epoch: str = ""  # the room's epoch when the message was accepted ("" before epochs existed)
     attachments: tuple[dict[str, Any], ...] = ()
+    # "" a message; EDIT_OP / DELETE_OP an edit or deletion of the message ``target`` (by ``user_id``).
+    op: str = ""
+    target: int | None = None
+    reply_to: int | None = None
+    mentions: tuple[int, ...] = ()
+    # Read back after its deletion (its body and attachments are gone), or after an edit (database reads).
+    deleted: bool = False
+    edited_ts_ms: int | None = None
 
     @property
     def ts(self) -> str:
@@ -103,7 +129,28 @@ class Entry:
     def frame(self) -> dict[str, Any]:
         """The ``message`` frame of the wire contract (the WebSocket and the history API share it)."""
         assert self.room is not None, "an Entry read without its room's slug cannot become a frame"
-        return {
+        user = {"id": self.user_id, "username": self.username}
+        if self.op == EDIT_OP:
+            return {
+                "type": "edited",
+                "room": self.room,
+                "seq": self.seq,
+                "ts": self.ts,
+                "target": self.target,
+                "body": self.body,
+                "mentions": list(self.mentions),
+                "user": user,
+            }
+        if self.op == DELETE_OP:
+            return {
+                "type": "deleted",
+                "room": self.room,
+                "seq": self.seq,
+                "ts": self.ts,
+                "target": self.target,
+                "user": user,
+            }
+        frame = {
             "type": "message",
             "room": self.room,
             "seq": self.seq,
@@ -112,7 +159,15 @@ class Entry:
             "body": self.body,
             "client_id": self.client_id,
             "attachments": list(self.attachments),
+            "reply_to": self.reply_to,
+            "mentions": list(self.mentions),
         }
+        # Only a message read back in its current state carries these (the history always does).
+        if self.deleted:
+            frame["deleted"] = True
+        if self.edited_ts_ms is not None:
+            frame["edited_ts"] = format_ts(self.edited_ts_ms)
+        return frame
 
 
 def message_fields(
@@ -122,6 +177,10 @@ def message_fields(
     body: str,
     client_id: str | None,
     attachments: Sequence[Mapping[str, Any]] = (),
+    op: str = "",
+    target: int | None = None,
+    reply_to: int | None = None,
+    mentions: Sequence[int] = (),
 ) -> list[str]:
     """A new message's own fields as flat ``name, value`` pairs for the append script (see ``_MESSAGE_FIELDS``)."""
     values = {
@@ -130,10 +189,15 @@ def message_fields(
         "body": body,
         "client_id": client_id or "",
         "attachments": json.dumps(list(attachments), ensure_ascii=False, separators=(",", ":")) if attachments else "",
+        "op": op,
+        "target": "" if target is None else str(target),
+        "reply_to": "" if reply_to is None else str(reply_to),
+        "mentions": ",".join(str(i) for i in mentions),
     }
     out: list[str] = []
     for attr, key, _ in _MESSAGE_FIELDS:
-        out += (key, values[attr])
+        if values[attr] or attr not in _OMITTED_WHEN_EMPTY:
+            out += (key, values[attr])
     return out
 
 
@@ -235,6 +299,10 @@ def message_event(entry: Entry) -> str:
         body=entry.body,
         client_id=entry.client_id,
         attachments=entry.attachments,
+        op=entry.op,
+        target=entry.target,
+        reply_to=entry.reply_to,
+        mentions=entry.mentions,
     )
     event.update(zip(pairs[::2], pairs[1::2], strict=True))
     return json.dumps(event, ensure_ascii=False)

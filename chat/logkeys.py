@@ -29,6 +29,11 @@ def stream_key(room_id: int) -> str:
     return f"{room_tag(room_id)}:log"
 
 
+def gone_key(room_id: int) -> str:
+    """The set of a room's deleted message seqs (edits and deletions of them are refused atomically)."""
+    return f"{room_tag(room_id)}:gone"
+
+
 def channel(room_id: int) -> str:
     """The pub/sub channel that carries a room's live events (``chat.events``)."""
     return f"{room_tag(room_id)}:live"

@@ -6,16 +6,20 @@ Field and kind names of the events they store and publish come from
 
 from __future__ import annotations
 
-# KEYS: seq, stream, dedup, channel, bucket, rooms, epoch
+# KEYS: seq, stream, dedup, channel, bucket, rooms, epoch, gone (the room's deleted message seqs)
 # ARGV: epoch/known (the epoch the caller validated, '/', the highest seq it has seen), ttl, has_dedup,
-#       room_id, slug, burst ('' = no limit), per_second, then the message's own
-#       fields as name, value pairs (chat.events.message_fields: the script does not know their names)
+#       room_id, slug, burst ('' = no limit), per_second,
+#       guard ('' none | 'live': the seq ARGV[9] must not be deleted | 'take': the same, then mark it deleted),
+#       the guarded seq, then the entry's own fields as name, value pairs (chat.events.message_fields:
+#       the script does not know their names)
 # -> {1, seq, ts} appended | {0, seq, ts} a duplicate of that one | {-1, 0, 0} the room's state is not the
 #    epoch the caller validated (Redis lost it, another process re-seeded it, or the counter is below a
 #    seq the caller has seen: Redis was restored from an older copy): validate again
-#    | {-2, retry_after_ms, 0} rate limited
+#    | {-2, retry_after_ms, 0} rate limited | {-3, 0, 0} the guarded message is deleted (protocol.md 7.4)
 # A duplicate and a refused epoch take no token: the retry that follows is the same send.
 # The bucket refills by the time elapsed on Redis's own clock, so the processes' clocks do not matter.
+# The guard makes edits, deletions and replies of a message being deleted exact: of two racing
+# deletions one is appended and the other refused, in one atomic step.
 # The epoch key exists only while the room's state is valid (protocol.md 7.1; chat.epochs seeds it):
 # checking it here is what makes every append validate the room's state without a database query.
 APPEND = """
@@ -31,6 +35,9 @@ if ARGV[3] == '1' then
     local sep = string.find(seen, ':', 1, true)
     return {0, tonumber(string.sub(seen, 1, sep - 1)), tonumber(string.sub(seen, sep + 1))}
   end
+end
+if ARGV[8] ~= '' and redis.call('SISMEMBER', KEYS[8], ARGV[9]) == 1 then
+  return {-3, 0, 0}
 end
 local t = redis.call('TIME')
 local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -62,12 +69,15 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
 end
 redis.call('SADD', KEYS[6], ARGV[4])
 local seq = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], '0-' .. seq, 'ts', ts, 'ep', epoch, unpack(ARGV, 8))
+redis.call('XADD', KEYS[2], '0-' .. seq, 'ts', ts, 'ep', epoch, unpack(ARGV, 10))
+if ARGV[8] == 'take' then
+  redis.call('SADD', KEYS[8], ARGV[9])
+end
 if ARGV[3] == '1' then
   redis.call('SET', KEYS[3], seq .. ':' .. ts, 'EX', ARGV[2])
 end
 local event = {k = 'm', rid = tonumber(ARGV[4]), room = ARGV[5], seq = seq, ts = ts, ep = epoch}
-for i = 8, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   event[ARGV[i]] = ARGV[i + 1]
 end
 redis.call('PUBLISH', KEYS[4], cjson.encode(event))

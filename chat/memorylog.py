@@ -23,7 +23,15 @@ from chat import epochs
 from chat.events import Entry, epoch_event, message_event
 from chat.logkeys import channel
 from chat.memorybroker import MemoryBroker
-from chat.messagelog import AppendResult, FloorNeeded, RateLimit, RateLimited
+from chat.messagelog import (
+    AppendResult,
+    FloorNeeded,
+    RateLimit,
+    RateLimited,
+    TargetGone,
+    append_guard,
+    blank_deleted,
+)
 
 
 class MemoryLog:
@@ -45,6 +53,7 @@ class MemoryLog:
         self.streams: dict[int, dict[int, Entry]] = {}
         self._dedup: dict[tuple[int, int, str], tuple[int, int, float]] = {}  # -> seq, ts, expiry
         self._buckets: dict[int, tuple[float, int]] = {}  # user -> tokens, ts_ms
+        self.gone: dict[int, set[int]] = {}  # room -> deleted message seqs (the script's "gone" set)
 
     def lose_data(self) -> None:
         """Forget everything, as a Redis without persistence that restarted."""
@@ -53,6 +62,7 @@ class MemoryLog:
         self.epoch_keys.clear()
         self._dedup.clear()
         self._buckets.clear()
+        self.gone.clear()
 
     async def append(
         self,
@@ -69,6 +79,10 @@ class MemoryLog:
         known_last: int = 0,
         rate: RateLimit | None = None,
         attachments: Sequence[Mapping[str, Any]] = (),
+        op: str = "",
+        target: int | None = None,
+        reply_to: int | None = None,
+        mentions: Sequence[int] = (),
     ) -> AppendResult:
         if floor is not None:
             await self.settle(room_id=room_id, slug=slug, floor=floor)
@@ -81,6 +95,9 @@ class MemoryLog:
         seen = self._dedup.get(dedup)
         if seen is not None and seen[2] > now:
             return AppendResult(seq=seen[0], ts_ms=seen[1], duplicate=True)
+        guard, guarded = append_guard(op=op, target=target, reply_to=reply_to)
+        if guard and int(guarded) in self.gone.get(room_id, set()):
+            raise TargetGone(int(guarded))
         ts = int(now * 1000)
         if rate is not None:
             self._take_token(user_id, ts, rate)
@@ -89,9 +106,12 @@ class MemoryLog:
         entry = Entry(
             room_id=room_id, room=slug, seq=seq, ts_ms=ts, epoch=epoch,
             user_id=user_id, username=username, body=body,
-            client_id=client_id, attachments=tuple(dict(a) for a in attachments),
+            client_id=client_id, attachments=tuple(dict(a) for a in attachments), op=op, target=target,
+            reply_to=reply_to, mentions=tuple(mentions),
         )  # fmt: skip
         self.streams.setdefault(room_id, {})[seq] = entry
+        if guard == "take":
+            self.gone.setdefault(room_id, set()).add(int(guarded))
         self._dedup[dedup] = (seq, ts, now + (token_seconds or self.dedup_seconds))
         self.broker.publish(channel(room_id), message_event(entry))
         return AppendResult(seq=seq, ts_ms=ts, duplicate=False)
@@ -145,4 +165,5 @@ class MemoryLog:
     async def read_range(self, *, room_id: int, slug: str | None, after: int, upto: int | None = None) -> list[Entry]:
         stream = self.streams.get(room_id, {})
         end = self.seqs.get(room_id, 0) if upto is None else upto
-        return [dataclasses.replace(stream[s], room=slug) for s in range(after + 1, end + 1) if s in stream]
+        found = [dataclasses.replace(stream[s], room=slug) for s in range(after + 1, end + 1) if s in stream]
+        return blank_deleted(found, self.gone.get(room_id, set()))

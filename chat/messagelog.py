@@ -21,14 +21,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from django.conf import settings
 
 from chat import epochs, logscripts
-from chat.events import Entry, entry_from_stream, format_ts, message_fields, parse_ts, ts_ms_of
+from chat.events import (
+    DELETE_OP,
+    EDIT_OP,
+    Entry,
+    entry_from_stream,
+    format_ts,
+    message_fields,
+    parse_ts,
+    ts_ms_of,
+)
 from chat.logkeys import (
     CONTROL_CHANNEL,
     GROUP,
@@ -37,6 +46,7 @@ from chat.logkeys import (
     channel,
     dedup_key,
     epoch_key,
+    gone_key,
     room_id_from_stream_key,
     room_tag,
     seq_key,
@@ -44,6 +54,7 @@ from chat.logkeys import (
 )
 from chat.persistgroup import PendingEntry, PersistGroup, RoomBacklog
 from chat.redistopology import call_script_with_replicas
+from chat.scriptbatch import ScriptBatch
 
 __all__ = [
     "CONTROL_CHANNEL",
@@ -58,6 +69,7 @@ __all__ = [
     "RateLimit",
     "RateLimited",
     "RoomBacklog",
+    "TargetGone",
     "bucket_key",
     "channel",
     "dedup_key",
@@ -84,6 +96,39 @@ class RateLimit:
 
     burst: int
     per_second: float
+
+
+class TargetGone(Exception):
+    """The message an edit, deletion or reply names is deleted (the append script's guard)."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(f"message {seq} is deleted")
+        self.seq = seq
+
+
+def append_guard(*, op: str, target: int | None, reply_to: int | None) -> tuple[str, str]:
+    """The append script's guard: a deletion takes its target, an edit or reply needs theirs not deleted."""
+    if op == DELETE_OP and target is not None:
+        return "take", str(target)
+    if op and target is not None:
+        return "live", str(target)
+    if reply_to is not None:
+        return "live", str(reply_to)
+    return "", ""
+
+
+def blank_deleted(entries: list[Entry], gone: set[int]) -> list[Entry]:
+    """``entries`` with the messages in ``gone`` (and edits of them) emptied: what users may still read."""
+    if not gone:
+        return entries
+    out = []
+    for e in entries:
+        if not e.op and e.seq in gone:
+            e = replace(e, body="", attachments=(), mentions=(), deleted=True)
+        elif e.op == EDIT_OP and e.target in gone:
+            e = replace(e, body="", mentions=())
+        out.append(e)
+    return out
 
 
 class FloorNeeded(Exception):
@@ -118,6 +163,10 @@ class Log(Protocol):
         known_last: int = 0,
         rate: RateLimit | None = None,
         attachments: Sequence[Mapping[str, Any]] = (),
+        op: str = "",
+        target: int | None = None,
+        reply_to: int | None = None,
+        mentions: Sequence[int] = (),
     ) -> AppendResult: ...
 
     async def last_seq(self, room_id: int) -> int | None: ...
@@ -155,6 +204,8 @@ class MessageLog(PersistGroup):
         self.ack_replicas = settings.KAIWA_ACK_REPLICAS if ack_replicas is None else ack_replicas
         self.ack_timeout_ms = settings.KAIWA_ACK_REPLICA_TIMEOUT_MS if ack_timeout_ms is None else ack_timeout_ms
         self._append = client.register_script(logscripts.APPEND)
+        # Concurrent appends (frames read in one loop iteration) share one round trip.
+        self._append_batch = ScriptBatch(client)
         self._seed = client.register_script(logscripts.SEED)
         self._epochs: dict[int, str] = {}  # room -> the epoch this process validated
 
@@ -175,6 +226,10 @@ class MessageLog(PersistGroup):
         known_last: int = 0,
         rate: RateLimit | None = None,
         attachments: Sequence[Mapping[str, Any]] = (),
+        op: str = "",
+        target: int | None = None,
+        reply_to: int | None = None,
+        mentions: Sequence[int] = (),
     ) -> AppendResult:
         """Append a message; raise ``FloorNeeded`` when the room's seq is unknown.
 
@@ -199,7 +254,9 @@ class MessageLog(PersistGroup):
             bucket_key(user_id),
             ROOMS_KEY,
             epoch_key(room_id),
+            gone_key(room_id),
         ]
+        guard, guarded = append_guard(op=op, target=target, reply_to=reply_to)
         args: list[str | int] = [
             f"{epoch}/{known_last}",
             token_seconds or self.dedup_seconds,
@@ -208,8 +265,18 @@ class MessageLog(PersistGroup):
             slug,
             "" if rate is None else rate.burst,
             "" if rate is None else repr(float(rate.per_second)),
+            guard,
+            guarded,
             *message_fields(
-                user_id=user_id, username=username, body=body, client_id=client_id, attachments=attachments
+                user_id=user_id,
+                username=username,
+                body=body,
+                client_id=client_id,
+                attachments=attachments,
+                op=op,
+                target=target,
+                reply_to=reply_to,
+                mentions=mentions,
             ),
         ]
 
@@ -220,11 +287,13 @@ class MessageLog(PersistGroup):
             raise FloorNeeded(room_id)
         if status == -2:
             raise RateLimited(max(1, seq))
+        if status == -3:
+            raise TargetGone(int(guarded))
         return AppendResult(seq=seq, ts_ms=ts, duplicate=status == 0)
 
     async def _run_append(self, keys: list[str], args: list[str | int]) -> Any:
         if self.ack_replicas <= 0:
-            return await self._append(keys=keys, args=args)
+            return await self._append_batch.call(self._append, keys, args)
         replicated = await call_script_with_replicas(
             self.client, self._append, keys=keys, args=args, replicas=self.ack_replicas, timeout_ms=self.ack_timeout_ms
         )
@@ -280,4 +349,10 @@ class MessageLog(PersistGroup):
         if upto is not None and upto <= after:
             return []
         rows: list[Any] = (await self.client.xrange(stream_key(room_id), min=f"0-{after + 1}", max=end)) or []
-        return [entry_from_stream(room_id, slug, entry_id, fields) for entry_id, fields in rows]
+        entries = [entry_from_stream(room_id, slug, entry_id, fields) for entry_id, fields in rows]
+        asked = sorted({e.seq if not e.op else e.target or 0 for e in entries if e.op != DELETE_OP})
+        if not asked:
+            return entries
+        # A deleted message's body stays in the stream until trimmed: blank it (and its edits) on the way out.
+        flags = await self.client.execute_command("SMISMEMBER", gone_key(room_id), *asked)
+        return blank_deleted(entries, {seq for seq, flag in zip(asked, flags, strict=True) if int(flag)})

@@ -8,6 +8,10 @@ thread, and closes its database connection after each run. Several server
 processes sweeping at once is safe: a row is deleted only by the sweep that
 marked it; the first run of each process is put off by a random part of the
 interval so they rarely meet.
+
+The same run purges what the admin kept of messages deleted more than
+``KAIWA_DELETED_RETENTION_DAYS`` ago (``services.message_purge_deleted``;
+``manage.py purgedeleted`` does it once).
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ def sweep_once() -> int:
     """Delete the orphans now (blocking; for a thread); returns how many were deleted."""
     close_old_connections()
     try:
+        purged = services.message_purge_deleted()
+        if purged:
+            logger.info("purged %d messages deleted more than KAIWA_DELETED_RETENTION_DAYS ago", purged)
         return services.attachment_delete_orphans()
     finally:
         connections.close_all()

@@ -22,7 +22,7 @@ from typing import Any
 
 from chat.epochmodels import UnstoredMessage
 from chat.events import Entry, message_event, parse_ts
-from chat.models import Message
+from chat.models import Message, MessageKind
 
 logger = logging.getLogger("kaiwa.worker")
 
@@ -64,7 +64,17 @@ def conflicts_record(entries: Sequence[Entry]) -> int:
     global _recorded
     if not entries:
         return 0
-    fields = ("room_id", "seq", "author_id", "author_username", "body", "client_id", "created_at")
+    fields = (
+        "room_id",
+        "seq",
+        "author_id",
+        "author_username",
+        "body",
+        "client_id",
+        "created_at",
+        "version_seq",
+        "kind",
+    )
     seqs: dict[int, set[int]] = defaultdict(set)
     client_ids: dict[int, set[str]] = defaultdict(set)
     for e in entries:
@@ -87,6 +97,9 @@ def conflicts_record(entries: Sequence[Entry]) -> int:
         mine = stored_form(e)
         if row is not None:
             theirs = (row["author_username"], row["body"], row["client_id"], row["created_at"])
+            changed = row["version_seq"] is not None or row["kind"] == MessageKind.EDIT
+            if changed and (theirs[0], *theirs[2:]) == (mine[0], *mine[2:]):
+                continue  # the same message; its body was since edited or deleted (protocol.md 7.4)
             if theirs == mine:
                 continue  # the same message, stored by an earlier (replayed) batch
             reason = (

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db.models import Max, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import Exists, Max, OuterRef, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 
-from chat.events import Entry, ts_ms_of
-from chat.models import Attachment, Membership, Message, Room
+from chat.events import DELETE_OP, EDIT_OP, Entry, ts_ms_of
+from chat.models import Attachment, Membership, Message, MessageKind, Room
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -93,6 +93,24 @@ def room_list_for_user(*, user: AnyUser) -> list[Room]:
     return list(_visible_rooms(user).order_by("name", "slug"))
 
 
+MENTIONABLE_MAX = 200  # names the page offers for "@"; the rest still resolve when typed in full
+
+
+def room_mentionable(*, room: Room) -> list[dict[str, Any]]:
+    """Who the composer's "@" offers: a private room's members, or the latest authors of a public room."""
+    rows: list[tuple[int, str]]
+    if room.private:
+        rows = list(room.memberships.filter(user__is_active=True).values_list("user_id", "user__username"))
+    else:
+        rows = list(
+            Message.objects.filter(room=room, kind=MessageKind.MESSAGE, author__is_active=True)
+            .order_by("-seq")
+            .values_list("author_id", "author_username")[: MENTIONABLE_MAX * 5]
+        )
+    users = {int(uid): name for uid, name in rows}
+    return [{"id": uid, "username": name} for uid, name in sorted(users.items(), key=lambda u: u[1])][:MENTIONABLE_MAX]
+
+
 def room_members(*, room: Room) -> list[Any]:
     """The members of a room (meaningful for private rooms), by username."""
     return [m.user for m in room.memberships.select_related("user").order_by("user__username")]
@@ -121,7 +139,8 @@ def message_page(*, room: Room, before: int | None, limit: int) -> tuple[list[Me
     """
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    qs = Message.objects.filter(room=room)
+    # Edit and delete events are rows of the room's sequence too; the history shows messages (protocol.md 7.4).
+    qs = Message.objects.filter(room=room, kind=MessageKind.MESSAGE)
     if before is not None:
         qs = qs.filter(seq__lt=before)
     # One extra row tells whether older messages exist, without a COUNT.
@@ -159,12 +178,16 @@ async def amessage_max_seq(*, room_id: int) -> int:
     return int(value or 0)
 
 
+_OPS = {MessageKind.EDIT: EDIT_OP, MessageKind.DELETE: DELETE_OP}
+
+
 def message_entry(message: Message, *, slug: str) -> Entry:
-    """A stored message as a :class:`chat.events.Entry`.
+    """A stored row (a message in its current state, or an edit/delete event) as a :class:`chat.events.Entry`.
 
     Its attachments are those :func:`message_page` / :func:`amessage_range`
-    loaded with it (none for a message read otherwise).
+    loaded with it (none for a message read otherwise, or deleted).
     """
+    deleted = message.deleted_at is not None
     return Entry(
         room_id=message.room_id,
         room=slug,
@@ -174,7 +197,13 @@ def message_entry(message: Message, *, slug: str) -> Entry:
         username=message.author_username,
         body=message.body,
         client_id=message.client_id or None,
-        attachments=tuple(getattr(message, _ATTACHMENTS, ())),
+        attachments=() if deleted else tuple(getattr(message, _ATTACHMENTS, ())),
+        op=_OPS.get(MessageKind(message.kind), ""),
+        target=message.target_seq,
+        reply_to=message.reply_to,
+        mentions=tuple(message.mentions or ()),
+        deleted=deleted,
+        edited_ts_ms=None if message.edited_at is None or deleted else ts_ms_of(message.edited_at),
     )
 
 
@@ -183,7 +212,11 @@ def message_frame(message: Message, *, slug: str | None = None) -> dict[str, Any
 
     Pass ``slug`` when the caller already has it, to avoid loading ``message.room``.
     """
-    return message_entry(message, slug=slug if slug is not None else message.room.slug).frame()
+    frame = message_entry(message, slug=slug if slug is not None else message.room.slug).frame()
+    # The history always says whether and when a message was edited, and whether it was deleted (7.4).
+    frame.setdefault("edited_ts", None)
+    frame.setdefault("deleted", False)
+    return frame
 
 
 # Attachments (protocol.md 7.3) --------------------------------------------------
@@ -218,7 +251,9 @@ async def aattachment_get_for_user_id(*, user_id: int | None, attachment_id: str
     visible = Q(room__private=False)
     if user_id is not None:
         visible |= Q(room__memberships__user_id=user_id)
-    return await Attachment.objects.filter(visible, pk=attachment_id).distinct().afirst()
+    # A deleted message's attachments are gone from every user-facing surface (protocol.md 7.4).
+    deleted = Message.objects.filter(room_id=OuterRef("room_id"), seq=OuterRef("message_seq"), deleted_at__isnull=False)
+    return await Attachment.objects.filter(visible, ~Exists(deleted), pk=attachment_id).distinct().afirst()
 
 
 # Where message_page / amessage_range leave a message's A objects for message_entry.

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
@@ -24,9 +24,11 @@ from django.utils.text import slugify
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chat import attachmentstore, persistconflicts, selectors, uploads
-from chat.messagelog import AppendResult, Entry, FloorNeeded, Log, RateLimit, parse_ts
+from chat import attachmentstore, messageedits, persistconflicts, selectors, uploads
+from chat.clusterlog import message_log
+from chat.messagelog import AppendResult, Entry, FloorNeeded, Log, RateLimit, TargetGone, parse_ts
 from chat.models import Attachment, Membership, Message, Room, slug_validator
+from chat.redisclient import make_async_client
 from chat.selectors import amessage_max_seq
 
 if TYPE_CHECKING:
@@ -225,6 +227,10 @@ def message_bulk_persist(*, entries: Sequence[Entry], statement_timeout_ms: int 
     for e in entries:
         if e.attachments and e.room_id in rooms:
             attachments_link(room_id=e.room_id, seq=e.seq, uploader_id=e.user_id, ids=[a["id"] for a in e.attachments])
+    if rows:
+        # Edits, deletions, replies and mentions (protocol.md 7.4): their columns, then the targets' new state.
+        messageedits.rows_complete(entries=entries, rooms=rooms)
+        messageedits.events_apply(entries=entries, rooms=rooms, users=users)
     return len(rows)
 
 
@@ -330,6 +336,7 @@ async def amessage_send(
     known_last: int | None = None,
     rate: RateLimit | None = None,
     attachments: Sequence[str] = (),
+    reply_to: int | None = None,
 ) -> AppendResult:
     """Accept one message: append it to the room's Redis log (durable, ordered, published).
 
@@ -347,8 +354,15 @@ async def amessage_send(
     ``attachments`` (upload ids) are claimed for this message first
     (``AttachmentsInvalid`` if one is not the user's unused upload to the
     room); the message carries their ``A`` objects.
+
+    ``reply_to`` must name a message of the room that is not deleted
+    (``messageedits.TargetNotFound``); ``@username`` mentions are resolved
+    (``messageedits.amentions_resolve``). A plain send costs no query.
     """
     message_body_validate(body=body, attachments=bool(attachments))
+    if reply_to is not None:
+        await messageedits.atarget_get(log=log, room_id=room_id, seq=reply_to)
+    mentions = await messageedits.amentions_resolve(room_id=room_id, body=body) if "@" in body else ()
     token = client_id or uuid.uuid4().hex
     token_seconds = None if client_id else _SERVER_TOKEN_SECONDS
     objects: list[dict[str, Any]] = []
@@ -375,7 +389,11 @@ async def amessage_send(
                 known_last=known_last or 0,
                 rate=rate,
                 attachments=objects,
+                reply_to=reply_to,
+                mentions=mentions,
             )
+        except TargetGone as exc:
+            raise messageedits.TargetNotFound(exc.seq) from None
         except FloorNeeded:
             if floor is not None:
                 # The sequence vanished again between two calls: Redis is being flushed.
@@ -389,6 +407,51 @@ async def amessage_send(
             failures += 1
             if failures > _APPEND_RETRIES:
                 raise MessageUnavailable(f"Redis is unreachable ({exc})") from exc
+
+
+# Edits and deletions (protocol.md 7.4): chat.messageedits does the work ---------------
+
+amessage_edit = messageedits.amessage_edit
+amessage_delete = messageedits.amessage_delete
+message_purge_deleted = messageedits.message_purge_deleted
+
+
+def message_delete_as_staff(*, messages: Sequence[Message], user: AbstractBaseUser) -> int:
+    """Delete messages as ``user`` (staff) from sync code (the admin): each through its room's log.
+
+    Members see ``deleted`` live and the worker empties the rows, as for a
+    user's deletion. The dedup token is the message's, so deleting again (a
+    double click, a retry) is harmless. Returns how many were deleted now;
+    ``MessageUnavailable`` when Redis is unreachable (those not yet deleted stay).
+    """
+    targets = [(m.room_id, m.room.slug, m.seq) for m in messages]
+
+    async def run() -> int:
+        client = make_async_client()
+        log = message_log(client, dedup_seconds=settings.KAIWA_DEDUP_SECONDS, stream_keep=settings.KAIWA_STREAM_KEEP)
+        done = 0
+        try:
+            for room_id, slug, seq in targets:
+                try:
+                    result = await amessage_delete(
+                        log=log,
+                        room_id=room_id,
+                        slug=slug,
+                        user_id=int(user.pk),
+                        username=user.get_username(),
+                        target=seq,
+                        client_id=f"admin-delete-{seq}",
+                    )
+                except messageedits.TargetNotFound:
+                    continue  # deleted meanwhile
+                done += not result.duplicate
+        except messageedits.Unavailable as exc:
+            raise MessageUnavailable(str(exc)) from exc
+        finally:
+            await client.aclose()
+        return done
+
+    return async_to_sync(run)()
 
 
 # Attachments (protocol.md 7.3) --------------------------------------------------

@@ -130,7 +130,14 @@ def _client_config(request: HttpRequest, room: Room, *, has_more: bool, title: s
     return {
         # name: what the page calls the room (a direct conversation: the other person).
         "room": {"slug": room.slug, "name": title, "private": room.private, "kind": room.kind},
-        "user": {"id": request.user.pk, "username": request.user.get_username()},
+        # A moderator (staff, or the room's owner) may delete anyone's message (protocol.md 7.4).
+        "user": {
+            "id": request.user.pk,
+            "username": request.user.get_username(),
+            "moderator": bool(request.user.is_staff or room.created_by_id == request.user.pk),
+        },
+        # Who "@" offers in the composer (with the people online and the authors on screen).
+        "members": selectors.room_mentionable(room=room),
         "urls": {
             "ws": WS_PATH,
             "messages": API_MESSAGES_PATH.format(slug=quote(room.slug)),

@@ -19,6 +19,7 @@ from chat import metrics, services
 from chat.messagelog import RateLimit
 from wsapp import auth, frames, roomaccess, schemas
 from wsapp.connection import Connection, Phase
+from wsapp.dbthread import db_ready
 from wsapp.errors import (
     BAD_REQUEST,
     LIMIT,
@@ -171,6 +172,8 @@ class Endpoint:
                 conn.put_frame(frames.left(request.room))
             elif isinstance(request, schemas.Send):
                 await self._send(hub, conn, request)
+            elif isinstance(request, schemas.Edit | schemas.Delete):
+                await self._change(hub, conn, request)
             elif isinstance(request, schemas.Typing):
                 if request.room not in conn.subscriptions:
                     raise Refused(NOT_JOINED, f"Join the room {request.room!r} before sending typing notices.")
@@ -218,8 +221,37 @@ class Endpoint:
                 known_last=hub.known_last(subscription.room_id),
                 rate=RateLimit(burst=settings.KAIWA_RATE_BURST, per_second=settings.KAIWA_RATE_PER_SECOND),
                 attachments=request.attachments,
+                reply_to=request.reply_to,
             )
             conn.put_frame(
                 frames.ack(room=subscription.slug, client_id=request.client_id, seq=result.seq, ts_ms=result.ts_ms)
             )
             metrics.acked(started)
+
+    async def _change(self, hub: Hub, conn: Connection, request: schemas.Edit | schemas.Delete) -> None:
+        """``edit`` / ``delete`` (protocol.md 7.4): an event with its own seq, acked like a message."""
+        subscription = conn.subscriptions.get(request.room)
+        if subscription is None:
+            raise Refused(NOT_JOINED, f"Join the room {request.room!r} before editing or deleting its messages.")
+        if isinstance(request, schemas.Edit):
+            services.message_body_validate(body=request.body)
+        await db_ready()
+        with hub.send_slot():
+            common: dict[str, Any] = {
+                "log": hub.log,
+                "room_id": subscription.room_id,
+                "slug": subscription.slug,
+                "user_id": conn.user_id,
+                "username": conn.username,
+                "target": request.target,
+                "client_id": request.client_id,
+                "known_last": hub.known_last(subscription.room_id),
+                "rate": RateLimit(burst=settings.KAIWA_RATE_BURST, per_second=settings.KAIWA_RATE_PER_SECOND),
+            }
+            if isinstance(request, schemas.Edit):
+                result = await services.amessage_edit(body=request.body, **common)
+            else:
+                result = await services.amessage_delete(**common)
+            conn.put_frame(
+                frames.ack(room=subscription.slug, client_id=request.client_id, seq=result.seq, ts_ms=result.ts_ms)
+            )

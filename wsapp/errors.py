@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
+from chat.messageedits import Forbidden, TargetNotFound, Unavailable
 from chat.messagelog import RateLimited
 from chat.services import AttachmentsInvalid, MessageBodyEmpty, MessageBodyTooLong, MessageUnavailable
 from wsapp.sessioncheck import AuthUnavailable
@@ -74,6 +75,7 @@ TOO_LONG = "too_long"
 RATE_LIMITED = "rate_limited"
 LIMIT = "limit"
 UNAVAILABLE = "unavailable"
+FORBIDDEN = "forbidden"
 
 
 class Refused(Exception):
@@ -109,7 +111,14 @@ def refusal_for(exc: BaseException) -> Refused | None:
             "wait and re-send.",
             retry_after_ms=exc.retry_after_ms,
         )
-    if isinstance(exc, MessageUnavailable):
+    if isinstance(exc, TargetNotFound):
+        return Refused(
+            NOT_FOUND,
+            f"There is no message {exc.args[0]} in this room (or it was deleted); check the seq you named.",
+        )
+    if isinstance(exc, Forbidden):
+        return Refused(FORBIDDEN, str(exc))
+    if isinstance(exc, MessageUnavailable | Unavailable):
         return unavailable()
     if isinstance(exc, RedisError | OSError | TimeoutError):
         logger.warning("request refused as unavailable: %r", exc)

@@ -52,6 +52,24 @@ class Send:
     client_id: str | None
     ref: str
     attachments: tuple[str, ...] = ()  # upload ids (protocol.md 7.3)
+    reply_to: int | None = None  # the seq of the message it answers (protocol.md 7.4)
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    room: str
+    target: int
+    body: str
+    client_id: str | None
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    room: str
+    target: int
+    client_id: str | None
+    ref: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +83,8 @@ class Ping:
     ref: str
 
 
-Request = Join | Leave | Send | Typing | Ping
+Request = Join | Leave | Send | Edit | Delete | Typing | Ping
+_KINDS = "join, leave, send, edit, delete, typing or ping"
 
 
 def _encodable(value: str) -> bool:
@@ -107,11 +126,11 @@ def parse(text: str) -> Request:
         return BadFrame(message, ref=ref, room=room)
 
     if not isinstance(kind, str):
-        raise bad('The frame needs a string field "type": join, leave, send, typing or ping.')
+        raise bad(f'The frame needs a string field "type": {_KINDS}.')
     if kind == "ping":
         return Ping(ref=kind if ref is None else ref)
-    if kind not in ("join", "leave", "send", "typing"):
-        raise bad(f"Unknown frame type {kind!r}: use join, leave, send, typing or ping.")
+    if kind not in ("join", "leave", "send", "edit", "delete", "typing"):
+        raise bad(f"Unknown frame type {kind!r}: use {_KINDS}.")
     assert ref is not None
     if not isinstance(raw_room, str):
         raise bad(f'"{kind}" needs a string field "room" (the room\'s slug).')
@@ -134,16 +153,35 @@ def parse(text: str) -> Request:
         return Leave(room=room, ref=ref)
     if kind == "typing":
         return Typing(room=room, ref=ref)
-    # send
+    # send, edit, delete
     if client_id is not None and not _valid_client_id(client_id):
         raise bad('"client_id" must be a string of 1 to 64 characters.')
+    if kind == "delete":
+        return Delete(room=room, target=_seq(data, "target", bad), client_id=client_id, ref=ref)
+    if kind == "edit":
+        target = _seq(data, "target", bad)
+        body = data.get("body")
+        if not isinstance(body, str):
+            raise bad('"edit" needs a string field "body": the new text of the message.')
+        if not _encodable(body):
+            raise bad('"body" contains an unpaired surrogate (invalid Unicode); send valid UTF-8 text.')
+        return Edit(room=room, target=target, body=body, client_id=client_id, ref=ref)
+    reply_to = _seq(data, "reply_to", bad) if data.get("reply_to") is not None else None
     attachments = _attachment_ids(data.get("attachments"), bad)
     body = data.get("body", "" if attachments else None)
     if not isinstance(body, str):
         raise bad('"send" needs a string field "body".')
     if not _encodable(body):
         raise bad('"body" contains an unpaired surrogate (invalid Unicode); send valid UTF-8 text.')
-    return Send(room=room, body=body, client_id=client_id, ref=ref, attachments=attachments)
+    return Send(room=room, body=body, client_id=client_id, ref=ref, attachments=attachments, reply_to=reply_to)
+
+
+def _seq(data: dict[str, Any], name: str, bad: Callable[[str], BadFrame]) -> int:
+    """A message's seq named by ``name`` (``target``, ``reply_to``): an integer of 1 or more."""
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise bad(f'"{name}" must be the seq (an integer of 1 or more) of a message in the room.')
+    return value
 
 
 def _attachment_ids(raw: Any, bad: Callable[[str], BadFrame]) -> tuple[str, ...]:

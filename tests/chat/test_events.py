@@ -46,5 +46,5 @@ def test_the_message_frame_matches_the_wire_contract():
     assert entry().frame() == {
         "type": "message", "room": "lobby", "seq": 7, "ts": "2026-01-01T00:00:00.123Z",
         "user": {"id": 42, "username": "zoë"}, "body": "héllo \"quoted\" 会話", "client_id": "c-1",
-        "attachments": [],
+        "attachments": [], "reply_to": None, "mentions": [],
     }  # fmt: skip

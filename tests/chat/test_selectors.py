@@ -184,6 +184,10 @@ def test_message_frame_has_the_wire_shape(make_user):
         "body": "message 1",
         "client_id": "c1",
         "attachments": [],
+        "reply_to": None,
+        "mentions": [],
+        "edited_ts": None,
+        "deleted": False,
     }
 
 

@@ -263,7 +263,8 @@ def test_room_page_renders_latest_history_and_client_hooks(client_alice, alice, 
     assert '<script type="module" src="/static/chat/js/room.js"></script>' in page
     assert client_config_of(page) == {
         "room": {"slug": "lobby", "name": "Lobby", "private": False, "kind": "room"},
-        "user": {"id": alice.pk, "username": "alice"},
+        "user": {"id": alice.pk, "username": "alice", "moderator": True},  # the room's owner
+        "members": [{"id": alice.pk, "username": "alice"}],
         "urls": {
             "ws": "/ws",
             "messages": "/api/rooms/lobby/messages",

@@ -45,8 +45,13 @@ class Message(BaseModel):
     seq: int
     ts: str = Field(description="ISO-8601 UTC with milliseconds, e.g. 2026-11-21T12:01:11.123Z")
     user: User
-    body: str
+    body: str = Field(description="Empty for a deleted message.")
     client_id: str | None
+    # protocol.md 7.4: the message in its current state.
+    reply_to: int | None = Field(description="The seq of the message this one answers.")
+    mentions: list[int] = Field(description="Ids of the users it names as @username (only users who can see the room).")
+    edited_ts: str | None = Field(description="When it was last edited (null: never).")
+    deleted: bool = Field(description="Deleted: the body is empty and there are no attachments; seq and user stay.")
 
 
 class MessagePage(BaseModel):

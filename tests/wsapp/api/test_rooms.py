@@ -73,6 +73,10 @@ def test_messages_default_page(api_alice: Api, alice, lobby):
         "user": {"id": alice.pk, "username": "alice"},
         "body": "message 71",
         "client_id": "c71",
+        "reply_to": None,
+        "mentions": [],
+        "edited_ts": None,
+        "deleted": False,
         "attachments": [],
     }
 

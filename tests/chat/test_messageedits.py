@@ -1,0 +1,118 @@
+"""Edits and deletions in the database: the worker applies each event once, in order; the purge (protocol.md 7.4)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from chat import messageedits, services
+from chat.epochmodels import UnstoredMessage
+from chat.events import DELETE_OP, EDIT_OP, Entry, ts_ms_of
+from chat.models import Attachment, Message, MessageKind, MessageVersion, Room
+
+pytestmark = pytest.mark.django_db
+
+T0 = ts_ms_of(timezone.now())
+
+
+def entry(room: Room, seq: int, user: Any, body: str = "", **extra: Any) -> Entry:
+    return Entry(
+        room_id=room.pk, seq=seq, ts_ms=T0 + seq, user_id=user.pk, username=user.username, body=body,
+        client_id=f"c{seq}", **extra,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def room(db: Any) -> Room:
+    return Room.objects.create(slug="lobby", name="Lobby")
+
+
+def test_mention_names() -> None:
+    """@names are read as Django usernames; an e-mail address is not a mention; trailing punctuation is tried off."""
+    assert messageedits.mention_names("hi @bob, @alice. mail me@example.com @bob") == ["bob", "alice.", "alice"]
+    assert messageedits.mention_names("no mentions here") == []
+
+
+def test_batch_applies_edit_then_delete_once(room: Room, alice: Any, make_user: Any) -> None:
+    """One batch with a message, its edit and its deletion: the row ends deleted and empty, both earlier bodies
+    are kept as versions, the edit event's row is blanked; replaying the batch changes nothing."""
+    bob = make_user("bob")
+    batch = [
+        entry(room, 1, alice, "helo", reply_to=None, mentions=(bob.pk,)),
+        entry(room, 2, alice, "hello", op=EDIT_OP, target=1),
+        entry(room, 3, bob, op=DELETE_OP, target=1),
+    ]
+    for _ in range(2):
+        assert services.message_bulk_persist(entries=batch) == 3
+    row = Message.objects.get(room=room, seq=1)
+    assert row.body == "" and row.deleted_at is not None and row.deleted_by_id == bob.pk and row.version_seq == 3
+    assert row.edited_at is not None and row.mentions == [bob.pk]
+    events = dict(Message.objects.filter(room=room, seq__gt=1).values_list("seq", "kind"))
+    assert events == {2: MessageKind.EDIT, 3: MessageKind.DELETE}
+    assert Message.objects.get(room=room, seq=2).body == ""
+    versions = list(MessageVersion.objects.values_list("event_seq", "body", "deletion", "replaced_by_id"))
+    assert versions == [(2, "helo", False, alice.pk), (3, "hello", True, bob.pk)]
+    assert not UnstoredMessage.objects.exists()  # the replay found the same messages, not conflicts
+
+
+def test_replaying_a_message_after_its_edit_is_not_a_conflict(room: Room, alice: Any) -> None:
+    """A batch replayed after a later batch edited its message (a worker crashed before acknowledging)
+    finds the row changed by the edit: that is the same message, not an acked message left unstored."""
+    first = [entry(room, 1, alice, "helo")]
+    services.message_bulk_persist(entries=first)
+    services.message_bulk_persist(entries=[entry(room, 2, alice, "hello", op=EDIT_OP, target=1)])
+    services.message_bulk_persist(entries=first)
+    assert Message.objects.get(room=room, seq=1).body == "hello"
+    assert not UnstoredMessage.objects.exists()
+
+
+def test_event_stored_before_its_target_is_applied_when_the_target_arrives(room: Room, alice: Any) -> None:
+    """An edit claimed from a crashed worker can be stored before its message: the message's own batch applies it."""
+    services.message_bulk_persist(entries=[entry(room, 2, alice, "fixed", op=EDIT_OP, target=1)])
+    assert not Message.objects.filter(room=room, seq=1).exists()
+    services.message_bulk_persist(entries=[entry(room, 1, alice, "fxied")])
+    row = Message.objects.get(room=room, seq=1)
+    assert row.body == "fixed" and row.version_seq == 2
+    assert list(MessageVersion.objects.values_list("body", flat=True)) == ["fxied"]
+
+
+def test_edit_after_deletion_changes_nothing(room: Room, alice: Any) -> None:
+    """An edit that raced the deletion (never accepted by the append script, but defended here too) is ignored."""
+    services.message_bulk_persist(
+        entries=[
+            entry(room, 1, alice, "x"),
+            entry(room, 2, alice, op=DELETE_OP, target=1),
+            entry(room, 3, alice, "back", op=EDIT_OP, target=1),
+        ]
+    )
+    row = Message.objects.get(room=room, seq=1)
+    assert row.body == "" and row.deleted_at is not None and row.version_seq == 2
+
+
+def test_purge_removes_bodies_and_attachments_after_the_retention(room: Room, alice: Any, settings: Any) -> None:
+    """Past KAIWA_DELETED_RETENTION_DAYS the kept versions and attachments of a deleted message go; the row stays
+    with who deleted it and when; a deletion within the retention and an edited message keep theirs."""
+    settings.KAIWA_DELETED_RETENTION_DAYS = 30
+    services.message_bulk_persist(
+        entries=[
+            entry(room, 1, alice, "old"),
+            entry(room, 2, alice, "recent"),
+            entry(room, 3, alice, "kept"),
+            entry(room, 4, alice, op=DELETE_OP, target=1),
+            entry(room, 5, alice, op=DELETE_OP, target=2),
+            entry(room, 6, alice, "kept!", op=EDIT_OP, target=3),
+        ]
+    )
+    Attachment.objects.create(
+        room=room, uploader=alice, name="a.txt", content_type="text/plain", size=1, file="a", message_seq=1
+    )
+    MessageVersion.objects.filter(event_seq=4).update(replaced_at=timezone.now() - timedelta(days=31))
+    assert services.message_purge_deleted() == 1
+    assert list(MessageVersion.objects.order_by("event_seq").values_list("event_seq", flat=True)) == [5, 6]
+    assert not Attachment.objects.exists()
+    row = Message.objects.get(room=room, seq=1)
+    assert row.deleted_at is not None and row.deleted_by_id == alice.pk
+    assert services.message_purge_deleted() == 0
