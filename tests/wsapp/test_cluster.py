@@ -11,7 +11,9 @@ primary's failover under load (tests/wsapp/test_cluster_failover.py).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 import redis as redis_sync
 
-from chat.logkeys import channel
+from chat.logkeys import CONTROL_CHANNEL, channel
 from chat.models import Message, Room
 from tests.redis_cluster_topology import ClusterTopology
 from tests.wsapp.conftest import Peer, session_cookie
@@ -149,3 +151,30 @@ def test_rate_limit_is_one_bucket_per_user_across_rooms_slots_and_processes(
     kinds = [a["type"] if a["type"] == "ack" else a["code"] for a in answers]
     assert kinds == ["ack"] * 5 + ["rate_limited"] * (len(rooms) - 5)
     assert again["type"] == "ack" and again["seq"] == 1
+
+
+def test_control_events_published_on_any_node_reach_every_process(start_server, make_user, aio, cluster_topology):
+    """A session revocation published (plain PUBLISH, as chat.signals does) through a primary other than the one
+    the relays listen on closes that session's sockets on both processes with 4401; another user's socket stays."""
+    Room.objects.create(slug="lobby", name="Lobby")
+    s1, s2 = start_server(), start_server()
+    ann, bob = make_user("ann"), make_user("bob")
+    a_cookie, b_cookie = session_cookie(ann), session_cookie(bob)
+
+    async def scenario() -> None:
+        a1, a2, b = await Peer.open(s1.ws, a_cookie), await Peer.open(s2.ws, a_cookie), await Peer.open(s2.ws, b_cookie)
+        for peer in (a1, a2, b):
+            await peer.join("lobby")
+        # The relays subscribe the control channel on the first primary by name: publish through the last one.
+        host, port = max(n.address for n in cluster_topology.primaries())
+        with contextlib.closing(redis_sync.Redis(host=host, port=port)) as node:
+            event = {"kind": "session", "user_id": ann.pk, "session_key": a_cookie}
+            node.publish(CONTROL_CHANNEL, json.dumps(event))
+        for peer in (a1, a2):  # each Peer's reader ends when the server closes its socket
+            await asyncio.wait_for(asyncio.shield(peer._task), 10)
+        assert (a1.close_code, a2.close_code) == (4401, 4401)
+        await b.send({"type": "ping"})
+        await b.wait_for(lambda f: f["type"] == "pong")
+        await b.close()
+
+    aio(scenario())
