@@ -120,7 +120,9 @@ REDIS_ROUNDTRIP = Histogram(
     registry=REGISTRY,
 )
 REDIS_PING_FAILURES = Counter("kaiwa_redis_ping_failures", "Sampled PINGs that failed or timed out.", registry=REGISTRY)
-PERSISTED = Counter("kaiwa_worker_persisted", "Messages written to the database and acknowledged.", registry=REGISTRY)
+PERSISTED = Counter(
+    "kaiwa_worker_persisted", "Messages acknowledged to Redis after the database commit.", registry=REGISTRY
+)
 PERSIST_LAG = Histogram(
     "kaiwa_worker_persist_lag_seconds",
     "From a message's ack to its acknowledgement after the database commit.",
@@ -133,7 +135,9 @@ WORKER_WRITE_FAILURES = Counter(
 UNSTORED_RECORDED = Counter(
     "kaiwa_unstored_recorded", "Acked messages the worker could not store and kept for an operator.", registry=REGISTRY
 )
-EPOCH_CHANGES = Counter("kaiwa_epoch_changes", "Rooms given a new epoch (protocol.md 7.1).", registry=REGISTRY)
+EPOCH_CHANGES = Counter(
+    "kaiwa_epoch_changes", "Epochs issued to rooms, a room's first included (protocol.md 7.1).", registry=REGISTRY
+)
 UPLOADS = Counter("kaiwa_uploads", "Attachments stored.", registry=REGISTRY)
 UPLOAD_BYTES = Counter("kaiwa_upload_bytes", "Bytes of attachments stored (as served).", registry=REGISTRY)
 
