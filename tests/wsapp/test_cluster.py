@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 import redis as redis_sync
+from redis.crc import key_slot
 
-from chat.logkeys import CONTROL_CHANNEL, channel
+from chat.logkeys import CONTROL_CHANNEL, channel, seq_key
 from chat.models import Message, Room
 from tests.redis_cluster_topology import ClusterTopology
 from tests.wsapp.conftest import Peer, session_cookie
@@ -127,7 +128,8 @@ def test_rate_limit_is_one_bucket_per_user_across_rooms_slots_and_processes(
     start_server, make_user, aio, cluster_topology
 ):
     """KAIWA_RATE_BURST=5 with a slow refill: a user sending into rooms on every primary through two processes
-    gets exactly 5 acks, then rate_limited; a re-send of an acked message is still acked with its seq."""
+    gets exactly 5 acks, then rate_limited; a re-send of an acked message takes no token and is acked with its
+    seq, whether tokens are left or not."""
     rooms = rooms_on_every_primary(cluster_topology, 12)
     env = {"KAIWA_RATE_BURST": "5", "KAIWA_RATE_PER_SECOND": "0.01"}
     s1, s2 = start_server(env=env), start_server(env=env)
@@ -139,9 +141,15 @@ def test_rate_limit_is_one_bucket_per_user_across_rooms_slots_and_processes(
             for room in rooms:
                 await peer.join(room.slug)
         answers = []
-        for i, room in enumerate(rooms):
+        for i, room in enumerate(rooms[:3]):
+            answers.append(await peers[i % 2].send_message(room.slug, f"m{i}", f"c{i}"))
+        # A re-send while tokens are left: the token it took on the user's slot is given back.
+        resent = await peers[1].send_message(rooms[0].slug, "m0", "c0")
+        assert resent["type"] == "ack" and resent["seq"] == 1, resent
+        for i, room in enumerate(rooms[3:], start=3):
             answers.append(await peers[i % 2].send_message(room.slug, f"m{i}", f"c{i}"))
         first = next(a for a in answers if a["type"] == "ack")
+        # And one while the bucket is empty: still the original's ack (the dedup token is looked up).
         again = await peers[1].send_message(first["room"], "again", first["client_id"])
         for peer in peers:
             await peer.close()
@@ -178,3 +186,34 @@ def test_control_events_published_on_any_node_reach_every_process(start_server, 
         await b.close()
 
     aio(scenario())
+
+
+def test_a_room_whose_slot_moves_to_another_primary_goes_on_without_gap(start_server, make_user, aio, cluster_topology):
+    """The room's slot is migrated to another primary between two sends: appends follow MOVED, the relays get
+    Redis's sunsubscribe, subscribe again on the new owner and repair; the member on the other process sees
+    every seq once and in order, and the workers store each message once."""
+    lobby = Room.objects.create(slug="lobby", name="Lobby")
+    s1, s2 = start_server(env=FAST), start_server(env=FAST)
+    a_cookie, b_cookie = session_cookie(make_user("ann")), session_cookie(make_user("bob"))
+    slot = key_slot(seq_key(lobby.pk).encode())
+
+    async def scenario() -> None:
+        a, b = await Peer.open(s1.ws, a_cookie), await Peer.open(s2.ws, b_cookie)
+        await a.join("lobby")
+        await b.join("lobby")
+        for i in range(3):
+            assert (await a.send_message("lobby", f"before {i}", f"b{i}"))["type"] == "ack"
+        assert await b.wait_seqs("lobby", 3) == [1, 2, 3]
+        owner = cluster_topology.owner_of_slot(slot)
+        target = next(n for n in cluster_topology.primaries() if n is not owner)
+        await asyncio.to_thread(cluster_topology.move_slot, slot, target)
+        for i in range(3):
+            answer = await a.send_message("lobby", f"after {i}", f"a{i}")
+            assert answer["type"] == "ack", answer
+        assert await b.wait_seqs("lobby", 6) == [1, 2, 3, 4, 5, 6]
+        await a.close()
+        await b.close()
+
+    aio(scenario())
+    wait_stored(6)
+    assert sorted(Message.objects.values_list("seq", flat=True)) == [1, 2, 3, 4, 5, 6]
