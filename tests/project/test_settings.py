@@ -55,6 +55,9 @@ def test_production_refuses_to_start_without_redis_url():
         ("KAIWA_RATE_PER_SECOND", "fast", "is not a number"),
         ("DEBUG", "maybe", "is not a boolean"),
         ("DATABASE_URL", "nosuchdb://x", "DATABASE_URL"),
+        ("KAIWA_ATTACHMENT_STORAGE_OPTIONS", "{not json", "is not JSON"),
+        ("KAIWA_ATTACHMENT_STORAGE_OPTIONS", "[1, 2]", "must be a JSON object"),
+        ("KAIWA_MAX_UPLOAD_BYTES", "25MB", "is not a whole number"),
     ],
 )
 def test_bad_setting_values_give_a_clear_error(name, value, expected):
