@@ -91,6 +91,22 @@ test("the first page is read from the server's markup, never fetched, and the jo
   assert.deepEqual(socket.sent, [{ type: "join", room: "general", since: 3 }]);
 });
 
+test("the room's epoch from joined goes back with since on the next join, and a new one replaces it", async () => {
+  const answer = { messages: [stored(6), stored(7)], has_more: true };
+  const { controller, socket } = setup({ firstPage: [stored(1), stored(2), stored(3)], answer });
+  controller.start();
+  controller.handleFrame({ type: "joined", room: "general", last_seq: 3, presence: [], reset: false, epoch: "e1" });
+  controller.onSocketClosed();
+  controller.joinAll();
+  assert.deepEqual(socket.sent.at(-1), { type: "join", room: "general", since: 3, epoch: "e1" });
+  // The epoch changed under a joined client: an unsolicited joined with reset and the new epoch.
+  controller.handleFrame({ type: "joined", room: "general", last_seq: 7, presence: [], reset: true, epoch: "e2" });
+  await new Promise((resolve) => setImmediate(resolve)); // the history reload after the reset
+  controller.onSocketClosed();
+  controller.joinAll();
+  assert.equal(socket.sent.at(-1).epoch, "e2");
+});
+
 test("the sidebar's rooms are joined up to the page's KAIWA_MAX_ROOMS_PER_CONNECTION", () => {
   const rooms = ["general", "a", "b", "c"].map((slug) => ({ slug, name: slug, lastSeq: 4 }));
   const { controller, socket } = setup({ rooms, limits: { max_rooms_per_connection: 2 } });

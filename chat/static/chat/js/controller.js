@@ -119,6 +119,8 @@ export class RoomController {
       if (room === this.active && !room.historyLoaded) continue;
       const frame = { type: "join", room: room.slug };
       if (room.lastSeq > 0 || room.historyLoaded) frame.since = room.lastSeq;
+      // The epoch our since counts in (protocol 7.1): another one gets reset: true, not a wrong backlog.
+      if (frame.since !== undefined && room.epoch) frame.epoch = room.epoch;
       // Background rooms only count unread messages: the user is not "here" (protocol 7.5).
       if (room !== this.active && !this.dmSlugs.has(room.slug)) frame.presence = false;
       if (this.socket.send(frame)) room.joinSent = true;
@@ -182,6 +184,8 @@ export class RoomController {
         });
       }
     }
+    // Also the unsolicited joined (reset: true) the server sends when the room's epoch changes under us.
+    if (typeof frame.epoch === "string" && frame.epoch) room.epoch = frame.epoch;
     room.knownLastSeq = Math.max(room.knownLastSeq, lastSeq);
     if (room === this.active) {
       this.renderPresence();
