@@ -11,6 +11,7 @@ never both announce the same user.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
@@ -21,6 +22,7 @@ import redis.asyncio as aioredis
 from chat.clusterlog import is_cluster, sharded_script
 from chat.events import PRESENCE_LEAVE_ARGS, presence_event
 from chat.logkeys import channel, room_tag
+from chat.scriptbatch import ScriptBatch
 
 # Shared Lua: does any live member other than ARGV-member belong to uid?
 _HELPERS = """
@@ -138,11 +140,23 @@ class Presence(Protocol):
     async def sweep(self, room_ids: list[int]) -> int: ...
 
 
+class _Batch(ScriptBatch):
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.lists: dict[int, asyncio.Future[Any]] = {}  # room id -> its member list in the pending batch
+
+    def on_flush(self) -> None:
+        self.lists = {}
+
+
 class RedisPresence:
     def __init__(self, client: aioredis.Redis, *, process_id: str, ttl_seconds: float) -> None:
         self.client = client
         self.process_id = process_id
         self.ttl_ms = int(ttl_seconds * 1000)
+        # Joins, leaves and member lists of one loop iteration (a reconnect
+        # storm makes thousands) go out as one pipeline, and a room's list once.
+        self._batch = _Batch(client)
         # On a cluster the events go out on the room's sharded channel (SPUBLISH), as the messages do.
         shard = sharded_script if is_cluster(client) else str
         self._join = client.register_script(shard(_JOIN))
@@ -162,7 +176,7 @@ class RedisPresence:
             user_id,
             presence_event("join", user_id=user_id, username=username),
         ]
-        return bool(await self._join(keys=keys, args=args))
+        return bool(await self._batch.call(self._join, keys, args))
 
     async def leave(self, *, room_id: int, user_id: int, username: str) -> bool:
         keys = [presence_key(room_id), channel(room_id)]
@@ -171,12 +185,20 @@ class RedisPresence:
             user_id,
             presence_event("leave", user_id=user_id, username=username),
         ]
-        return bool(await self._leave(keys=keys, args=args))
+        return bool(await self._batch.call(self._leave, keys, args))
 
     async def members(self, *, room_id: int) -> list[dict[str, Any]]:
         """The users present in the room on any process, by username, each once."""
         users: dict[int, str] = {}
-        for raw in await self._list(keys=[presence_key(room_id)]):
+        listed = self._batch.lists.get(room_id)
+        if listed is None or listed.cancelled():
+            listed = self._batch.enqueue(self._list, [presence_key(room_id)], [])
+        if listed is None:
+            raw_members = await self._list(keys=[presence_key(room_id)])
+        else:
+            self._batch.lists[room_id] = listed
+            raw_members = await asyncio.shield(listed)  # shared by this room's lists in the batch
+        for raw in raw_members:
             _, uid, username = (raw.decode() if isinstance(raw, bytes) else raw).split("|", 2)
             users[int(uid)] = username
         return [{"id": uid, "username": name} for uid, name in sorted(users.items(), key=lambda u: (u[1], u[0]))]
