@@ -313,9 +313,15 @@ export class RoomController {
 
   submit() {
     const body = this.view.composerText();
-    if (body.trim() === "") return;
+    const attachments = this.view.readyAttachments(this.active.slug) || [];
+    if (this.view.uploadsBusy(this.active.slug)) {
+      this.view.showComposerError("Wait for the uploads to finish, or cancel them.");
+      return;
+    }
+    if (body.trim() === "" && attachments.length === 0) return;
     if (!this.validateLength()) return;
-    const item = this.pending.add(this.active.slug, body);
+    const item = this.pending.add(this.active.slug, body, attachments);
+    if (attachments.length) this.view.attachmentsSent(attachments);
     this.view.clearComposer();
     this.lastTypingSentAt = 0;
     this.view.leftOff = null;
@@ -329,6 +335,7 @@ export class RoomController {
     const room = this.rooms.get(item.room);
     if (!room || !room.joined) return;
     const frame = { type: "send", room: item.room, body: item.body, client_id: item.clientId };
+    if (item.attachments && item.attachments.length) frame.attachments = item.attachments.map((a) => a.id);
     // A frame over KAIWA_MAX_FRAME_BYTES closes the socket (1009); re-sending it
     // after every reconnect would loop, so it fails here with the reason.
     if (ENCODER.encode(JSON.stringify(frame)).length > this.config.maxFrameBytes) {

@@ -6,6 +6,8 @@
 // characters. Links become <a> only for http(s) URLs, opened in a new tab
 // with rel="noopener noreferrer".
 
+import { attachmentsElement } from "./attachmentsview.js";
+
 const URL_PATTERN = /\bhttps?:\/\/[^\s<>"]+/gi;
 // Punctuation that ends a sentence rather than a URL ("see https://x.org.").
 const TRAILING_PUNCTUATION = /[.,:;!?'"\u2019\u201d]+$/;
@@ -124,7 +126,7 @@ export function messageElement(
   );
   const body = el("div", { cls: "msg__body" });
   body.append(renderBody(msg.body || ""));
-  const content = el("div", { cls: "msg__content" }, header, body);
+  const content = el("div", { cls: "msg__content" }, header, body, attachmentsElement(msg.attachments));
 
   if (kind === "pending") {
     content.append(el("div", { cls: "msg__status", text: pendingText }));

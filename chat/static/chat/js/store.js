@@ -220,6 +220,7 @@ export class PendingSends {
         error: typeof item.error === "string" ? item.error : null,
         code: typeof item.code === "string" ? item.code : null,
         retryAt: 0,
+        attachments: Array.isArray(item.attachments) ? item.attachments : [],
       });
     }
     this.expire();
@@ -259,11 +260,13 @@ export class PendingSends {
     return this.forRoom(room, "pending");
   }
 
-  add(room, body) {
+  /** ``attachments``: the uploaded attachment objects (protocol 7.3) the message carries. */
+  add(room, body, attachments = []) {
     const item = {
       clientId: this.newId(),
       room,
       body,
+      attachments,
       createdAt: this.now(),
       state: "pending",
       error: null,

@@ -6,8 +6,10 @@
 // screen (scroll position, unseen count) and reports what the user does
 // through `handlers`.
 
+import { ComposerFiles } from "./composerfiles.js";
 import { el, enhanceMessage, messageElement, messageOfElement, renderPresence, updateGrouping } from "./render.js";
 import { Sidebar } from "./sidebar.js";
+import { bindViewer } from "./viewer.js";
 
 const NEAR_BOTTOM_PX = 48;
 const LOAD_OLDER_WITHIN_PX = 240;
@@ -98,6 +100,9 @@ export class RoomView {
     for (const li of items) updateGrouping(li, li.previousElementSibling);
     this.textarea.disabled = false;
     this.sendButton.disabled = false;
+    this.files = new ComposerFiles({ root: this.root, form: this.form, textarea: this.textarea, dropZone: this.root.querySelector(".chat") || this.root, doc: this.doc });
+    this.files.bind();
+    bindViewer(this.list, this.doc);
 
     this.form.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -153,6 +158,19 @@ export class RoomView {
   clearComposer() {
     this.textarea.value = "";
     this.composerError.hidden = true;
+  }
+
+  /** The attachments uploaded to ``slug`` that the next send carries (composerfiles.js). */
+  readyAttachments(slug) {
+    return this.files ? this.files.ready(slug) : [];
+  }
+
+  uploadsBusy(slug) {
+    return this.files ? this.files.busy(slug) : false;
+  }
+
+  attachmentsSent(attachments) {
+    if (this.files) this.files.sent(attachments);
   }
 
   focusComposer() {
@@ -221,7 +239,7 @@ export class RoomView {
   renderPending(item, pendingText) {
     if (!item) return;
     const li = messageElement(
-      { room: item.room, user: this.me, body: item.body, client_id: item.clientId, ts: null },
+      { room: item.room, user: this.me, body: item.body, client_id: item.clientId, ts: null, attachments: item.attachments },
       {
         own: true,
         kind: item.state === "failed" ? "failed" : "pending",
