@@ -44,6 +44,65 @@ def _chunks(values: list[Any], size: int = 500) -> Iterator[list[Any]]:
         yield values[start : start + size]
 
 
+_issued_lock = threading.Lock()
+_issued: set[tuple[int, str]] = set()  # (room, epoch) pairs this database issued: never un-issued, so cached
+
+
+def keep_foreign_epochs(entries: Sequence[Entry]) -> list[Entry]:
+    """The entries to store; those of an epoch this database never issued are kept in ``UnstoredMessage``.
+
+    Such an entry was accepted by a Redis state that belongs to another
+    database (``DATABASE_URL`` switched, or the database restored from a
+    backup, under a running Redis): storing it here could give one of this
+    history's seqs to a message it never had. Entries without an epoch (from
+    before epochs) and of rooms deleted since are passed on as they are.
+    One query per batch only while a batch holds an epoch not seen before.
+    """
+    global _recorded
+    wanted = {(e.room_id, e.epoch) for e in entries if e.epoch} - _issued
+    if not wanted:
+        return list(entries)
+    from chat.epochmodels import RoomEpoch
+    from chat.models import Room
+
+    found = set(
+        RoomEpoch.objects.filter(room_id__in={r for r, _ in wanted}, epoch__in={ep for _, ep in wanted}).values_list(
+            "room_id", "epoch"
+        )
+    )
+    with _issued_lock:
+        _issued.update(found)
+    foreign = wanted - found
+    if foreign:
+        rooms = set(Room.objects.filter(pk__in={r for r, _ in foreign}).values_list("pk", flat=True))
+        foreign = {(r, ep) for r, ep in foreign if r in rooms}
+    if not foreign:
+        return list(entries)
+    kept = [e for e in entries if (e.room_id, e.epoch) in foreign]
+    unstored = []
+    for e in kept:
+        reason = f"its epoch {e.epoch} was not issued by this database (the Redis state belongs to another one)"
+        logger.error(
+            "room %s seq %s: an acked message cannot be stored: %s; kept in UnstoredMessage "
+            "(manage.py chatworker --status lists it)",
+            e.room_id,
+            e.seq,
+            reason,
+        )
+        username, body, client_id, created_at = stored_form(e)
+        unstored.append(
+            UnstoredMessage(
+                room_id=e.room_id, seq=e.seq, epoch=e.epoch, author_id=e.user_id, author_username=username,
+                body=body, client_id=client_id, created_at=created_at, reason=reason, event=message_event(e),
+            )
+        )  # fmt: skip
+    before = UnstoredMessage.objects.count()
+    UnstoredMessage.objects.bulk_create(unstored, ignore_conflicts=True)
+    with _count_lock:
+        _recorded += UnstoredMessage.objects.count() - before
+    return [e for e in entries if (e.room_id, e.epoch) not in foreign]
+
+
 def stored_form(entry: Entry) -> tuple[str, str, str, datetime]:
     """What the insert writes of an entry, for comparing it with a stored row."""
     return (
@@ -122,7 +181,7 @@ def conflicts_record(entries: Sequence[Entry]) -> int:
             UnstoredMessage(
                 room_id=e.room_id,
                 seq=e.seq,
-                epoch=getattr(e, "epoch", ""),  # Entry.epoch: see chat.events
+                epoch=e.epoch,
                 author_id=e.user_id,
                 author_username=mine[0],
                 body=mine[1],

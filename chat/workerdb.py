@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.db import close_old_connections, connection, connections
 
-from chat import services
+from chat import persistconflicts, services
 from chat.events import Entry
 
 logger = logging.getLogger("kaiwa.worker")
@@ -25,7 +25,9 @@ def persist_batch(entries: Sequence[Entry]) -> int:
     # Runs on the worker's DB thread.
     release_connection()
     try:
-        return services.message_bulk_persist(entries=entries, statement_timeout_ms=DB_STATEMENT_TIMEOUT_MS)
+        own = persistconflicts.keep_foreign_epochs(entries)
+        written = services.message_bulk_persist(entries=own, statement_timeout_ms=DB_STATEMENT_TIMEOUT_MS)
+        return written + len(entries) - len(own)  # the foreign ones are kept: done with, like the written ones
     finally:
         release_connection()
 

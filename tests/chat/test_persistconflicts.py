@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -12,7 +13,7 @@ import pytest
 
 from chat import persistconflicts, services
 from chat.messagelog import Entry
-from chat.models import Message, Room, UnstoredMessage
+from chat.models import Message, Room, RoomEpoch, UnstoredMessage
 from tests.conftest import ROOT, server_env
 
 pytestmark = pytest.mark.django_db
@@ -100,3 +101,24 @@ def test_chatworker_status_lists_the_kept_messages(make_user):
     assert re.search(
         rf"^  room {room.pk} seq 3 epoch - by 'ann' at .*: seq 3 already holds another message", done.stdout, re.M
     )
+
+
+def test_entries_of_an_epoch_this_database_never_issued_are_kept_not_stored(make_user):
+    """An entry from a Redis state of another database (its epoch has no RoomEpoch row here) is kept in
+    UnstoredMessage instead of taking one of this history's seqs; issued and pre-epoch entries pass."""
+    ann = make_user("ann")
+    room = Room.objects.create(slug="lobby", name="Lobby")
+    RoomEpoch.objects.create(room=room, epoch="ours", base_seq=0)
+    batch = [
+        dataclasses.replace(entry(room, 1, user_id=ann.pk), epoch="ours"),
+        dataclasses.replace(entry(room, 2, user_id=ann.pk), epoch="theirs"),
+        entry(room, 3, user_id=ann.pk),  # written before epochs existed
+    ]
+    own = persistconflicts.keep_foreign_epochs(batch)
+    assert [e.seq for e in own] == [1, 3]
+    services.message_bulk_persist(entries=own)
+    assert list(Message.objects.filter(room=room).values_list("seq", flat=True)) == [1, 3]
+    kept = UnstoredMessage.objects.get()
+    assert (kept.seq, kept.epoch) == (2, "theirs") and "not issued by this database" in kept.reason
+    assert persistconflicts.keep_foreign_epochs(batch[1:2]) == []  # a replay records it once
+    assert UnstoredMessage.objects.count() == 1
