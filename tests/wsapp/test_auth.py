@@ -257,6 +257,12 @@ def test_during_a_database_outage_a_cached_session_still_connects(make_user, sta
             assert time.monotonic() - started < 1.0
         await send(ws, {"type": "ping"})
         assert (await recv(ws))["type"] == "pong"
+        # no room access remembered by this fresh process: the join needs the database
+        started = time.monotonic()
+        await send(ws, {"type": "join", "room": "lobby"})
+        refused = await recv(ws)
+        assert (refused["type"], refused["code"], refused["room"]) == ("error", "unavailable", "lobby"), refused
+        assert time.monotonic() - started < 1.0
 
     aio(outage())
     warnings = [line for line in server.lines if "closing 1013" in line]
