@@ -291,3 +291,37 @@ def test_success_message_floats_can_be_dismissed_and_fades(
             a.goto(f"{server.http}/")
         else:
             expect(flash).to_have_count(0, timeout=10_000)
+
+
+def test_quick_switcher_by_keyboard_only(browsers: Browsers, login: Any, start_server: Any, make_user: Any) -> None:
+    """Ctrl+K, a few letters, Enter: a room opens in place; a person's name opens the conversation with them."""
+    alice, _bob = make_user("alice"), make_user("bob")
+    services.room_create(name="General", slug="general", creator=alice)
+    services.room_create(name="Product launch", slug="launch", creator=alice)
+    server = start_server()
+    a = open_room(browsers, login, server, "alice", "general")
+    a.keyboard.press("Control+k")
+    dialog = a.get_by_role("dialog", name="Jump to a room or person")
+    expect(dialog).to_be_visible()
+    expect(a.get_by_role("combobox", name="Jump to a room or person")).to_be_focused()
+    a.keyboard.type("lau")
+    expect(dialog.get_by_role("option").first).to_have_attribute("aria-selected", "true")
+    expect(dialog.get_by_role("option").first).to_contain_text("Product launch")
+    a.screenshot(path=str(SCREENSHOTS / "quick-switcher.png"))
+    a.keyboard.press("Enter")
+    a.wait_for_url(f"{server.http}/rooms/launch/")
+    expect(dialog).to_be_hidden()
+    expect(a.locator("#room-title")).to_have_text("#Product launch")
+
+    a.keyboard.press("Control+k")
+    a.keyboard.type("@bob")
+    expect(dialog.get_by_role("option")).to_have_text(["@Message @bob (person)"])
+    a.keyboard.press("Enter")
+    expect(a.locator("#room-title")).to_have_text("bob")
+    expect(a.locator("li[data-kind='dm'] .rooms__name")).to_have_text(["bob"])
+    # Escape closes without doing anything, and focus goes back where it was.
+    a.locator("#kaiwa-composer").focus()
+    a.keyboard.press("Control+k")
+    a.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    expect(a.locator("#kaiwa-composer")).to_be_focused()

@@ -9,6 +9,7 @@ import { RoomController } from "./controller.js";
 import { DaySeparators } from "./dates.js";
 import { HttpError } from "./history.js";
 import { Notifier } from "./notify.js";
+import { QuickSwitcher, mergeItems } from "./switcher.js";
 import { Socket, loginUrl, socketUrl } from "./socket.js";
 import { PendingSends, ReadMarks, resendWindowMs } from "./store.js";
 import { RoomNav } from "./roomnav.js";
@@ -87,6 +88,15 @@ function main() {
     notifier.clear(slug);
     notifier.renderMute();
   });
+  const quick = new QuickSwitcher({
+    doc: document,
+    root,
+    items: () => mergeItems(nav.switcherRooms(), nav.knownPeople(), config.username),
+    choose: (item) => {
+      if (item.slug) switcher.open(item.slug, { push: true });
+      else nav.openDm(item.username);
+    },
+  });
   const socket = new Socket({
     url: socketUrl(config.wsPath, window.location),
     onFrame: (frame) => {
@@ -126,6 +136,7 @@ function main() {
   nav.bind();
   switcher.bind();
   notifier.bind();
+  quick.bind();
   controller.start();
   socket.start();
   window.kaiwa = controller; // handy from the devtools console

@@ -80,7 +80,9 @@ export class RoomNav {
     });
   }
 
-  async openDm(username, errorNode) {
+  /** Open the conversation with `username`; a refusal shows under "Message someone" (or `errorNode`). */
+  async openDm(username, errorNode = null) {
+    errorNode = errorNode || this.root.querySelector(".dm-start__error");
     if (errorNode) errorNode.hidden = true;
     let response;
     try {
@@ -149,6 +151,19 @@ export class RoomNav {
     this.about.set(room.slug, { title: dmUser || room.name, kind: room.kind === "dm" ? "dm" : "room", private: !!room.private });
     this.controller.addRoom({ slug: room.slug, name: dmUser || room.name, lastSeq: Number(room.last_seq) || 0 });
     if (dmUser !== null) this.renderDmPresence(room.slug);
+  }
+
+  /** Every room and conversation as the quick switcher lists them. */
+  switcherRooms() {
+    return Array.from(this.about, ([slug, about]) => ({ kind: about.kind === "dm" ? "dm" : "room", label: about.title, slug }));
+  }
+
+  /** Everybody the page knows of: present in any room, or an author in the open room. */
+  knownPeople() {
+    const names = [];
+    for (const room of this.controller.rooms.values()) for (const user of room.presence.values()) names.push(user.username);
+    for (const msg of this.controller.active.messages.values()) if (msg.user) names.push(msg.user.username);
+    return names;
   }
 
   /** What the page calls a room, and whether it is private: for switching to it in place. */
