@@ -32,6 +32,11 @@ end
 if ARGV[3] == '1' then
   local seen = redis.call('GET', KEYS[3])
   if seen then
+    -- A write (same TTL): WAIT after this answer (KAIWA_ACK_REPLICAS) counts up to this connection's
+    -- last write, and replication is in order, so a confirmed WAIT covers the original message too,
+    -- whatever offset a Redis version gives a connection that only read.
+    local ttl = redis.call('PTTL', KEYS[3])
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
     local sep = string.find(seen, ':', 1, true)
     return {0, tonumber(string.sub(seen, 1, sep - 1)), tonumber(string.sub(seen, sep + 1))}
   end
