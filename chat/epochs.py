@@ -129,8 +129,12 @@ async def settle(log: SeedableLog, store: EpochStore, *, room_id: int, slug: str
         if seeded:
             from chat import metrics
 
-            metrics.epoch_changed()
-            logger.warning(
+            # A room Redis never had, with nothing stored or seen: its first epoch, no change to report.
+            first = found is None and last is None and floor == 0
+            if not first:
+                metrics.epoch_changed()
+            logger.log(
+                logging.INFO if first else logging.WARNING,
                 "room %s: new epoch %s above seq %s (Redis had epoch %s, seq %s; the floor was %s)",
                 slug,
                 current,
