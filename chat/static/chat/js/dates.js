@@ -88,8 +88,7 @@ export class DaySeparators {
       const sep = this.doc.createElement("li");
       sep.className = "chat__day";
       sep.dataset.label = label;
-      sep.setAttribute("role", "separator");
-      sep.setAttribute("aria-label", label);
+      // A plain list item (a list may hold nothing else): read out as the day before its messages.
       const text = this.doc.createElement("span");
       text.textContent = label;
       sep.append(text);
