@@ -56,6 +56,11 @@ def test_background_rooms_do_not_make_anyone_online(
     # Opening Random makes her present there, and no longer in General.
     a.get_by_role("navigation", name="Your rooms").get_by_role("link", name="Random").click()
     expect(b.locator(".presence__list .presence__name")).to_have_text(["alice", "bob"])
+    # A person's name in the people list opens the conversation with them, from the keyboard too.
+    b.get_by_role("button", name="Message alice").focus()
+    b.keyboard.press("Enter")
+    expect(b.locator("#room-title")).to_have_text("alice")
+    expect(a.get_by_role("list", name="Direct messages").get_by_role("link", name="bob (online)")).to_be_visible()
 
 
 def test_sidebar_follows_rooms_added_renamed_and_removed(

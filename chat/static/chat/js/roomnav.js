@@ -76,7 +76,8 @@ export class RoomNav {
     };
     this.root.addEventListener("click", activate);
     this.root.addEventListener("keydown", (event) => {
-      if (event.key === "Enter") activate(event);
+      // A button's Enter is already a click.
+      if (event.key === "Enter" && event.target.tagName !== "BUTTON") activate(event);
     });
   }
 
