@@ -9,11 +9,13 @@ database work, or ``db_call()`` for both in one thread hop.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 
 T = TypeVar("T")
 
@@ -22,15 +24,51 @@ async def db_ready() -> None:
     await sync_to_async(close_old_connections)()
 
 
+class DatabaseStuck(DatabaseError):
+    """The ORM's thread finished no call for the limit: the database does not answer."""
+
+
+_last_done = float("-inf")  # when a db_call last finished on the ORM's thread (written there)
+
+
 def _ready_then(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-    close_old_connections()
-    return fn(**kwargs)
+    global _last_done
+    try:
+        close_old_connections()
+        return fn(**kwargs)
+    finally:
+        _last_done = time.monotonic()
 
 
 _call_on_orm_thread = sync_to_async(_ready_then)
 
 
-async def db_call(fn: Callable[..., T], /, **kwargs: Any) -> T:
-    """``fn(**kwargs)`` on the ORM's thread after ``close_old_connections()``: one thread hop for both."""
-    result: T = await _call_on_orm_thread(fn, kwargs)
-    return result
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def db_call(fn: Callable[..., T], /, *, stuck_after: float | None = None, **kwargs: Any) -> T:
+    """``fn(**kwargs)`` on the ORM's thread after ``close_old_connections()``: one thread hop for both.
+
+    ``stuck_after``: raise ``DatabaseStuck`` once the thread has finished no
+    call for that long (a database that hangs), rather than wait behind it.
+    A queue of calls that keep finishing (a connect storm) is busy, not stuck.
+    """
+    call = asyncio.ensure_future(_call_on_orm_thread(fn, kwargs))
+    if stuck_after is None:
+        result: T = await call
+        return result
+    waiting_since = time.monotonic()
+    try:
+        while True:
+            idle = time.monotonic() - max(_last_done, waiting_since)
+            if idle >= stuck_after:
+                raise DatabaseStuck(f"the database did not answer within {stuck_after} s")
+            done, _ = await asyncio.wait({call}, timeout=stuck_after - idle)
+            if done:
+                result = call.result()
+                return result
+    finally:
+        if not call.done():
+            call.add_done_callback(_consume)

@@ -155,7 +155,13 @@ async def room_for_join(access: RoomAccess, *, user_id: int, slug: str) -> tuple
     if hit is not None:
         return hit
     read_at = time.monotonic()
-    room = await db_call(selectors.room_get_for_user_id, user_id=user_id, slug=slug)
+    # A database that hangs gets the join a clear refusal (unavailable), not a wait as long as the outage.
+    room = await db_call(
+        selectors.room_get_for_user_id,
+        stuck_after=settings.KAIWA_AUTH_DB_TIMEOUT_SECONDS,
+        user_id=user_id,
+        slug=slug,
+    )
     if room is not None:
         access.put(user_id=user_id, room=room, read_at=read_at)
     return room, read_at

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -10,6 +13,7 @@ from django.test import override_settings
 
 from chat import services
 from chat.models import Room
+from tests.conftest import ROOT, server_env
 from tests.wsapp.conftest import Peer, session_cookie
 from tests.wsapp.inprocess import Client, Cluster
 from wsapp.roomaccess import QUIET_SECONDS, RoomAccess, room_for_join
@@ -222,3 +226,48 @@ def test_a_removed_member_or_a_room_made_private_cannot_join_from_memory(start_s
         assert (await _join_answer(peers["alice"][1], "secret"))["type"] == "joined"
 
     aio(refused())
+
+
+# Runs in a child process whose database accepts TCP and never answers: prints what
+# each join lookup answered and how long it took (os._exit: the ORM's thread stays stuck).
+_STUCK_PROBE = """
+import asyncio, os, time
+import django
+django.setup()
+from wsapp.dbthread import DatabaseStuck
+from wsapp.roomaccess import RoomAccess, room_for_join
+
+async def probe():
+    access = RoomAccess()
+    async def one(slug):
+        t0 = time.monotonic()
+        try:
+            await room_for_join(access, user_id=1, slug=slug)
+            return f"answered {time.monotonic() - t0:.3f}"
+        except DatabaseStuck:
+            return f"stuck {time.monotonic() - t0:.3f}"
+    for line in await asyncio.gather(one("a"), one("b"), one("c")):
+        print(line, flush=True)
+    print(await one("d"), flush=True)
+
+asyncio.run(probe())
+os._exit(0)
+"""
+
+
+def test_a_join_lookup_on_a_database_that_does_not_answer_is_refused_within_a_second():
+    """PostgreSQL that accepts TCP and never answers: every lookup (three queued together, then one more) raises
+    DatabaseStuck within a second instead of waiting for the outage to end."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1]
+        env = server_env(DATABASE_URL=f"postgres://nobody@127.0.0.1:{port}/kaiwa", KAIWA_AUTH_DB_TIMEOUT_SECONDS="0.5")
+        done = subprocess.run(
+            [sys.executable, "-c", _STUCK_PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    out = done.stdout.split()
+    assert out[0::2] == ["stuck"] * 4, done.stdout
+    assert all(float(t) < 1.0 for t in out[1::2]), done.stdout
