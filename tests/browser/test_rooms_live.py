@@ -329,3 +329,30 @@ def test_quick_switcher_by_keyboard_only(browsers: Browsers, login: Any, start_s
     a.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
     expect(a.locator("#kaiwa-composer")).to_be_focused()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_phone_rooms_panel_shows_conversations_live(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any, scheme: str
+) -> None:
+    """On a phone, the Rooms panel holds the conversations too; one opened by alice appears there live."""
+    alice, _bob = make_user("alice"), make_user("bob")
+    services.room_create(name="General", slug="general", creator=alice)
+    server = start_server()
+    phone = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "color_scheme": scheme}
+    b = open_room(browsers, login, server, "bob", "general", **phone)
+    a = open_room(browsers, login, server, "alice", "general")
+    a.get_by_label("Message someone").fill("bob")
+    a.get_by_label("Message someone").press("Enter")
+    expect(a.locator("#room-title")).to_have_text("bob")
+    send(a, "on your phone?")
+    expect(b.locator(".badge--toggle")).to_have_text("1")
+    b.get_by_role("button", name="Rooms").click()
+    link = b.get_by_role("list", name="Direct messages").get_by_role("link", name="alice (online)")
+    expect(link).to_be_visible()
+    expect(b.locator(".rooms")).to_be_in_viewport(ratio=1)  # the panel has finished sliding in
+    b.wait_for_function("() => document.getAnimations().every(a => a.playState !== 'running')")
+    b.screenshot(path=str(SCREENSHOTS / f"dm-phone-{scheme}.png"))
+    link.click()
+    wait_for_bodies(b, ["on your phone?"])
+    expect(b.locator(".rooms")).not_to_be_in_viewport()
