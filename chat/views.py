@@ -25,6 +25,7 @@ from chat.paging import BadParameter, parse_before
 WS_PATH = "/ws"
 API_MESSAGES_PATH = "/api/rooms/{slug}/messages"
 API_DMS_PATH = "/api/dms"
+API_MEMBERS_PATH = "/api/rooms/{slug}/members"
 # Avatar colours; render.js's avatarColour() picks the same one for a name.
 AVATAR_COLOURS = 8
 
@@ -145,6 +146,7 @@ def _client_config(request: HttpRequest, room: Room, *, has_more: bool, title: s
             "dms": API_DMS_PATH,
             # Any room's history: {slug} replaced (switching rooms in place, static/chat/js/roomswitch.js).
             "messages_template": API_MESSAGES_PATH,
+            "members_template": API_MEMBERS_PATH,
             # Where a room's page is: this + slug + "/" (chat.urls).
             "rooms": reverse("chat:room_detail", kwargs={"slug": "x"})[: -len("x/")],
         },

@@ -356,3 +356,26 @@ def test_phone_rooms_panel_shows_conversations_live(
     link.click()
     wait_for_bodies(b, ["on your phone?"])
     expect(b.locator(".rooms")).not_to_be_in_viewport()
+
+
+def test_people_panel_lists_members_and_who_is_here(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """A private room's panel: who has it open under Online, the other members under 'Members not here'."""
+    alice, bob, _carol = make_user("alice"), make_user("bob"), make_user("carol")
+    plans = services.room_create(name="Plans", slug="plans", private=True, creator=alice)
+    services.room_member_add(room=plans, user=bob)
+    services.room_member_add(room=plans, user=_carol)
+    services.room_create(name="General", slug="general", creator=alice)
+    server = start_server()
+    a = open_room(browsers, login, server, "alice", "plans")
+    b = open_room(browsers, login, server, "bob", "general")
+    expect(a.locator(".presence__list").first.locator(".presence__name")).to_have_text(["alice"])
+    expect(a.locator(".presence__title--away")).to_have_text("Members not here — 2")
+    expect(a.locator(".presence__list--away .presence__name")).to_have_text(["bob", "carol"])
+    b.get_by_role("navigation", name="Your rooms").get_by_role("link", name="Plans").click()
+    expect(a.locator(".presence__list").first.locator(".presence__name")).to_have_text(["alice", "bob"])
+    expect(a.locator(".presence__list--away .presence__name")).to_have_text(["carol"])
+    # A public room has no member list: anyone may join it.
+    a.get_by_role("navigation", name="Your rooms").get_by_role("link", name="General").click()
+    expect(a.locator(".presence__title--away")).to_be_hidden()

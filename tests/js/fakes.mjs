@@ -5,7 +5,7 @@
 export const PAGE_CONFIG = Object.freeze({
   room: { slug: "general", name: "General", private: false },
   user: { id: 1, username: "alice" },
-  urls: { ws: "/ws", messages: "/api/rooms/general/messages", login: "/accounts/login/", dms: "/api/dms", rooms: "/rooms/", messages_template: "/api/rooms/{slug}/messages" },
+  urls: { ws: "/ws", messages: "/api/rooms/general/messages", login: "/accounts/login/", dms: "/api/dms", rooms: "/rooms/", messages_template: "/api/rooms/{slug}/messages", members_template: "/api/rooms/{slug}/members" },
   history: { has_more: false, page_size: 50 },
   limits: {
     max_body_chars: 4000,

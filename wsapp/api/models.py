@@ -33,6 +33,10 @@ class RoomList(BaseModel):
     rooms: list[Room] = Field(description="Every room the user may see, by name.")
 
 
+class MemberList(BaseModel):
+    members: list[User] = Field(description="A private room's members by username; empty for a public room.")
+
+
 class Message(BaseModel):
     """A stored message, in the shape of the WebSocket ``message`` frame (protocol.md section 2)."""
 

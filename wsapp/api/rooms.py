@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from chat import paging, roomevents, selectors
 from wsapp.api.deps import CurrentUser
 from wsapp.api.errors import BAD_REQUEST, NOT_FOUND, ApiError, V1ErrorRoute, error_responses
-from wsapp.api.models import Message, MessagePage, Room, RoomList
+from wsapp.api.models import MemberList, Message, MessagePage, Room, RoomList, User
 
 router = APIRouter(route_class=V1ErrorRoute, tags=["rooms"], responses=error_responses(403, "4XX", v1=True))
 
@@ -28,6 +28,20 @@ async def room_list(user: CurrentUser) -> RoomList:
     # joining with since=last_seq.
     dicts = await sync_to_async(roomevents.room_dicts)(rooms)
     return RoomList(rooms=[Room.model_validate(d) for d in dicts])
+
+
+@router.get("/rooms/{slug}/members", response_model=MemberList, responses=error_responses(404, v1=True))
+async def member_list(slug: str, user: CurrentUser) -> MemberList:
+    """A private room's (or direct conversation's) members, for the people panel; a public room has none."""
+    room = await selectors.aroom_get_for_user(user=user, slug=slug)
+    if room is None:
+        raise ApiError(
+            404, NOT_FOUND, f"No room {slug!r} that you can see. Check the address; private rooms need an invitation."
+        )
+    if not room.private:
+        return MemberList(members=[])
+    users = await sync_to_async(selectors.room_members)(room=room)
+    return MemberList(members=[User(id=u.pk, username=u.get_username()) for u in users])
 
 
 def strict_paging(request: Request) -> None:

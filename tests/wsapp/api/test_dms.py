@@ -109,3 +109,16 @@ def test_the_database_refuses_a_second_room_for_one_pair(alice: Any, make_user: 
     assert dms.dm_open(user=alice, username="bob")[1]
     with pytest.raises(IntegrityError), transaction.atomic():
         Room.objects.create(slug="other", name="x", private=True, kind="dm", dm_key=dms.dm_key(bob.pk, alice.pk))
+
+
+def test_member_list_of_private_rooms_and_conversations(api_alice: Api, alice: Any, make_user: Any) -> None:
+    """GET /api/rooms/<slug>/members: a private room's members by name; none for a public room; 404 for outsiders."""
+    bob, carol = make_user("bob"), make_user("carol")
+    dm, _ = dms.dm_open(user=alice, username="bob")
+    services.room_create(name="Lobby", creator=carol)
+    response = api_alice.get(f"/api/rooms/{dm.slug}/members")
+    assert response.status_code == 200
+    assert response.json() == {"members": [{"id": alice.pk, "username": "alice"}, {"id": bob.pk, "username": "bob"}]}
+    assert api_alice.get("/api/rooms/lobby/members").json() == {"members": []}
+    outsider = login(Api(), carol).get(f"/api/rooms/{dm.slug}/members")
+    assert outsider.status_code == 404 and "private rooms need an invitation" in outsider.json()["error"]

@@ -44,6 +44,7 @@ export function parseConfig(text) {
     dmsUrl: need(data, "urls.dms", "string"),
     roomsUrl: need(data, "urls.rooms", "string"),
     messagesTemplate: need(data, "urls.messages_template", "string"),
+    membersTemplate: need(data, "urls.members_template", "string"),
     hasMore: need(data, "history.has_more", "boolean"),
     pageSize: need(data, "history.page_size", "integer"),
     maxBodyChars: need(data, "limits.max_body_chars", "integer"),

@@ -9,6 +9,7 @@ import { RoomController } from "./controller.js";
 import { DaySeparators } from "./dates.js";
 import { HttpError } from "./history.js";
 import { Notifier } from "./notify.js";
+import { People } from "./people.js";
 import { QuickSwitcher, mergeItems } from "./switcher.js";
 import { Socket, loginUrl, socketUrl } from "./socket.js";
 import { PendingSends, ReadMarks, resendWindowMs } from "./store.js";
@@ -84,7 +85,15 @@ function main() {
     title: (slug) => nav.describe(slug).title,
     openRoom: (slug) => switcher.open(slug, { push: true }),
   });
+  const people = new People({
+    controller,
+    root,
+    fetchJson: (url) => fetchJson(url, config),
+    membersUrl: (slug) => config.membersTemplate.replace("{slug}", encodeURIComponent(slug)),
+    isPrivate: (slug) => nav.describe(slug).private,
+  });
   switcher.onOpen.push((slug) => {
+    people.render();
     notifier.clear(slug);
     notifier.renderMute();
   });
@@ -103,6 +112,7 @@ function main() {
       controller.handleFrame(frame);
       nav.handleFrame(frame);
       notifier.handleFrame(frame);
+      if ((frame.type === "joined" || frame.type === "presence") && frame.room === controller.active.slug) people.render();
     },
     onOpen: () => controller.joinAll(),
     onStatus: (status, detail) => controller.renderStatus(status, detail),
