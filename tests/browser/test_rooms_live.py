@@ -90,6 +90,10 @@ def test_sidebar_follows_rooms_added_renamed_and_removed(
 
     in_thread(rename)
     expect(nav.get_by_role("link", name="Roof garden")).to_be_visible()
+    # alice has it open: its header and title follow, the messages stay.
+    expect(a.locator("#room-title")).to_have_text("#Roof garden")
+    expect(a).to_have_title("#Roof garden · Kaiwa")
+    wait_for_bodies(a, ["the tomatoes are in"])
     in_thread(lambda: services.room_member_remove(room=secret, user=bob))
     expect(nav.get_by_role("link", name="Plans")).to_have_count(0)
     in_thread(lambda: Room.objects.filter(slug="garden").delete())

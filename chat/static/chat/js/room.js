@@ -92,6 +92,7 @@ function main() {
     membersUrl: (slug) => config.membersTemplate.replace("{slug}", encodeURIComponent(slug)),
     isPrivate: (slug) => nav.describe(slug).private,
   });
+  nav.onRenamed = () => switcher.renamed();
   switcher.onOpen.push((slug) => {
     people.render();
     notifier.clear(slug);

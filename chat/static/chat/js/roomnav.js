@@ -150,6 +150,7 @@ export class RoomNav {
     }
     this.sidebar.addRoom(room, dmUser);
     this.about.set(room.slug, { title: dmUser || room.name, kind: room.kind === "dm" ? "dm" : "room", private: !!room.private });
+    if (this.onRenamed && room.slug === this.controller.active.slug) this.onRenamed(room.slug);
     this.controller.addRoom({ slug: room.slug, name: dmUser || room.name, lastSeq: Number(room.last_seq) || 0 });
     if (dmUser !== null) this.renderDmPresence(room.slug);
   }

@@ -105,6 +105,8 @@ export class RoomSwitch {
       }
     }
     if (ticket !== this.switching) return; // another switch overtook this one
+    const about = this.describe(slug);
+    view.announce(`Opened ${about.kind === "dm" ? `the conversation with ${about.title}` : `#${about.title}`}`);
     this.renderMessages(target);
     controller.history.renderEdge();
     const saved = this.scroll.get(slug);
@@ -121,6 +123,21 @@ export class RoomSwitch {
     controller.renderUnread(target);
     view.renderTitle();
     for (const callback of this.onOpen) callback(slug);
+  }
+
+  /** The open room was renamed (room_updated): its header, labels and title follow. */
+  renamed() {
+    const room = this.controller.active;
+    const list = this.view.list;
+    const children = Array.from(list.children);
+    const kept = { unseen: this.view.unseen, jump: this.view.jumpButton.hidden, leftOff: this.view.leftOff };
+    this.renderFrame(room);
+    list.replaceChildren(...children);
+    this.view.unseen = kept.unseen;
+    this.view.jumpButton.hidden = kept.jump;
+    this.view.leftOff = kept.leftOff;
+    this.view.renderEmpty();
+    this.view.renderTitle();
   }
 
   /** Everything on screen that names the room, for `room`. */
