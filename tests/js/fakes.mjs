@@ -4,7 +4,8 @@
 /** The kaiwa-config JSON chat/views.py embeds, with the default settings. */
 export const PAGE_CONFIG = Object.freeze({
   room: { slug: "general", name: "General", private: false },
-  user: { id: 1, username: "alice" },
+  user: { id: 1, username: "alice", moderator: false },
+  members: [{ id: 2, username: "bob" }],
   urls: { ws: "/ws", messages: "/api/rooms/general/messages", login: "/accounts/login/", dms: "/api/dms", rooms: "/rooms/", messages_template: "/api/rooms/{slug}/messages", members_template: "/api/rooms/{slug}/members" },
   history: { has_more: false, page_size: 50 },
   limits: {

@@ -202,3 +202,30 @@ test("an ack and the message frame settle a send once, whichever comes first, an
   // The server joined us at last_seq already: the live stream goes on from 10 without another join.
   assert.deepEqual(socket.sent.filter((f) => f.type === "join"), []);
 });
+
+test("ArrowUp edits the last own message with an edit frame; a reply carries reply_to; a refusal is explained", () => {
+  const { controller, socket, state, calls } = setup({ firstPage: [stored(1), stored(2)] });
+  controller.start();
+  controller.handleFrame({ type: "joined", room: "general", last_seq: 2, presence: [], reset: false });
+  assert.equal(controller.editLast(), true);
+  assert.deepEqual(controller.context, { kind: "edit", seq: 2 });
+  state.composer = "m2 fixed";
+  controller.submit();
+  const edit = socket.sent.at(-1);
+  assert.deepEqual({ ...edit, client_id: undefined }, { type: "edit", room: "general", target: 2, body: "m2 fixed", client_id: undefined });
+  controller.handleFrame({ type: "error", code: "forbidden", message: "Only the author can edit it.", ref: edit.client_id });
+  assert.deepEqual(calls.filter((c) => c[0] === "showComposerError").at(-1), ["showComposerError", "Could not edit the message: Only the author can edit it."]);
+
+  controller.reply(1);
+  state.composer = "answer";
+  controller.submit();
+  const send = socket.sent.at(-1);
+  assert.equal(send.type, "send");
+  assert.equal(send.reply_to, 1);
+  assert.equal(controller.context, null);
+
+  controller.handleFrame({ type: "deleted", room: "general", seq: 4, ts: "t", target: 1, user: alice });
+  assert.equal(controller.active.messages.get(1).deleted, true);
+  assert.equal(controller.active.lastSeq, 4);
+  assert.equal(controller.mentionCandidates().map((u) => u.username).join(), "bob");
+});

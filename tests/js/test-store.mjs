@@ -14,6 +14,34 @@ function pendingSends({ storage = new MemoryStorage(), dedupSeconds = 600, clock
 }
 
 describe("RoomState", () => {
+  test("edited and deleted frames take their own seq and change the message they name (protocol 7.4)", () => {
+    const room = new RoomState("r");
+    room.addMessages([msg(1, { mentions: [] }), msg(2)], { live: true });
+    const edited = room.applyEvent({ type: "edited", seq: 3, target: 1, body: "new", mentions: [1], ts: "t3" });
+    assert.equal(edited.body, "new");
+    assert.equal(edited.edited_ts, "t3");
+    assert.equal(room.lastSeq, 3);
+    room.noteMentions(edited, 1);
+    assert.equal(room.applyEvent({ type: "deleted", seq: 4, target: 1, ts: "t4" }).deleted, true);
+    assert.equal(room.messages.get(1).body, "");
+    // Nothing changes a deleted message again; an unknown target only moves the resume point.
+    assert.equal(room.applyEvent({ type: "edited", seq: 5, target: 1, body: "back", ts: "t5" }), null);
+    assert.equal(room.applyEvent({ type: "deleted", seq: 6, target: 99, ts: "t6" }), null);
+    assert.equal(room.lastSeq, 6);
+    assert.equal(room.messages.get(1).body, "");
+    assert.equal(room.lastMessageBy(alice.id).seq, 2);
+  });
+
+  test("unread counts leave out edit and delete events, and count the messages that mention you apart", () => {
+    const room = new RoomState("r");
+    room.addMessages([msg(1), msg(2, { mentions: [7] })], { live: true });
+    room.noteMentions(room.messages.get(2), 7);
+    room.applyEvent({ type: "edited", seq: 3, target: 1, body: "x", mentions: [], ts: "t" });
+    assert.deepEqual(room.unreadCounts(0), { messages: 2, mentions: 1 });
+    assert.deepEqual(room.unreadCounts(2), { messages: 0, mentions: 0 });
+    assert.deepEqual(room.unreadCounts(null), { messages: 0, mentions: 0 });
+  });
+
   test("a seq is stored once whatever path it came by, and added messages come back in seq order", () => {
     const room = new RoomState("r");
     assert.deepEqual(room.addMessages([msg(3), msg(1)]).map((m) => m.seq), [1, 3]);

@@ -24,6 +24,18 @@ function need(object, path, type) {
   return value;
 }
 
+/** A list of {id, username}: who `@` offers in the composer. */
+function needUsers(object, path) {
+  const value = object[path];
+  if (!Array.isArray(value) || !value.every((u) => u && Number.isInteger(u.id) && typeof u.username === "string")) {
+    throw new ConfigError(
+      `The room page's ${CONFIG_ELEMENT_ID} JSON has no valid ${path} (a list of {id, username}): ` +
+        "render the page with chat.views.room_detail.",
+    );
+  }
+  return value.map((u) => ({ id: u.id, username: u.username }));
+}
+
 /** Validate the embedded JSON (a string) and return the client's configuration. */
 export function parseConfig(text) {
   let data;
@@ -52,5 +64,7 @@ export function parseConfig(text) {
     maxRooms: need(data, "limits.max_rooms_per_connection", "integer"),
     dedupSeconds: need(data, "limits.dedup_seconds", "integer"),
     typingIntervalMs: need(data, "limits.typing_interval_ms", "integer"),
+    canModerate: need(data, "user.moderator", "boolean"),
+    members: needUsers(data, "members"),
   });
 }

@@ -5,7 +5,7 @@
 // page's config (config.js), never from a constant here.
 
 import { History } from "./history.js";
-import { RoomState, typingText } from "./store.js";
+import { RoomState, newClientId, typingText } from "./store.js";
 
 // Our own pace for "I am typing" frames; never faster than the server accepts them.
 const TYPING_THROTTLE_MS = 3000;
@@ -48,6 +48,10 @@ export class RoomController {
     this.retryTimers = new Map();
     // Direct conversations (roomnav.js): joined with presence even in the background.
     this.dmSlugs = new Set();
+    // The composer's context (protocol.md 7.4): null, {kind: "reply", seq} or {kind: "edit", seq}.
+    this.context = null;
+    // Edits and deletions sent and not yet answered: client_id -> what they were, to explain a refusal.
+    this.changes = new Map();
   }
 
   newRoom(slug, name, isPrivate = false) {
@@ -80,6 +84,10 @@ export class RoomController {
     this.view.leftOff = this.marks.get(this.active.slug);
     const page = this.view.readFirstPage(this.active.slug);
     this.active.addHistoryPage(page, this.config.hasMore, { latest: true });
+    for (const msg of page) {
+      this.active.noteMentions(msg, this.me.id);
+      this.view.refreshMessage(msg);
+    }
     this.settleFromHistory(page);
     this.view.markLeftOff();
     for (const item of this.pending.forRoom(this.active.slug)) this.view.renderPending(item, this.pendingText());
@@ -138,6 +146,10 @@ export class RoomController {
         break;
       case "message":
         if (room) this.onMessage(room, frame);
+        break;
+      case "edited":
+      case "deleted":
+        if (room) this.onChange(room, frame);
         break;
       case "ack":
         if (room) this.onAck(room, frame);
@@ -213,6 +225,14 @@ export class RoomController {
     const own = frame.user && frame.user.id === this.me.id;
     if (own && frame.client_id && this.pending.resolve(frame.client_id)) this.view.removePending(frame.client_id);
     if (frame.user) room.stopTyping(frame.user.id);
+    room.noteMentions(frame, this.me.id);
+    const known = room.messages.get(frame.seq);
+    if (known !== undefined && !known.deleted) {
+      // Drawn from our ack first: the frame brings what only the server knows (the resolved mentions).
+      known.mentions = Array.isArray(frame.mentions) ? frame.mentions : [];
+      known.reply_to = frame.reply_to ?? known.reply_to ?? null;
+      if (room === this.active) this.view.refreshMessage(known);
+    }
     const added = room.addMessages([frame], { live: true });
     if (room !== this.active) {
       if (own && this.marks.get(room.slug) === frame.seq - 1) this.marks.mark(room.slug, frame.seq);
@@ -230,7 +250,20 @@ export class RoomController {
     this.view.renderTitle();
   }
 
+  /** `edited` / `deleted`: an event with its own seq that changes the message `target` (protocol.md 7.4). */
+  onChange(room, frame) {
+    const msg = room.applyEvent(frame);
+    if (msg && frame.type === "edited") room.noteMentions(msg, this.me.id);
+    if (room !== this.active) {
+      this.renderUnread(room);
+      return;
+    }
+    if (msg) this.view.refreshMessage(msg);
+    if (frame.type === "deleted" && this.context && this.context.seq === frame.target) this.cancelContext();
+  }
+
   onAck(room, frame) {
+    if (this.changes.delete(frame.client_id)) return; // an edit or deletion: its own frame shows it
     const item = this.pending.resolve(frame.client_id);
     if (item === undefined) return; // the message frame settled it first
     this.clearRetryTimer(item.clientId);
@@ -242,13 +275,28 @@ export class RoomController {
     // scrolled out of the loaded page) shows up when older pages load, not
     // as a lone message that would also move the `before` cursor past a gap.
     if (room.oldestSeq !== null && frame.seq < room.oldestSeq && room.hasMore) return;
-    const msg = { room: room.slug, seq: frame.seq, ts: frame.ts, user: this.me, body: item.body, client_id: item.clientId };
+    const msg = {
+      room: room.slug,
+      seq: frame.seq,
+      ts: frame.ts,
+      user: this.me,
+      body: item.body,
+      client_id: item.clientId,
+      reply_to: item.replyTo || null,
+      mentions: [],
+    };
     for (const m of room.addMessages([msg])) this.view.insertMessage(m);
     this.view.scrollToBottom();
   }
 
   onError(frame) {
     const ref = frame.ref;
+    const change = typeof ref === "string" ? this.changes.get(ref) : undefined;
+    if (change !== undefined) {
+      this.changes.delete(ref);
+      this.view.showComposerError(`Could not ${change} the message: ${frame.message}`);
+      return;
+    }
     const item = typeof ref === "string" ? this.pending.get(ref) : undefined;
     if (item !== undefined) {
       this.onSendRefused(item, frame);
@@ -320,7 +368,19 @@ export class RoomController {
     }
     if (body.trim() === "" && attachments.length === 0) return;
     if (!this.validateLength()) return;
-    const item = this.pending.add(this.active.slug, body, attachments);
+    const context = this.context;
+    if (context && context.kind === "edit") {
+      if (body.trim() === "") return;
+      const original = this.active.messages.get(context.seq);
+      this.cancelContext();
+      this.view.clearComposer();
+      if (original && original.body === body) return;
+      this.sendChange("edit", { type: "edit", room: this.active.slug, target: context.seq, body });
+      return;
+    }
+    const replyTo = context && context.kind === "reply" ? context.seq : null;
+    this.cancelContext();
+    const item = this.pending.add(this.active.slug, body, attachments, { replyTo });
     if (attachments.length) this.view.attachmentsSent(attachments);
     this.view.clearComposer();
     this.lastTypingSentAt = 0;
@@ -336,6 +396,7 @@ export class RoomController {
     if (!room || !room.joined) return;
     const frame = { type: "send", room: item.room, body: item.body, client_id: item.clientId };
     if (item.attachments && item.attachments.length) frame.attachments = item.attachments.map((a) => a.id);
+    if (item.replyTo) frame.reply_to = item.replyTo;
     // A frame over KAIWA_MAX_FRAME_BYTES closes the socket (1009); re-sending it
     // after every reconnect would loop, so it fails here with the reason.
     if (ENCODER.encode(JSON.stringify(frame)).length > this.config.maxFrameBytes) {
@@ -358,6 +419,68 @@ export class RoomController {
     this.clearRetryTimer(clientId);
     this.pending.resolve(clientId);
     this.view.removePending(clientId);
+  }
+
+  // ------------------------------------- edits, deletions, replies (7.4)
+
+  /** An edit or deletion goes out once, now; its `edited`/`deleted` frame shows it, a refusal is explained. */
+  sendChange(verb, frame) {
+    if (!this.active.joined) {
+      this.view.showComposerError(`Not connected: could not ${verb} the message. Try again when back online.`);
+      return;
+    }
+    const clientId = newClientId();
+    this.changes.set(clientId, verb);
+    this.socket.send({ ...frame, client_id: clientId });
+  }
+
+  deleteMessage(seq) {
+    this.sendChange("delete", { type: "delete", room: this.active.slug, target: seq });
+  }
+
+  edit(seq) {
+    const msg = this.active.messages.get(seq);
+    if (!msg || msg.deleted || !msg.user || msg.user.id !== this.me.id) return false;
+    this.context = { kind: "edit", seq };
+    this.view.setContext("Editing your message (Esc to cancel)");
+    this.view.setComposerText(msg.body);
+    return true;
+  }
+
+  /** ArrowUp in an empty composer: edit your newest message. */
+  editLast() {
+    const msg = this.active.lastMessageBy(this.me.id);
+    return msg ? this.edit(msg.seq) : false;
+  }
+
+  reply(seq) {
+    const msg = this.active.messages.get(seq);
+    if (!msg || msg.deleted) return;
+    this.context = { kind: "reply", seq };
+    const name = msg.user ? msg.user.username : "?";
+    this.view.setContext(`Replying to ${name}: ${msg.body.length > 80 ? `${msg.body.slice(0, 80)}…` : msg.body}`);
+    this.view.focusComposer();
+  }
+
+  cancelContext() {
+    const wasEdit = this.context && this.context.kind === "edit";
+    this.context = null;
+    this.view.setContext(null);
+    if (wasEdit) this.view.clearComposer();
+  }
+
+  messageOf(seq) {
+    return this.active.messages.get(seq) || null;
+  }
+
+  /** Who `@` offers: the room's members the page listed, who is online, and whoever wrote here. */
+  mentionCandidates() {
+    const users = new Map();
+    for (const user of this.config.members) users.set(user.id, user);
+    for (const user of this.active.presence.values()) users.set(user.id, user);
+    for (const msg of this.active.messages.values()) if (msg.user && msg.user.id) users.set(msg.user.id, msg.user);
+    users.delete(this.me.id);
+    return Array.from(users.values()).sort((a, b) => a.username.localeCompare(b.username));
   }
 
   maybeSendTyping() {
@@ -386,16 +509,19 @@ export class RoomController {
     this.view.renderStatus(status, detail, this.pendingText());
   }
 
+  unreadCounts(room) {
+    if (room === this.active) return { messages: 0, mentions: 0 };
+    return room.unreadCounts(this.marks.get(room.slug));
+  }
+
   unreadCount(room) {
-    if (room === this.active) return 0;
-    const read = this.marks.get(room.slug);
-    if (read === null) return 0;
-    return Math.max(0, room.knownLastSeq - read);
+    return this.unreadCounts(room).messages;
   }
 
   renderUnread(room) {
-    room.unread = this.unreadCount(room);
-    this.view.renderUnread(room.slug, room.unread);
+    const counts = this.unreadCounts(room);
+    room.unread = counts.messages;
+    this.view.renderUnread(room.slug, room.unread, counts.mentions);
     let others = 0;
     for (const r of this.rooms.values()) others += r === this.active ? 0 : r.unread;
     this.view.setOthersUnread(others);

@@ -113,6 +113,7 @@ export function messageElement(
   const li = el("li", { cls: classes.join(" ") });
   if (kind === "sent") li.dataset.seq = String(msg.seq);
   if (msg.client_id) li.dataset.clientId = msg.client_id;
+  if (msg.reply_to) li.dataset.replyTo = String(msg.reply_to);
   if (user.id !== null && user.id !== undefined) li.dataset.userId = String(user.id);
   li.dataset.ts = msg.ts || "";
 
@@ -158,7 +159,13 @@ export function messageOfElement(li, room) {
   const userId = Number.parseInt(li.dataset.userId || "", 10);
   const author = li.querySelector(".msg__author");
   const body = li.querySelector(".msg__body");
+  const replyTo = Number.parseInt(li.dataset.replyTo || "", 10);
+  const mentions = (li.dataset.mentions || "").split(",").map((id) => Number.parseInt(id, 10)).filter(Number.isInteger);
   return {
+    reply_to: Number.isInteger(replyTo) ? replyTo : null,
+    mentions,
+    edited_ts: li.dataset.editedTs || null,
+    deleted: li.dataset.deleted === "true",
     type: "message",
     room,
     seq: Number.parseInt(li.dataset.seq || "", 10),
@@ -204,17 +211,98 @@ export function renderPresence(list, users, myId) {
         "li",
         { cls: "presence__user", attrs: { "data-user-id": user.id } },
         avatar(user, "avatar--small"),
-        // Another person's name is a button: it opens the conversation with them (roomnav.js).
-        user.id === myId
-          ? el("span", { cls: "presence__name", text: user.username })
-          : el("button", {
-              cls: "presence__name presence__name--action",
-              attrs: { type: "button", "aria-label": `Message ${user.username}`, title: `Message ${user.username}` },
-              text: user.username,
-            }),
+        el("span", { cls: "presence__name", text: user.username }),
         user.id === myId ? el("span", { cls: "presence__you", text: "(you)" }) : null,
         el("span", { cls: "presence__dot", attrs: { "aria-hidden": "true" } }),
       ),
     ),
   );
+}
+
+// -- edits, deletions, replies, mentions (protocol.md 7.4) -------------------------
+
+const QUOTE_CHARS = 120;
+
+function actionButton(action, label) {
+  return el("button", { cls: `btn btn--small btn--quiet msg__action msg__action--${action}`, attrs: { type: "button", "data-action": action }, text: label });
+}
+
+/** What a reply's quote says about the message it answers (`original` may not be loaded). */
+export function quoteText(original) {
+  if (!original) return "Reply to an earlier message";
+  if (original.deleted) return "Reply to a deleted message";
+  const name = original.user ? original.user.username : "?";
+  const body = (original.body || "").replace(/\s+/g, " ").trim();
+  return `${name}: ${body.length > QUOTE_CHARS ? `${body.slice(0, QUOTE_CHARS)}…` : body}`;
+}
+
+/**
+ * The parts of a sent message that change after it was sent, the same for a live one and a
+ * server-rendered one: state classes (deleted, mentions you), "(edited)" with the time on hover,
+ * the quote of the message it answers (a button that jumps to it), and the action toolbar
+ * (reply; edit your own; delete your own, or any as a moderator).
+ */
+export function decorateMessage(li, msg, { me, canModerate, original = null }) {
+  const own = Boolean(msg.user && msg.user.id === me.id);
+  const deleted = Boolean(msg.deleted);
+  li.classList.toggle("msg--deleted", deleted);
+  li.classList.toggle("msg--mention", !deleted && Array.isArray(msg.mentions) && msg.mentions.includes(me.id));
+  const header = li.querySelector(".msg__header");
+  let edited = li.querySelector(".msg__edited");
+  if (msg.edited_ts && !deleted) {
+    if (!edited) {
+      edited = el("span", { cls: "msg__edited", text: "(edited)" });
+      header.append(edited);
+    }
+    edited.title = `Edited ${formatTimestamp(msg.edited_ts).full}`;
+  } else if (edited) edited.remove();
+  const body = li.querySelector(".msg__body");
+  if (deleted && body.textContent !== "") body.replaceChildren();
+  if (deleted) li.querySelector(".msg__attachments")?.remove();
+  let quote = li.querySelector(".msg__quote");
+  if (msg.reply_to && !quote) {
+    quote = el("button", { cls: "msg__quote", attrs: { type: "button", "data-target": msg.reply_to } });
+    body.before(quote);
+  }
+  if (quote) {
+    quote.textContent = quoteText(original);
+    quote.title = "Show the message this one answers";
+  }
+  let actions = li.querySelector(".msg__actions");
+  if (deleted) {
+    if (actions) actions.remove();
+    return;
+  }
+  if (!actions) {
+    actions = el("div", { cls: "msg__actions", attrs: { role: "toolbar", "aria-label": "Message actions" } });
+    li.querySelector(".msg__content").append(actions);
+  }
+  if (actions.querySelector(".msg__confirm")) return; // a deletion is being confirmed
+  actions.replaceChildren(
+    actionButton("reply", "Reply"),
+    ...(own ? [actionButton("edit", "Edit")] : []),
+    ...(own || canModerate ? [actionButton("delete", "Delete")] : []),
+  );
+}
+
+/** Ask on the message itself (no blocking dialog) before deleting it. */
+export function confirmDelete(li) {
+  const actions = li.querySelector(".msg__actions");
+  if (!actions) return;
+  actions.replaceChildren(
+    el(
+      "span",
+      { cls: "msg__confirm", attrs: { role: "group", "aria-label": "Confirm deletion" } },
+      el("span", { cls: "msg__confirm-text", text: "Delete this message for everyone?" }),
+      el("button", { cls: "btn btn--small btn--danger msg__action", attrs: { type: "button", "data-action": "confirm-delete" }, text: "Delete" }),
+      el("button", { cls: "btn btn--small btn--quiet msg__action", attrs: { type: "button", "data-action": "cancel-delete" }, text: "Cancel" }),
+    ),
+  );
+  actions.querySelector("[data-action='confirm-delete']").focus();
+}
+
+/** The `@name` being typed just before the caret, or null. */
+export function mentionQuery(text, caret) {
+  const match = text.slice(0, caret).match(/(?:^|[^\w@])@([\w.@+-]{0,150})$/);
+  return match ? { query: match[1], start: caret - match[1].length - 1 } : null;
 }

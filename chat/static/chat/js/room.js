@@ -45,7 +45,7 @@ function main() {
   const me = { id: config.userId, username: config.username };
   const visible = () => document.visibilityState === "visible";
 
-  const view = new RoomView(root, { me, roomName: config.roomName });
+  const view = new RoomView(root, { me, roomName: config.roomName, canModerate: config.canModerate });
   const controller = new RoomController({
     config,
     view,
@@ -133,6 +133,13 @@ function main() {
     retryNow: () => socket.reconnectNow(),
     typingExpired: () => controller.renderTyping(),
     readToBottom: () => controller.markActiveRead(),
+    editLast: () => controller.editLast(),
+    edit: (seq) => controller.edit(seq),
+    reply: (seq) => controller.reply(seq),
+    deleteMessage: (seq) => controller.deleteMessage(seq),
+    cancelContext: () => controller.cancelContext(),
+    messageOf: (seq) => controller.messageOf(seq),
+    mentionCandidates: () => controller.mentionCandidates(),
   });
   window.addEventListener("online", () => socket.reconnectNow());
   window.addEventListener("offline", () => socket.goOffline());

@@ -146,10 +146,23 @@ export class Sidebar {
     }
   }
 
-  renderUnread(slug, count) {
+  /** The unread badge of a room, and beside it the unread messages that mention you ("@2"). */
+  renderUnread(slug, count, mentions = 0) {
     const item = this.item(slug);
     if (!item) return;
-    const badge = item.querySelector(".badge");
+    let mentionBadge = item.querySelector(".badge--mention");
+    if (mentionBadge === null && mentions > 0) {
+      mentionBadge = el("span", { cls: "badge badge--mention" });
+      item.querySelector(".badge").before(mentionBadge);
+    }
+    if (mentionBadge !== null) {
+      mentionBadge.hidden = mentions === 0;
+      mentionBadge.replaceChildren(
+        this.doc.createTextNode(`@${mentions > 99 ? "99+" : mentions}`),
+        el("span", { cls: "sr-only", text: mentions === 1 ? " unread mention" : " unread mentions" }),
+      );
+    }
+    const badge = item.querySelector(".badge:not(.badge--mention)");
     badge.hidden = count === 0;
     badge.replaceChildren(
       this.doc.createTextNode(count > 99 ? "99+" : String(count)),

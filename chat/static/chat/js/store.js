@@ -67,6 +67,60 @@ export class RoomState {
     this.typing = new Map();
     this.unread = 0;
     this.error = null;
+    // Seqs of edit and delete events (protocol.md 7.4): they move the resume point but are not unread messages.
+    this.eventSeqs = new Set();
+    // Seqs of messages that mention this user, counted apart in the unread badge.
+    this.mentionSeqs = new Set();
+  }
+
+  /** Remember that a message mentions `userId` (for the separate unread count). */
+  noteMentions(msg, userId) {
+    if (Array.isArray(msg.mentions) && msg.mentions.includes(userId) && !msg.deleted) this.mentionSeqs.add(msg.seq);
+    else this.mentionSeqs.delete(msg.seq);
+  }
+
+  /** Unread messages and unread mentions above the read mark `read`. */
+  unreadCounts(read) {
+    if (read === null) return { messages: 0, mentions: 0 };
+    let events = 0;
+    for (const seq of this.eventSeqs) if (seq > read && seq <= this.knownLastSeq) events += 1;
+    let mentions = 0;
+    for (const seq of this.mentionSeqs) if (seq > read) mentions += 1;
+    return { messages: Math.max(0, this.knownLastSeq - read - events), mentions };
+  }
+
+  /**
+   * An `edited` or `deleted` frame: the event takes its own seq (it moves `lastSeq`, the resume point),
+   * and changes the message `target` if we hold it. Returns that message, or null.
+   */
+  applyEvent(frame) {
+    if (!Number.isInteger(frame.seq) || frame.seq < 1) return null;
+    this.eventSeqs.add(frame.seq);
+    if (frame.seq > this.knownLastSeq) this.knownLastSeq = frame.seq;
+    if (frame.seq > this.lastSeq) this.lastSeq = frame.seq;
+    const msg = this.messages.get(frame.target);
+    if (msg === undefined || msg.deleted) return null;
+    if (frame.type === "edited") {
+      msg.body = frame.body;
+      msg.mentions = Array.isArray(frame.mentions) ? frame.mentions : [];
+      msg.edited_ts = frame.ts;
+    } else {
+      msg.deleted = true;
+      msg.body = "";
+      msg.attachments = [];
+      msg.mentions = [];
+      this.mentionSeqs.delete(msg.seq);
+    }
+    return msg;
+  }
+
+  /** The newest message by `userId` that is not deleted, or null (ArrowUp edits it). */
+  lastMessageBy(userId) {
+    let found = null;
+    for (const msg of this.messages.values()) {
+      if (msg.user && msg.user.id === userId && !msg.deleted && (found === null || msg.seq > found.seq)) found = msg;
+    }
+    return found;
   }
 
   /**
@@ -113,6 +167,8 @@ export class RoomState {
   /** `joined` with `reset: true`: the backlog was too long, start over from HTTP. */
   reset() {
     this.messages.clear();
+    this.eventSeqs.clear();
+    this.mentionSeqs.clear();
     this.oldestSeq = null;
     this.hasMore = false;
     this.historyLoaded = false;
@@ -261,12 +317,13 @@ export class PendingSends {
   }
 
   /** ``attachments``: the uploaded attachment objects (protocol 7.3) the message carries. */
-  add(room, body, attachments = []) {
+  add(room, body, attachments = [], { replyTo = null } = {}) {
     const item = {
       clientId: this.newId(),
       room,
       body,
       attachments,
+      replyTo,
       createdAt: this.now(),
       state: "pending",
       error: null,

@@ -7,11 +7,26 @@
 // through `handlers`.
 
 import { ComposerFiles } from "./composerfiles.js";
-import { el, enhanceMessage, messageElement, messageOfElement, renderPresence, updateGrouping } from "./render.js";
+import {
+  confirmDelete,
+  decorateMessage,
+  el,
+  enhanceMessage,
+  mentionQuery,
+  messageElement,
+  messageOfElement,
+  quoteText,
+  renderBody,
+  renderPresence,
+  updateGrouping,
+} from "./render.js";
 import { Sidebar } from "./sidebar.js";
 import { bindViewer } from "./viewer.js";
 
 const NEAR_BOTTOM_PX = 48;
+const LONG_PRESS_MS = 500;
+const FLASH_MS = 1600;
+const MENTION_CHOICES = 8;
 const LOAD_OLDER_WITHIN_PX = 240;
 const STATUS_LABELS = {
   connecting: "Connecting…",
@@ -36,12 +51,15 @@ export class RoomView {
    * @param {object} options
    * @param {{id: number, username: string}} options.me
    * @param {string} options.roomName
+   * @param {boolean} [options.canModerate]  staff or the room's owner: may delete anyone's message
    * @param {Document} [options.doc]
    */
-  constructor(root, { me, roomName, doc = document }) {
+  constructor(root, { me, roomName, canModerate = false, doc = document }) {
     this.root = root;
     this.doc = doc;
     this.me = me;
+    this.canModerate = canModerate;
+    this.mention = null; // the open @-autocomplete: {start, choices, index}
     this.roomName = roomName;
     this.handlers = {};
     this.stick = true; // the user is reading the newest messages
@@ -69,6 +87,10 @@ export class RoomView {
     this.textarea = find(".chat-composer__input");
     this.sendButton = find(".chat-composer__send");
     this.composerError = find(".chat-composer__error");
+    this.context = find(".chat-composer__context");
+    this.contextText = find(".chat-composer__context-text");
+    this.contextCancel = find(".chat-composer__context-cancel");
+    this.mentionList = find(".chat-composer__mentions");
     this.presenceTitle = find(".presence__title");
     this.presenceList = find(".presence__list");
     this.announcer = find("[aria-live='polite']");
@@ -86,8 +108,8 @@ export class RoomView {
     return this.sidebar.readRooms();
   }
 
-  renderUnread(slug, count) {
-    this.sidebar.renderUnread(slug, count);
+  renderUnread(slug, count, mentions = 0) {
+    this.sidebar.renderUnread(slug, count, mentions);
   }
 
   // ------------------------------------------------------------------ bind
@@ -109,13 +131,36 @@ export class RoomView {
       handlers.submit();
     });
     this.textarea.addEventListener("keydown", (event) => {
+      if (this.mention && this.onMentionKey(event)) return;
+      if (event.key === "ArrowUp" && this.textarea.value === "" && !event.isComposing) {
+        // Like other chats: ArrowUp in an empty composer edits your last message.
+        if (handlers.editLast()) event.preventDefault();
+        return;
+      }
+      if (event.key === "Escape" && !this.context.hidden) {
+        handlers.cancelContext();
+        return;
+      }
       // isComposing: Enter that confirms an IME candidate (Japanese, Chinese) must not send.
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !event.altKey && !event.ctrlKey) {
         event.preventDefault();
         handlers.submit();
       }
     });
-    this.textarea.addEventListener("input", () => handlers.input());
+    this.textarea.addEventListener("input", () => {
+      handlers.input();
+      this.updateMentions();
+    });
+    this.textarea.addEventListener("blur", () => setTimeout(() => this.closeMentions(), 150));
+    this.contextCancel.addEventListener("click", () => handlers.cancelContext());
+    this.mentionList.addEventListener("mousedown", (event) => {
+      const option = event.target.closest("li[data-username]");
+      if (!option) return;
+      event.preventDefault(); // keep the focus in the composer
+      this.pickMention(option.dataset.username);
+    });
+    this.list.addEventListener("click", (event) => this.onListClick(event));
+    this.bindLongPress();
     this.scroller.addEventListener("scroll", () => this.onScroll(), { passive: true });
     // Without JavaScript the link opens the archive page; here the page grows upwards instead.
     this.olderLink.addEventListener("click", (event) => {
@@ -192,6 +237,7 @@ export class RoomView {
   insertMessage(msg) {
     if (this.list.querySelector(`li[data-seq="${msg.seq}"]`)) return;
     const li = messageElement(msg, { own: Boolean(msg.user && msg.user.id === this.me.id) });
+    this.decorate(li, msg);
     let anchor = this.list.querySelector("li.msg--pending, li.msg--failed");
     // Walk back from the end of the sent messages to the first one with a lower seq.
     let prev = anchor ? anchor.previousElementSibling : this.list.lastElementChild;
@@ -415,5 +461,167 @@ export class RoomView {
     this.stick = this.isAtBottom();
     if (this.stick) this.clearUnseen();
     if (this.scroller.scrollTop < LOAD_OLDER_WITHIN_PX) this.handlers.nearTop();
+  }
+
+  // ------------------------------------------- edits, deletions, replies (7.4)
+
+  decorate(li, msg) {
+    const original = msg.reply_to && this.handlers.messageOf ? this.handlers.messageOf(msg.reply_to) : null;
+    decorateMessage(li, msg, { me: this.me, canModerate: this.canModerate, original });
+  }
+
+  /** A message changed (edited, deleted, or read from the page): redraw it and the quotes of it. */
+  refreshMessage(msg) {
+    const li = this.list.querySelector(`li[data-seq="${msg.seq}"]`);
+    if (li) {
+      const body = li.querySelector(".msg__body");
+      if (!msg.deleted && body.textContent !== msg.body) body.replaceChildren(renderBody(msg.body));
+      this.decorate(li, msg);
+    }
+    for (const quote of this.list.querySelectorAll(`.msg__quote[data-target="${msg.seq}"]`)) quote.textContent = quoteText(msg);
+  }
+
+  onListClick(event) {
+    const quote = event.target.closest(".msg__quote");
+    if (quote) {
+      this.jumpTo(Number(quote.dataset.target));
+      return;
+    }
+    const button = event.target.closest("button[data-action]");
+    const li = button && button.closest("li.msg[data-seq]");
+    if (!li) return;
+    const seq = Number(li.dataset.seq);
+    const action = button.dataset.action;
+    if (action === "delete") confirmDelete(li);
+    else if (action === "cancel-delete") {
+      li.querySelector(".msg__actions").replaceChildren();
+      this.decorate(li, this.handlers.messageOf(seq) || messageOfElement(li, ""));
+    } else if (action === "confirm-delete") {
+      li.querySelector(".msg__actions").replaceChildren();
+      this.handlers.deleteMessage(seq);
+    } else if (action === "reply") this.handlers.reply(seq);
+    else if (action === "edit") this.handlers.edit(seq);
+  }
+
+  /** Touch screens have no hover: a long press shows a message's actions. */
+  bindLongPress() {
+    let timer = null;
+    const cancel = () => {
+      clearTimeout(timer);
+      timer = null;
+    };
+    this.list.addEventListener(
+      "touchstart",
+      (event) => {
+        const li = event.target.closest("li.msg[data-seq]");
+        cancel();
+        if (!li) return;
+        timer = setTimeout(() => {
+          for (const other of this.list.querySelectorAll("li.msg--touched")) other.classList.remove("msg--touched");
+          li.classList.add("msg--touched");
+        }, LONG_PRESS_MS);
+      },
+      { passive: true },
+    );
+    for (const name of ["touchend", "touchmove", "touchcancel"]) this.list.addEventListener(name, cancel, { passive: true });
+    this.doc.addEventListener("touchstart", (event) => {
+      if (!event.target.closest || !event.target.closest("li.msg--touched")) {
+        for (const li of this.list.querySelectorAll("li.msg--touched")) li.classList.remove("msg--touched");
+      }
+    }, { passive: true });
+  }
+
+  /** Scroll to a message (a reply's quote) and mark it for a moment; false if it is not loaded. */
+  jumpTo(seq) {
+    const li = this.list.querySelector(`li[data-seq="${seq}"]`);
+    if (!li) return false;
+    li.scrollIntoView({ block: "center" });
+    li.classList.add("msg--flash");
+    setTimeout(() => li.classList.remove("msg--flash"), FLASH_MS);
+    return true;
+  }
+
+  /** The banner above the composer: "Replying to …" or "Editing your message" (null hides it). */
+  setContext(text) {
+    this.context.hidden = text === null;
+    this.contextText.textContent = text || "";
+    this.root.dataset.composing = text === null ? "" : "context";
+  }
+
+  setComposerText(text) {
+    this.textarea.value = text;
+    this.textarea.focus();
+    this.textarea.setSelectionRange(text.length, text.length);
+  }
+
+  // -- @-mention autocomplete
+
+  updateMentions() {
+    const found = mentionQuery(this.textarea.value, this.textarea.selectionStart);
+    if (found === null || !this.handlers.mentionCandidates) {
+      this.closeMentions();
+      return;
+    }
+    const query = found.query.toLowerCase();
+    const choices = this.handlers
+      .mentionCandidates()
+      .filter((u) => u.username.toLowerCase().startsWith(query))
+      .slice(0, MENTION_CHOICES);
+    if (choices.length === 0) {
+      this.closeMentions();
+      return;
+    }
+    this.mention = { start: found.start, choices, index: 0 };
+    this.renderMentions();
+  }
+
+  renderMentions() {
+    const { choices, index } = this.mention;
+    this.mentionList.replaceChildren(
+      ...choices.map((user, i) =>
+        el("li", {
+          cls: "chat-composer__mention",
+          attrs: { role: "option", "data-username": user.username, "aria-selected": String(i === index), id: `kaiwa-mention-${i}` },
+          text: `@${user.username}`,
+        }),
+      ),
+    );
+    this.mentionList.hidden = false;
+    this.textarea.setAttribute("aria-activedescendant", `kaiwa-mention-${index}`);
+  }
+
+  closeMentions() {
+    this.mention = null;
+    this.mentionList.hidden = true;
+    this.mentionList.replaceChildren();
+    this.textarea.removeAttribute("aria-activedescendant");
+  }
+
+  /** Keys while the autocomplete is open; true when the key was the list's. */
+  onMentionKey(event) {
+    const m = this.mention;
+    if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+      m.index = (m.index + (event.key === "ArrowDown" ? 1 : m.choices.length - 1)) % m.choices.length;
+      this.renderMentions();
+    } else if (event.key === "Enter" || event.key === "Tab") {
+      this.pickMention(m.choices[m.index].username);
+    } else if (event.key === "Escape") {
+      this.closeMentions();
+    } else {
+      return false;
+    }
+    event.preventDefault();
+    return true;
+  }
+
+  pickMention(username) {
+    if (!this.mention) return;
+    const text = this.textarea.value;
+    const caret = this.textarea.selectionStart;
+    const before = `${text.slice(0, this.mention.start)}@${username} `;
+    this.textarea.value = before + text.slice(caret);
+    this.textarea.setSelectionRange(before.length, before.length);
+    this.closeMentions();
+    this.textarea.focus();
   }
 }
