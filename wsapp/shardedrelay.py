@@ -89,8 +89,13 @@ class ShardedRedisRelay:
     async def subscribe(self, channel: str) -> None:
         if not self.connected:
             raise ConnectionError("the pub/sub connections to the Redis Cluster are down")
+        try:
+            owner = self._owner(channel)
+        except RedisClusterException as exc:  # the slot has no owner now (mid-failover)
+            self._changed.set()
+            raise ConnectionError(f"no Redis Cluster node owns {channel} now ({exc})") from exc
         self.channels.add(channel)
-        pubsub = self._pubsubs.get(self._owner(channel).name)
+        pubsub = self._pubsubs.get(owner.name)
         if pubsub is None:
             self._changed.set()  # a node this relay does not know yet: start over, which subscribes it
             return
@@ -103,7 +108,10 @@ class ShardedRedisRelay:
     def unsubscribe(self, channel: str) -> None:
         self.channels.discard(channel)
         if self.connected:
-            pubsub = self._pubsubs.get(self._owner(channel).name)
+            try:
+                pubsub = self._pubsubs.get(self._owner(channel).name)
+            except RedisClusterException:
+                return  # no owner now: the resubscription that follows leaves it out
             if pubsub is not None:
                 self._spawn(self._unsubscribe(pubsub, channel))
 
@@ -149,7 +157,7 @@ class ShardedRedisRelay:
                 raise ClusterChanged("the cluster's slot map changed")
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 logger.warning("sharded pub/sub lost (%r); subscribing again in %.1f s", exc, backoff)
             except Exception:
                 logger.exception("sharded pub/sub reader failed; subscribing again in %.1f s", backoff)
