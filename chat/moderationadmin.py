@@ -88,7 +88,8 @@ def room_link_html(message: Message) -> str:
 
 
 def room_url(message: Message) -> str:
-    return reverse("chat:room_detail", args=[message.room.slug]) + f"#m{message.seq}"
+    """The room's page that ends with this message (its older-history view), scrolled to it."""
+    return reverse("chat:room_detail", args=[message.room.slug]) + f"?before={message.seq + 1}#m{message.seq}"
 
 
 def author_link_html(message: Message) -> str:

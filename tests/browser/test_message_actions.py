@@ -130,3 +130,25 @@ def test_an_edit_and_a_delete_made_while_offline_are_seen_after_resuming(
     expect(message(b, 1).locator(".msg__body")).to_have_text("first, edited")
     expect(message(b, 1).locator(".msg__edited")).to_have_count(1)
     expect(message(b, 2)).to_have_class(lambda_has("msg--deleted"))
+
+
+def test_the_admin_link_to_a_message_opens_its_room_at_it(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """The admin's "open in room" link (chat.moderationadmin.room_url) opens the room's page that ends with
+    the message, scrolled to it (the element is #m<seq>, live or server-rendered)."""
+    from chat.models import Message
+    from chat.moderationadmin import room_url
+    from tests.browser.test_room_page import add_history
+
+    alice = make_user("alice")
+    room = services.room_create(name="General", slug="general", creator=alice)
+    add_history(room, alice, [f"message {i}" for i in range(1, 121)])
+    url = room_url(Message.objects.select_related("room").get(room=room, seq=37))
+    server = start_server()
+    page = browsers.page(browsers.context())
+    login(page, server.http, "alice", "/rooms/general/")
+    page.goto(f"{server.http}{url}")
+    target = page.locator(".chat__list li#m37")
+    expect(target.locator(".msg__body")).to_have_text("message 37")
+    expect(target).to_be_in_viewport()

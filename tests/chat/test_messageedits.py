@@ -11,6 +11,7 @@ from django.utils import timezone
 from chat import messageedits, services
 from chat.epochmodels import UnstoredMessage
 from chat.events import DELETE_OP, EDIT_OP, Entry, ts_ms_of
+from chat.messagelog import TargetGone
 from chat.models import Attachment, Message, MessageKind, MessageVersion, Room
 
 pytestmark = pytest.mark.django_db
@@ -116,3 +117,74 @@ def test_purge_removes_bodies_and_attachments_after_the_retention(room: Room, al
     row = Message.objects.get(room=room, seq=1)
     assert row.deleted_at is not None and row.deleted_by_id == alice.pk
     assert services.message_purge_deleted() == 0
+
+
+async def _guard_script(log: Any) -> list[Any]:
+    """Edits, deletions and replies against the append script's guard; what each answered, and a range read."""
+    out: list[Any] = []
+
+    async def append(token: str, **extra: Any) -> None:
+        try:
+            result = await log.append(
+                room_id=1, slug="lobby", user_id=7, username="ann", body=f"body {token}", client_id=token,
+                token=token, floor=0, **extra,
+            )  # fmt: skip
+        except TargetGone as exc:
+            out.append(("gone", exc.seq))
+        else:
+            out.append((result.seq, result.duplicate))
+
+    await append("m1")
+    await append("m2", reply_to=1, mentions=(7,))
+    await append("e1", op=EDIT_OP, target=1)
+    await append("d1", op=DELETE_OP, target=1)
+    await append("d1", op=DELETE_OP, target=1)  # the same client_id: the original, not a refusal
+    await append("d2", op=DELETE_OP, target=1)  # a second deletion
+    await append("e2", op=EDIT_OP, target=1)  # an edit of a deleted message
+    await append("r1", reply_to=1)  # a reply to it
+    entries = await log.read_range(room_id=1, slug="lobby", after=0)
+    out.append([(e.seq, e.op, e.target, e.reply_to, e.mentions, e.body, e.deleted) for e in entries])
+    return out
+
+
+def test_the_guard_answers_alike_on_redis_and_in_memory() -> None:
+    """On Redis and in memory: a deletion takes its message, so a second deletion, an edit and a reply of it
+    are refused without a seq (a re-send of the deletion acks it again), and reads empty it and its edit."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from chat import epochs
+    from chat.memorybroker import MemoryBroker
+    from chat.memorylog import MemoryLog
+    from chat.messagelog import MessageLog
+    from tests import redis_server
+
+    async def on_redis() -> list[Any]:
+        assert redis_server.SERVER is not None
+        client = aioredis.Redis.from_url(redis_server.SERVER.url)
+        try:
+            log = MessageLog(client, dedup_seconds=600, stream_keep=100, epoch_store=epochs.MemoryEpochs())
+            return await _guard_script(log)
+        finally:
+            await client.aclose()
+
+    redis_answers = asyncio.run(asyncio.wait_for(on_redis(), 30))
+    memory_answers = asyncio.run(asyncio.wait_for(_guard_script(MemoryLog(MemoryBroker(), dedup_seconds=600)), 30))
+    assert redis_answers == memory_answers
+    assert redis_answers[:8] == [
+        (1, False),
+        (2, False),
+        (3, False),
+        (4, False),
+        (4, True),
+        ("gone", 1),
+        ("gone", 1),
+        ("gone", 1),
+    ]
+    assert redis_answers[8] == [
+        (1, "", None, None, (), "", True),
+        (2, "", None, 1, (7,), "body m2", False),
+        (3, EDIT_OP, 1, None, (), "", False),
+        (4, DELETE_OP, 1, None, (), "body d1", False),
+    ]

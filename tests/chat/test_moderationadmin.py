@@ -51,7 +51,7 @@ def test_list_of_one_room_runs_no_min_over_the_table(admin_client: Client, lobby
     ]
     assert aggregates == []
     assert "alice says 10" in page and "bob says" not in page
-    assert 'href="/rooms/lobby/#m10"' in page and f'href="?author={alice.pk}"' in page
+    assert 'href="/rooms/lobby/?before=11#m10"' in page and f'href="?author={alice.pk}"' in page
 
 
 def test_delete_action_appends_deletions_that_members_see_live(admin_client: Client, lobby: Any) -> None:

@@ -111,7 +111,10 @@ export function messageElement(
   if (own) classes.push("msg--own");
   if (kind !== "sent") classes.push(`msg--${kind}`);
   const li = el("li", { cls: classes.join(" ") });
-  if (kind === "sent") li.dataset.seq = String(msg.seq);
+  if (kind === "sent") {
+    li.dataset.seq = String(msg.seq);
+    li.id = `m${msg.seq}`; // the admin links to a message as /rooms/<slug>/?before=<seq + 1>#m<seq>
+  }
   if (msg.client_id) li.dataset.clientId = msg.client_id;
   if (msg.reply_to) li.dataset.replyTo = String(msg.reply_to);
   if (user.id !== null && user.id !== undefined) li.dataset.userId = String(user.id);
