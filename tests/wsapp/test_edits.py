@@ -82,7 +82,7 @@ def test_edit_delete_reply_mention_and_every_refusal(start_server: Any, make_use
         assert again["seq"] == 3  # the same client_id acks the original edit
 
         # bob may not edit or delete alice's message; nobody edits an event or an unknown seq.
-        refusals = [
+        refusals: list[tuple[Peer, dict[str, Any], str]] = [
             (b, {"type": "edit", "room": "lobby", "target": 1, "body": "mine now", "client_id": "r1"}, "forbidden"),
             (b, {"type": "delete", "room": "lobby", "target": 1, "client_id": "r2"}, "forbidden"),
             (a, {"type": "edit", "room": "lobby", "target": 3, "body": "x", "client_id": "r3"}, "not_found"),
