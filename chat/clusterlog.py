@@ -132,6 +132,7 @@ class ClusterMessageLog(MessageLog):
                 seq, _, ts = (seen.decode() if isinstance(seen, bytes) else str(seen)).partition(":")
                 return [0, int(seq), int(ts)]
             took = True
+        # An append that raised keeps its token: it may have run (a timeout, too few replicas in time).
         reply = await super()._run_append(room_keys, room_args)
         if took and int(reply[0]) != 1:
             await self._refund(keys=[bucket], args=[burst])
