@@ -260,8 +260,8 @@ def test_during_a_database_outage_a_cached_session_still_connects(make_user, sta
         # no room access remembered by this fresh process: the join needs the database
         started = time.monotonic()
         await send(ws, {"type": "join", "room": "lobby"})
-        refused = await recv(ws)
-        assert (refused["type"], refused["code"], refused["room"]) == ("error", "unavailable", "lobby"), refused
+        answer = await recv(ws)
+        assert (answer["type"], answer["code"], answer["room"]) == ("error", "unavailable", "lobby"), answer
         assert time.monotonic() - started < 1.0
 
     aio(outage())
