@@ -120,13 +120,14 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "private", "created_by", "created_at", "attachment_storage"]
-    list_filter = ["private", "created_at"]
+    list_display = ["name", "slug", "private", "kind", "created_by", "created_at", "attachment_storage"]
+    list_filter = ["private", "kind", "created_at"]
     list_select_related = ["created_by"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ("name",)}
     autocomplete_fields = ["created_by"]
-    readonly_fields = ["created_at", "attachment_storage"]
+    # A direct conversation is made by POST /api/dms (chat.dms), never turned into a room or back.
+    readonly_fields = ["kind", "created_at", "attachment_storage"]
     inlines = [MembershipInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Room]:
