@@ -20,7 +20,8 @@ router = APIRouter(tags=["rooms"])
 
 
 class DmRequest(BaseModel):
-    user: str = Field(min_length=1, max_length=150, description="The other person's username.")
+    # Django's username characters: anything else (a NUL, a space) names nobody, and is refused with 400.
+    user: str = Field(min_length=1, max_length=150, pattern=r"^[\w.@+-]+$", description="The other person's username.")
 
 
 class DmOpened(BaseModel):

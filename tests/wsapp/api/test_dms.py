@@ -66,7 +66,7 @@ def test_refusals(api_alice: Api, anonymous: Api, make_user: Any) -> None:
         assert response.status_code == 404, response.text
         assert response.json()["error"]["code"] == "not_found"
         assert repr(name) in response.json()["error"]["message"]
-    for body in ({}, {"user": ""}, {"user": 5}, {"user": "x" * 151}):
+    for body in ({}, {"user": ""}, {"user": 5}, {"user": "x" * 151}, {"user": "a\u0000b"}, {"user": "two words"}):
         response = api.post("/api/dms", json=body, headers={"X-CSRFToken": api.csrf})  # type: ignore[attr-defined]
         assert response.status_code == 400, (body, response.text)
         assert response.json()["error"]["code"] == "bad_request"
