@@ -136,7 +136,10 @@ UNSTORED_RECORDED = Counter(
     "kaiwa_unstored_recorded", "Acked messages the worker could not store and kept for an operator.", registry=REGISTRY
 )
 EPOCH_CHANGES = Counter(
-    "kaiwa_epoch_changes", "Epochs issued to rooms, a room's first included (protocol.md 7.1).", registry=REGISTRY
+    "kaiwa_epoch_changes",
+    "Rooms re-seeded in a new epoch (protocol.md 7.1): Redis lost, restored or re-seeded their state; "
+    "a room's first epoch is not counted.",
+    registry=REGISTRY,
 )
 UPLOADS = Counter("kaiwa_uploads", "Attachments stored.", registry=REGISTRY)
 UPLOAD_BYTES = Counter("kaiwa_upload_bytes", "Bytes of attachments stored (as served).", registry=REGISTRY)
