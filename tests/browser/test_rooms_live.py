@@ -383,3 +383,24 @@ def test_people_panel_lists_members_and_who_is_here(
     # A public room has no member list: anyone may join it.
     a.get_by_role("navigation", name="Your rooms").get_by_role("link", name="General").click()
     expect(a.locator(".presence__title--away")).to_be_hidden()
+
+
+def test_rooms_changed_while_disconnected_appear_after_the_reconnect(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """Room events sent while the server was down are lost; the page reads the room list again on reconnect."""
+    alice, bob = make_user("alice"), make_user("bob")
+    services.room_create(name="General", slug="general", creator=alice)
+    gone = services.room_create(name="Old plans", slug="old-plans", private=True, creator=alice, members=[bob])
+    server = start_server()
+    b = open_room(browsers, login, server, "bob", "general")
+    nav = b.get_by_role("navigation", name="Your rooms")
+    expect(nav.get_by_role("link", name="Old plans")).to_be_visible()
+    server.terminate()
+    expect(b.locator(".conn")).not_to_have_attribute("data-state", "connected")
+    in_thread(lambda: services.room_create(name="Garden", slug="garden", creator=alice))
+    in_thread(lambda: services.room_member_remove(room=gone, user=bob))
+    start_server(port=server.port)
+    expect(b.locator(".conn")).to_have_attribute("data-state", "connected", timeout=40_000)
+    expect(nav.get_by_role("link", name="Garden")).to_be_visible()
+    expect(nav.get_by_role("link", name="Old plans")).to_have_count(0)

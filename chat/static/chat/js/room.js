@@ -107,6 +107,7 @@ function main() {
       else nav.openDm(item.username);
     },
   });
+  let opened = false;
   const socket = new Socket({
     url: socketUrl(config.wsPath, window.location),
     onFrame: (frame) => {
@@ -115,7 +116,12 @@ function main() {
       notifier.handleFrame(frame);
       if ((frame.type === "joined" || frame.type === "presence") && frame.room === controller.active.slug) people.render();
     },
-    onOpen: () => controller.joinAll(),
+    onOpen: () => {
+      controller.joinAll();
+      // Room events sent while the socket was down are lost: read the room list again.
+      if (opened) nav.resync((url) => fetchJson(url, config));
+      opened = true;
+    },
     onStatus: (status, detail) => controller.renderStatus(status, detail),
     onClose: () => controller.onSocketClosed(),
     onUnauthenticated: () => window.location.assign(loginUrl(config.loginUrl, window.location)),

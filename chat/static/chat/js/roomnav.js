@@ -128,6 +128,7 @@ export class RoomNav {
       case "room_removed":
         if (typeof frame.room === "string") {
           this.dmUsers.delete(frame.room);
+          this.about.delete(frame.room);
           this.controller.dmSlugs.delete(frame.room);
           this.sidebar.removeRoom(frame.room);
           this.controller.removeRoom(frame.room);
@@ -153,6 +154,28 @@ export class RoomNav {
     if (this.onRenamed && room.slug === this.controller.active.slug) this.onRenamed(room.slug);
     this.controller.addRoom({ slug: room.slug, name: dmUser || room.name, lastSeq: Number(room.last_seq) || 0 });
     if (dmUser !== null) this.renderDmPresence(room.slug);
+  }
+
+  /**
+   * After a reconnect: room events published while the socket was down are
+   * lost (protocol 7.5), so the room list is read again and the sidebar
+   * brought in line (rooms added, rooms gone). The list is `GET /api/rooms/`,
+   * the prefix of the page's history URL template.
+   */
+  async resync(fetchJson) {
+    const url = this.config.messagesTemplate.split("{slug}")[0];
+    let data;
+    try {
+      data = await fetchJson(url);
+    } catch (err) {
+      return; // the next reconnect tries again
+    }
+    const rooms = Array.isArray(data.rooms) ? data.rooms : [];
+    const listed = new Set(rooms.map((r) => r.slug));
+    for (const room of rooms) if (!this.about.has(room.slug)) this.onAdded(room);
+    for (const slug of Array.from(this.about.keys())) {
+      if (!listed.has(slug)) this.handleFrame({ type: "room_removed", room: slug });
+    }
   }
 
   /** Every room and conversation as the quick switcher lists them. */
