@@ -188,3 +188,32 @@ def test_the_guard_answers_alike_on_redis_and_in_memory() -> None:
         (3, EDIT_OP, 1, None, (), "", False),
         (4, DELETE_OP, 1, None, (), "body d1", False),
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deleted_messages_attachments_are_not_served(room: Room, alice: Any) -> None:
+    """The download routes' room check (selectors.aattachment_get_for_user_id) finds no attachment of a deleted
+    message, and the history shows it without attachments, while the admin's rows keep them until the purge."""
+    import asyncio
+
+    from chat import selectors
+
+    services.message_bulk_persist(entries=[entry(room, 1, alice, "photo"), entry(room, 2, alice, "kept")])
+    for seq in (1, 2):
+        Attachment.objects.create(
+            id=f"a{seq}", room=room, uploader=alice, name="a.txt", content_type="text/plain", size=1, file=f"f{seq}",
+            message_seq=seq,
+        )  # fmt: skip
+
+    def served(attachment_id: str) -> bool:
+        found = selectors.aattachment_get_for_user_id(user_id=alice.pk, attachment_id=attachment_id)
+        return asyncio.run(asyncio.wait_for(found, 10)) is not None
+
+    assert served("a1") and served("a2")
+    services.message_bulk_persist(entries=[entry(room, 3, alice, op=DELETE_OP, target=1)])
+    assert not served("a1") and served("a2")
+    page, _ = selectors.message_page(room=room, before=None, limit=10)
+    frames = {m.seq: selectors.message_frame(m, slug="lobby") for m in page}
+    assert frames[1]["attachments"] == [] and frames[1]["deleted"] is True
+    assert [a["id"] for a in frames[2]["attachments"]] == ["a2"]
+    assert Attachment.objects.filter(pk="a1").exists()
