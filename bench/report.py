@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bench import uploadsreport
 from bench.procs import ROOT
 from bench.servers import KINDS
 
@@ -422,6 +423,7 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                 rows,
             )
         )
+    out += uploadsreport.tables(results)
     return out
 
 
@@ -543,6 +545,7 @@ def plots(results: dict[str, Any], img_dir: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    written += uploadsreport.plots(results, img_dir)
     return written
 
 
@@ -999,6 +1002,7 @@ def markdown(results: dict[str, Any], images: list[Path], json_path: Path) -> st
         out += ["## Plots", "", "![latency percentiles vs offered rate](img/bench-latency.png)", ""]
     if any(p.name == "bench-payload.png" for p in images):
         out += ["![delivered, refused and lost vs payload size](img/bench-payload.png)", ""]
+    out += uploadsreport.markdown(results, images)
     out += ["## Tables", ""]
     for title, head, rows in tables(results):
         if rows:

@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from bench import ackreplicas, rising, storms
+from bench import ackreplicas, rising, storms, uploads
 from bench import scenarios as sc
 from bench.nodefleet import ensure_installed, node_version, ws_version
 from bench.procs import ROOT, Pinning, pin_self, plan_pinning, raise_nofile
@@ -44,6 +44,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "persist_sqlite": ("persistence, SQLite", sc.persistence),
     "persist_postgres": ("persistence, PostgreSQL", sc.persistence),
     "ack_replicas": ("acks waiting for a replica (KAIWA_ACK_REPLICAS 0 vs 1)", ackreplicas.scenario),
+    "uploads": ("phone photos: uploads while a room chats / base64 frames", uploads.scenario),
 }
 
 
@@ -85,6 +86,8 @@ def plan(cfg: sc.Config, servers: list[str], only: set[str] | None, pg_ok: bool)
             main.insert(2, "restart")
         if kind != "relay":
             main.append("payload_default")
+        if kind in ("kaiwa", "channels"):
+            main.append("uploads")
         if cfg.mode == "quick" and kind == "relay":
             main = ["fanout"]
         # A quick run saves a server start: SQLite persistence runs last on the

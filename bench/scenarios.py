@@ -127,7 +127,7 @@ class Config:
 
     def rooms(self) -> list[str]:
         """Every room slug the scenarios use (Kaiwa needs them to exist)."""
-        rooms = ["fanout", "slow", "slow-large", "persist"]
+        rooms = ["fanout", "slow", "slow-large", "persist", "uploads"]
         rooms += [f"many-{i}" for i in range(self.many_rooms)]
         rooms += [f"idle-{i}" for i in range((self.idle_conns + 9) // 10)]
         rooms += [f"storm-{i}" for i in range(100)] + ["storm-bystanders"]

@@ -353,9 +353,11 @@ def start_target(
                 db_url = _fresh_postgres_db(pg_db)
             else:
                 db_url = f"sqlite:///{wd / 'db.sqlite3'}"
-        env = Env(
-            {**_server_env(kind, profile, redis_proc.url if redis_proc else None, db_url), **(extra_env or {})}
-        ).build()
+        base = _server_env(kind, profile, redis_proc.url if redis_proc else None, db_url)
+        if kind.kaiwa:
+            # Uploaded attachments (bench.uploads) stay in the run's directory, never the checkout's .kaiwa/.
+            base["MEDIA_ROOT"] = str(wd / "media")
+        env = Env({**base, **(extra_env or {})}).build()
         cookie_name = "sessionid"
         keys: list[str] = []
         if kind.settings:
