@@ -34,7 +34,8 @@ export class People {
     this.title.id = "kaiwa-away-title";
     this.title.hidden = true;
     this.list = doc.createElement("ul");
-    this.list.className = "presence__list presence__list--away";
+    // Not .presence__list: that is the Online list (view.js, and tests, find it by that class).
+    this.list.className = "presence__away";
     this.list.setAttribute("aria-labelledby", "kaiwa-away-title");
     this.list.hidden = true;
     panel.append(this.title, this.list);

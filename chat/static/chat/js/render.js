@@ -214,7 +214,14 @@ export function renderPresence(list, users, myId) {
         "li",
         { cls: "presence__user", attrs: { "data-user-id": user.id } },
         avatar(user, "avatar--small"),
-        el("span", { cls: "presence__name", text: user.username }),
+        // Another person's name is a button: it opens the conversation with them (roomnav.js).
+        user.id === myId
+          ? el("span", { cls: "presence__name", text: user.username })
+          : el("button", {
+              cls: "presence__name presence__name--action",
+              attrs: { type: "button", "aria-label": `Message ${user.username}`, title: `Message ${user.username}` },
+              text: user.username,
+            }),
         user.id === myId ? el("span", { cls: "presence__you", text: "(you)" }) : null,
         el("span", { cls: "presence__dot", attrs: { "aria-hidden": "true" } }),
       ),
