@@ -117,6 +117,8 @@ def answer(results: dict[str, Any]) -> list[str]:
                 f"{s['thumbnail_p50_ms']:.0f} ms p50 ({s['photo']}) against {alone_ms:.0f} ms alone, "
                 f"while the server's processes use {s['server_cpu_percent']:.0f}% CPU: {cause}"
             )
+        if k.get("skipped"):
+            lines.append(f"- Skipped for the scenario's time budget: {', '.join(k['skipped'])}.")
         lines.append(
             "- Refusals seen in the steps: "
             + (", ".join(sorted(refused)) if refused else "none")
