@@ -47,6 +47,8 @@ MB = 1_000_000
 CHAT_MEMBERS = 100
 CHAT_SENDERS = 10
 WAIT = 60.0
+# How long the bench waits for one upload's answer (a browser would wait longer; a person would not).
+UPLOAD_TIMEOUT_S = 120.0
 
 
 def _pct(values: list[float], p: float) -> float | None:
@@ -186,6 +188,8 @@ class Chat:
         }
 
     async def close(self) -> None:
+        if self._sending is not None:
+            self._sending.cancel()
         for task in self._tasks:
             task.cancel()
         await _close_all(self.sockets)
@@ -213,18 +217,24 @@ def _multipart(name: str, data: bytes, boundary: str, mark: Callable[[], None]) 
     return body()
 
 
-async def upload(client: httpx.AsyncClient, slug: str, name: str, data: bytes) -> tuple[int, float, float]:
-    """One upload: (status, seconds in all, seconds from the body's last byte to the answer)."""
+async def upload(client: httpx.AsyncClient, slug: str, name: str, data: bytes) -> tuple[str, float, float]:
+    """One upload: (status or "timeout"/"error", seconds in all, seconds from the body's last byte to the answer)."""
     boundary = secrets.token_hex(12)
     body_done = [0.0]
     started = time.perf_counter()
-    response = await client.post(
-        f"/api/rooms/{slug}/attachments",
-        content=_multipart(name, data, boundary, lambda: body_done.__setitem__(0, time.perf_counter())),
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
+    try:
+        response = await client.post(
+            f"/api/rooms/{slug}/attachments",
+            content=_multipart(name, data, boundary, lambda: body_done.__setitem__(0, time.perf_counter())),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        status = str(response.status_code)
+    except httpx.TimeoutException:
+        status = "timeout"  # no answer within UPLOAD_TIMEOUT_S: counted, not fatal
+    except httpx.TransportError:
+        status = "error"
     end = time.perf_counter()
-    return response.status_code, end - started, end - (body_done[0] or started)
+    return status, end - started, end - (body_done[0] or started)
 
 
 def _client(target: Target, cookie: str | None) -> httpx.AsyncClient:
@@ -233,14 +243,14 @@ def _client(target: Target, cookie: str | None) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=target.origin,
         headers={"Cookie": cookies, "X-CSRFToken": token},
-        timeout=httpx.Timeout(120.0),
+        timeout=httpx.Timeout(UPLOAD_TIMEOUT_S),
     )
 
 
 async def upload_step(target: Target, cookies: list[str | None], path: Path, seconds: float) -> dict[str, Any]:
     """``len(cookies)`` users upload ``path`` back to back for ``seconds``."""
     data = await asyncio.to_thread(path.read_bytes)
-    done: list[tuple[int, float, float]] = []
+    done: list[tuple[str, float, float]] = []
     stop_at = time.perf_counter() + seconds
 
     async def user(cookie: str | None) -> None:
@@ -255,10 +265,10 @@ async def upload_step(target: Target, cookies: list[str | None], path: Path, sec
     elapsed = time.perf_counter() - started
     # From CPU times (the image workers included): the sampler's per-process percentages miss new children.
     cpu = (target.sampler.cpu_seconds_now() - cpu0) / elapsed * 100
-    ok = [d for d in done if d[0] == 201]
+    ok = [d for d in done if d[0] == "201"]
     statuses: dict[str, int] = {}
     for status, _, _ in done:
-        statuses[str(status)] = statuses.get(str(status), 0) + 1
+        statuses[status] = statuses.get(status, 0) + 1
     resources = summarize_samples(samples)
     return {
         "users": len(cookies),
@@ -284,7 +294,7 @@ async def first_refusal(target: Target, cookie: str | None, limit: int) -> dict[
     async with _client(target, cookie) as client:
         for n in range(1, limit + 1):
             status, _, _ = await upload(client, ROOM, "small.png", data)
-            if status != 201:
+            if status != "201":
                 return {"accepted_before_refusal": n - 1, "status": status}
     return {"accepted_before_refusal": limit, "status": None}
 
