@@ -51,6 +51,10 @@ WAIT = 60.0
 UPLOAD_TIMEOUT_S = 120.0
 
 
+def _mb(value: int | None) -> float | None:
+    return round(value / MB, 1) if value else None
+
+
 def _pct(values: list[float], p: float) -> float | None:
     if not values:
         return None
@@ -282,7 +286,7 @@ async def upload_step(target: Target, cookies: list[str | None], path: Path, sec
         "upload_p99_ms": _pct([d[1] for d in ok], 0.99),
         "thumbnail_p50_ms": _pct([d[2] for d in ok], 0.5),
         "thumbnail_p99_ms": _pct([d[2] for d in ok], 0.99),
-        "server_rss_max_mb": round(resources.get("server_rss_max", 0) / MB, 1),
+        "server_rss_max_mb": _mb(resources.get("server_rss_max")),
         "server_cpu_percent": round(cpu, 1),
         "server_cores_busy_mean": resources.get("server_cores_busy_mean"),
     }
@@ -413,8 +417,9 @@ async def channels(target: Target, cfg: Any, log: Callable[[str], None]) -> dict
                 "receivers_closed": close_codes,
                 "answer": ack.get("type"),
                 "seconds": round(elapsed, 2),
-                "server_rss_max_mb": round(resources.get("server_rss_max", 0) / MB, 1),
-                "redis_rss_max_mb": round(resources.get("redis_rss_max", 0) / MB, 1),
+                # None when the frame was refused before the sampler's next tick.
+                "server_rss_max_mb": _mb(resources.get("server_rss_max")),
+                "redis_rss_max_mb": _mb(resources.get("redis_rss_max")),
             }
         )
     return {"base64_frames": out}

@@ -128,16 +128,25 @@ def answer(results: dict[str, Any]) -> list[str]:
         )
     c = _channels(results)
     if c is not None:
-        for f in c["base64_frames"]:
+        for i, f in enumerate(c["base64_frames"]):
             if f["sender_closed"] is not None or f["delivered"] < f["receivers"]:
-                lines.append(
+                line = (
                     f"- Channels breaks at the {f['photo_mb']} MB photo ({f['frame_mb']} MB of base64): delivered to "
-                    f"{f['delivered']} of {f['receivers']}, sender closed {f['sender_closed']}, "
-                    f"{len(f['receivers_closed'])} receivers closed, server memory {f['server_rss_max_mb']} MB."
+                    f"{f['delivered']} of {f['receivers']}, the sender's socket closed with {f['sender_closed']} "
+                    f"(uvicorn's --ws-max-size, 16 MiB by default), {len(f['receivers_closed'])} receivers closed."
                 )
+                if i > 0:
+                    prev = c["base64_frames"][i - 1]
+                    line += (
+                        f" Before that, the {prev['photo_mb']} MB photo reached {prev['delivered']} of "
+                        f"{prev['receivers']} receivers in {prev['seconds']} s with the server at "
+                        f"{prev['server_rss_max_mb']} MB: each receiver's copy of the frame is built and queued "
+                        "in the server's memory, and no chat message gets past it meanwhile."
+                    )
+                lines.append(line)
                 break
         else:
-            worst = max(c["base64_frames"], key=lambda f: f["server_rss_max_mb"])
+            worst = max(c["base64_frames"], key=lambda f: f["server_rss_max_mb"] or 0)
             lines.append(
                 f"- Channels delivered every base64 photo here (up to {worst['frame_mb']} MB frames to "
                 f"{worst['receivers']} receivers, {worst['seconds']} s, server memory {worst['server_rss_max_mb']} MB, "
