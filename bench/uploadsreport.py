@@ -141,7 +141,7 @@ def answer(results: dict[str, Any]) -> list[str]:
                         f" Before that, the {prev['photo_mb']} MB photo reached {prev['delivered']} of "
                         f"{prev['receivers']} receivers in {prev['seconds']} s with the server at "
                         f"{prev['server_rss_max_mb']} MB: each receiver's copy of the frame is built and queued "
-                        "in the server's memory, and no chat message gets past it meanwhile."
+                        "in the server's memory (not measured here: what it does to chat messages sent meanwhile)."
                     )
                 lines.append(line)
                 break
