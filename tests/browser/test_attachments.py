@@ -158,9 +158,10 @@ def test_refused_uploads_say_why_and_retry_or_cancel(
 ) -> None:
     """With KAIWA_MAX_UPLOAD_BYTES lowered, a file over it says it is too large and offers no Retry; a file of a
     refused type says so; an upload the server could not store (503) offers Retry, which then succeeds; Cancel
-    stops an upload in flight and takes it out of the tray."""
+    stops an upload in flight and takes it out of the tray; the tray shows only the open room's uploads."""
     alice = make_user("alice")
     services.room_create(name="General", slug="general", creator=alice)
+    services.room_create(name="Random", slug="random", creator=alice)
     server = start_server(env={"MEDIA_ROOT": str(tmp_path / "media"), "KAIWA_MAX_UPLOAD_BYTES": "200000"})
     a = open_room(browsers, login, server, "alice", "general")
     big = tmp_path / "video.jpg"
@@ -208,3 +209,11 @@ def test_refused_uploads_say_why_and_retry_or_cancel(
     expect(a.locator(".upload--uploading, .upload--queued")).to_have_count(0)
     expect(a.locator(".upload")).to_have_count(3)  # the two refused and the retried one
     a.unroute("**/api/rooms/general/attachments")
+
+    # Uploads belong to their room: another room's composer does not show (or send) them.
+    a.get_by_role("navigation", name="Your rooms").get_by_role("link", name="Random").click()
+    expect(a.locator("#room")).to_have_attribute("data-room", "random")
+    expect(a.locator(".uploads")).to_be_hidden()
+    a.go_back()
+    expect(a.locator("#room")).to_have_attribute("data-room", "general")
+    expect(a.locator(".upload:visible")).to_have_count(3)

@@ -54,6 +54,10 @@ export class ComposerFiles {
     row.prepend(this.button);
     this.form.prepend(this.tray);
     this.form.append(this.input);
+    // Switching rooms in place (roomswitch.js) changes data-room.
+    if (typeof MutationObserver === "function") {
+      new MutationObserver(() => this.renderTray()).observe(this.root, { attributes: true, attributeFilter: ["data-room"] });
+    }
     this.button.addEventListener("click", () => this.input.click());
     this.input.addEventListener("change", () => {
       this.addFiles(Array.from(this.input.files || []));
@@ -158,8 +162,15 @@ export class ComposerFiles {
     this.textarea.focus();
   }
 
+  /** Show the open room's uploads only (they can be sent only there). */
   renderTray() {
-    this.tray.hidden = this.items.size === 0;
+    const room = this.root.dataset.room;
+    let shown = 0;
+    for (const item of this.items.values()) {
+      item.el.hidden = item.room !== room;
+      if (!item.el.hidden) shown += 1;
+    }
+    this.tray.hidden = shown === 0;
   }
 
   render(item, percent = null) {
