@@ -42,7 +42,12 @@ run: $(VENV)/.installed-run
 superuser: $(VENV)/.installed-run
 	DEBUG=$${DEBUG-1} $(BIN)/python manage.py createsuperuser
 
-test: $(VENV)/.installed-dev
+# axe-core (tests/browser/test_accessibility.py) comes from the npm registry, pinned in tests/js.
+tests/js/node_modules/axe-core/axe.min.js: tests/js/package.json tests/js/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/js --no-audit --no-fund --silent && touch $@; \
+	else echo "npm not found: the accessibility test needs axe-core (Debian: apt-get install npm, then make test)"; fi
+
+test: $(VENV)/.installed-dev tests/js/node_modules/axe-core/axe.min.js
 	$(BIN)/pytest $(PYTEST_ARGS)
 	@if command -v node >/dev/null 2>&1; then node --test tests/js/; \
 	else echo "JS unit tests (tests/js/) not run: they need Node.js 18+ on PATH (Debian: apt-get install nodejs)."; fi
