@@ -287,7 +287,8 @@ async def upload_step(target: Target, cookies: list[str | None], path: Path, sec
         "thumbnail_p50_ms": _pct([d[2] for d in ok], 0.5),
         "thumbnail_p99_ms": _pct([d[2] for d in ok], 0.99),
         "server_rss_max_mb": _mb(resources.get("server_rss_max")),
-        "server_cpu_percent": round(cpu, 1),
+        # Negative when image workers were replaced during the step (their CPU time left with them).
+        "server_cpu_percent": round(cpu, 1) if cpu >= 0 else None,
         "server_cores_busy_mean": resources.get("server_cores_busy_mean"),
     }
 

@@ -115,13 +115,13 @@ def answer(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"- Uploads get slow, not refused: at {s['users']} users the picture work takes "
                 f"{s['thumbnail_p50_ms']:.0f} ms p50 ({s['photo']}) against {alone_ms:.0f} ms alone, "
-                f"while the server's processes use {s['server_cpu_percent']:.0f}% CPU: {cause}"
+                f"while the server's processes use {s['server_cpu_percent'] or 0:.0f}% CPU: {cause}"
             )
         if k.get("skipped"):
             lines.append(f"- Skipped for the scenario's time budget: {', '.join(k['skipped'])}.")
         lines.append(
-            "- Refusals seen in the steps: "
-            + (", ".join(sorted(refused)) if refused else "none")
+            "- Answers other than 201 in the steps: "
+            + (", ".join(sorted(refused)) + " ('timeout': no answer within 120 s)" if refused else "none")
             + f"; one user uploading back to back is refused with {k['first_refusal_one_user']['status']} after "
             f"{k['first_refusal_one_user']['accepted_before_refusal']} uploads (the per-user budget, "
             "KAIWA_UPLOAD_RATE_BURST / KAIWA_UPLOAD_RATE_PER_MINUTE); a file over KAIWA_MAX_UPLOAD_BYTES is 413."
@@ -163,17 +163,17 @@ def plots(results: dict[str, Any], img_dir: Path) -> list[Path]:
         return []
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name in dict.fromkeys(s["photo"] for s in k["steps"]):
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.8))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, name in enumerate(dict.fromkeys(s["photo"] for s in k["steps"])):
+        colour = colours[i % len(colours)]
         steps = sorted((s for s in k["steps"] if s["photo"] == name), key=lambda s: s["users"])
         users = [s["users"] for s in steps]
-        left.plot(users, [s["mb_per_s"] for s in steps], marker="o", label=name)
-        right.plot(
-            users, [s["thumbnail_p99_ms"] or float("nan") for s in steps], marker="o", label=f"{name} picture work p99"
-        )
-        right.plot(
-            users, [s["chat_p99_ms"] or float("nan") for s in steps], ":", marker="x", label=f"chat p99 during {name}"
-        )
+        left.plot(users, [s["mb_per_s"] for s in steps], marker="o", color=colour, label=name)
+        work = [s["thumbnail_p99_ms"] or float("nan") for s in steps]
+        chat = [s["chat_p99_ms"] or float("nan") for s in steps]
+        right.plot(users, work, marker="o", color=colour, label=f"{name}: picture work p99")
+        right.plot(users, chat, ":", marker="x", color=colour, label=f"{name}: chat p99")
     left.set_xlabel("concurrent uploaders")
     left.set_ylabel("MB/s stored")
     left.set_title("upload throughput", fontsize=10)
@@ -190,7 +190,8 @@ def plots(results: dict[str, Any], img_dir: Path) -> list[Path]:
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+    left.legend(fontsize=7)
+    right.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = img_dir / "bench-uploads.png"
     fig.savefig(path, dpi=110)
