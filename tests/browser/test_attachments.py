@@ -80,7 +80,7 @@ def test_pictures_by_button_files_by_drop_and_paste_and_the_viewer(
     browsers: Browsers, login: Any, start_server: Any, make_user: Any, tmp_path: Path
 ) -> None:
     """A phone photo and a PNG chosen with the Attach button go in one message with an empty body; Bob sees
-    thumbnails in the photo's turned orientation at their final box, the viewer steps with the arrows, closes with
+    thumbnails in the photo's turned orientation at their final box (the served picture upright, without EXIF or GPS), the viewer steps with the arrows, closes with
     Escape and gives focus back; a dropped PDF and a pasted text file show name, size and a download link; after
     a reload the server draws the same structure as the live message."""
     alice = make_user("alice")
@@ -108,6 +108,10 @@ def test_pictures_by_button_files_by_drop_and_paste_and_the_viewer(
     b.wait_for_function("() => [...document.querySelectorAll('.att__thumb')].every(i => i.naturalWidth > 0)")
     box = img.bounding_box()
     assert box is not None and (round(box["width"]), round(box["height"])) == (240, 320)
+    # What Bob can download is the upright picture without the phone's metadata (no GPS position).
+    served = Image.open(io.BytesIO(b.request.get(f"{server.http}{thumbs.nth(0).get_attribute('href')}").body()))
+    assert served.size == (3024, 4032)
+    assert 0x8825 not in served.getexif() and 0x0112 not in served.getexif()
     live = b.locator(".chat__list li.msg").first.evaluate(STRUCTURE)
     b.screenshot(path=str(SCREENSHOTS / "attachments-message.png"))
 
