@@ -80,9 +80,10 @@ def test_pictures_by_button_files_by_drop_and_paste_and_the_viewer(
     browsers: Browsers, login: Any, start_server: Any, make_user: Any, tmp_path: Path
 ) -> None:
     """A phone photo and a PNG chosen with the Attach button go in one message with an empty body; Bob sees
-    thumbnails in the photo's turned orientation at their final box (the served picture upright, without EXIF or GPS), the viewer steps with the arrows, closes with
-    Escape and gives focus back; a dropped PDF and a pasted text file show name, size and a download link; after
-    a reload the server draws the same structure as the live message."""
+    thumbnails in the photo's turned orientation at their final box (the served picture upright, without EXIF
+    or GPS), the viewer steps with the arrows, closes with Escape and gives focus back; a dropped PDF and a
+    pasted text file show name, size and a download link; after a reload the server draws the same structure
+    as the live message."""
     alice = make_user("alice")
     make_user("bob")
     services.room_create(name="General", slug="general", creator=alice)
