@@ -330,14 +330,21 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._me = psutil.Process()
+        self._children: dict[int, psutil.Process] = {}
         self._tcp_at = -TCP_SAMPLE_SECONDS
         self._tcp = (0, 0, 0)
 
     def _procs(self) -> list[psutil.Process]:
+        # The same Process object per pid across samples: cpu_percent(None) measures
+        # since that object's previous call, so a new object would read 0 every time.
         try:
-            return [self.server, *self.server.children(recursive=True)]
+            children = self.server.children(recursive=True)
         except psutil.Error:
             return [self.server]
+        alive = {child.pid for child in children}
+        for pid in [pid for pid in self._children if pid not in alive]:
+            del self._children[pid]
+        return [self.server, *(self._children.setdefault(child.pid, child) for child in children)]
 
     def _sample(self) -> Sample:
         cpu = rss = 0.0
