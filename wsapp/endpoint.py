@@ -200,9 +200,7 @@ class Endpoint:
         room, checked_at = await roomaccess.room_for_join(access, user_id=conn.user_id, slug=request.room)
         if room is None:
             raise Refused(NOT_FOUND, f"There is no room {request.room!r} you can join.")
-        await hub.join(
-            conn, room, request.since, checked_at=checked_at, epoch=request.epoch, presence=request.presence
-        )
+        await hub.join(conn, room, request.since, checked_at=checked_at, epoch=request.epoch, presence=request.presence)
 
     async def _send(self, hub: Hub, conn: Connection, request: schemas.Send) -> None:
         started = time.perf_counter()

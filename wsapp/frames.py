@@ -24,9 +24,7 @@ def user(user_id: int, username: str) -> dict[str, Any]:
     return {"id": user_id, "username": username}
 
 
-def joined(
-    *, room: str, last_seq: int, presence: list[dict[str, Any]], reset: bool, epoch: str = ""
-) -> dict[str, Any]:
+def joined(*, room: str, last_seq: int, presence: list[dict[str, Any]], reset: bool, epoch: str = "") -> dict[str, Any]:
     # epoch: protocol.md 7.1 (also sent, with reset, when the room's epoch changes under a joined member).
     return {"type": "joined", "room": room, "last_seq": last_seq, "presence": presence, "reset": reset, "epoch": epoch}
 
