@@ -1,4 +1,4 @@
-"""Forms of the HTML pages. They check the input's shape; chat/services.py does the writes."""
+"""Forms of the HTML pages. They check the input's shape; chat.services does the writes."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 server does not take, and for pictures writes the served copy and the
 thumbnail (chat/images.py). It imports no Django so that it runs in the image
 worker processes (:func:`aprepare_upload`); storing the result and the
-database row are chat/services.py's.
+database row are chat.services's.
 """
 
 from __future__ import annotations
