@@ -82,20 +82,7 @@ def keep_foreign_epochs(entries: Sequence[Entry]) -> list[Entry]:
     unstored = []
     for e in kept:
         reason = f"its epoch {e.epoch} was not issued by this database (the Redis state belongs to another one)"
-        logger.error(
-            "room %s seq %s: an acked message cannot be stored: %s; kept in UnstoredMessage "
-            "(manage.py chatworker --status lists it)",
-            e.room_id,
-            e.seq,
-            reason,
-        )
-        username, body, client_id, created_at = stored_form(e)
-        unstored.append(
-            UnstoredMessage(
-                room_id=e.room_id, seq=e.seq, epoch=e.epoch, author_id=e.user_id, author_username=username,
-                body=body, client_id=client_id, created_at=created_at, reason=reason, event=message_event(e),
-            )
-        )  # fmt: skip
+        unstored.append(_unstored(e, reason))
     before = UnstoredMessage.objects.count()
     UnstoredMessage.objects.bulk_create(unstored, ignore_conflicts=True)
     with _count_lock:
@@ -110,6 +97,30 @@ def stored_form(entry: Entry) -> tuple[str, str, str, datetime]:
         entry.body.replace("\x00", "\ufffd"),
         (entry.client_id or "")[:_CLIENT_ID_MAX],
         parse_ts(entry.ts_ms),
+    )
+
+
+def _unstored(entry: Entry, reason: str) -> UnstoredMessage:
+    """Log why ``entry`` cannot be stored, and its ``UnstoredMessage`` row (as the insert would have written it)."""
+    logger.error(
+        "room %s seq %s: an acked message cannot be stored: %s; kept in UnstoredMessage "
+        "(manage.py chatworker --status lists it)",
+        entry.room_id,
+        entry.seq,
+        reason,
+    )
+    username, body, client_id, created_at = stored_form(entry)
+    return UnstoredMessage(
+        room_id=entry.room_id,
+        seq=entry.seq,
+        epoch=entry.epoch,
+        author_id=entry.user_id,
+        author_username=username,
+        body=body,
+        client_id=client_id,
+        created_at=created_at,
+        reason=reason,
+        event=message_event(entry),
     )
 
 
@@ -170,27 +181,7 @@ def conflicts_record(entries: Sequence[Entry]) -> int:
             if holder is None:
                 continue  # stored by this very insert
             reason = f"the sender's client_id {mine[2]!r} is already stored as seq {holder}"
-        logger.error(
-            "room %s seq %s: an acked message cannot be stored: %s; kept in UnstoredMessage "
-            "(manage.py chatworker --status lists it)",
-            e.room_id,
-            e.seq,
-            reason,
-        )
-        unstored.append(
-            UnstoredMessage(
-                room_id=e.room_id,
-                seq=e.seq,
-                epoch=e.epoch,
-                author_id=e.user_id,
-                author_username=mine[0],
-                body=mine[1],
-                client_id=mine[2],
-                created_at=mine[3],
-                reason=reason,
-                event=message_event(e),
-            )
-        )
+        unstored.append(_unstored(e, reason))
     if not unstored:
         return 0
     before = UnstoredMessage.objects.count()
