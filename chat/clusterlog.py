@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from chat.logkeys import ROOMS_KEY, room_id_from_stream_key
+from chat.logscripts import TAKE_TOKEN
 from chat.messagelog import MessageLog
 from chat.redistopology import call_script_with_replicas
 
@@ -38,29 +39,14 @@ REGISTER_AGAIN_SECONDS = 60.0
 
 # KEYS: bucket   ARGV: burst, per_second -> 0 a token taken | the ms until one is back (nothing taken)
 # The append script's bucket rule, alone, on the user's slot (Redis's clock).
-TAKE = """
+TAKE = (
+    TAKE_TOKEN
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local burst = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2]) / 1000
-local data = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(data[1])
-local last = tonumber(data[2])
-if tokens == nil or last == nil then
-  tokens = burst
-  last = now
-end
-tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-else
-  wait = math.ceil((1 - tokens) / rate)
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
-return wait
+return take_token(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]) / 1000, now)
 """
+)
 
 # KEYS: bucket   ARGV: burst -> 1 given back | 0 the bucket is gone (it was full anyway)
 REFUND = """

@@ -20,9 +20,36 @@ from __future__ import annotations
 # The bucket refills by the time elapsed on Redis's own clock, so the processes' clocks do not matter.
 # The guard makes edits, deletions and replies of a message being deleted exact: of two racing
 # deletions one is appended and the other refused, in one atomic step.
+# The token bucket rule (a Lua function, prefixed to the scripts that take a token: APPEND here,
+# chat.clusterlog.TAKE on a cluster): take_token(bucket key, burst, tokens per ms, now in ms) -> 0 a
+# token taken | the ms until one is back (nothing taken). The bucket refills by the time elapsed.
+TAKE_TOKEN = """
+local function take_token(key, burst, rate, now)
+  local data = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(data[1])
+  local last = tonumber(data[2])
+  if tokens == nil or last == nil then
+    tokens = burst
+    last = now
+  end
+  tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
+  local wait = 0
+  if tokens >= 1 then
+    tokens = tokens - 1
+  else
+    wait = math.ceil((1 - tokens) / rate)
+  end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil(burst / rate) + 1000)
+  return wait
+end
+"""
+
 # The epoch key exists only while the room's state is valid (protocol.md 7.1; chat.epochs seeds it):
 # checking it here is what makes every append validate the room's state without a database query.
-APPEND = """
+APPEND = (
+    TAKE_TOKEN
+    + """
 local sep = string.find(ARGV[1], '/', 1, true)
 local epoch = string.sub(ARGV[1], 1, sep - 1)
 local counter = redis.call('GET', KEYS[1])
@@ -47,24 +74,7 @@ end
 local t = redis.call('TIME')
 local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[6] ~= '' then
-  local burst = tonumber(ARGV[6])
-  local rate = tonumber(ARGV[7]) / 1000
-  local data = redis.call('HMGET', KEYS[5], 'tokens', 'ts')
-  local tokens = tonumber(data[1])
-  local last = tonumber(data[2])
-  if tokens == nil or last == nil then
-    tokens = burst
-    last = ts
-  end
-  tokens = math.min(burst, tokens + math.max(0, ts - last) * rate)
-  local wait = 0
-  if tokens >= 1 then
-    tokens = tokens - 1
-  else
-    wait = math.ceil((1 - tokens) / rate)
-  end
-  redis.call('HSET', KEYS[5], 'tokens', tostring(tokens), 'ts', tostring(ts))
-  redis.call('PEXPIRE', KEYS[5], math.ceil(burst / rate) + 1000)
+  local wait = take_token(KEYS[5], tonumber(ARGV[6]), tonumber(ARGV[7]) / 1000, ts)
   if wait > 0 then
     return {-2, wait, 0}
   end
@@ -88,6 +98,7 @@ end
 redis.call('PUBLISH', KEYS[4], cjson.encode(event))
 return {1, seq, ts}
 """
+)
 
 # KEYS: seq, epoch, channel
 # ARGV: the epoch the caller found ('' = none), the new epoch, floor, room_id, slug
