@@ -67,31 +67,28 @@ class Relay(Protocol):
     async def publish(self, channel: str, data: str) -> None: ...
 
 
-class RedisRelay:
-    """``Relay`` over one redis-py PubSub connection, reconnected by a supervised reader task."""
+class SupervisedRelay:
+    """What both Redis relays share: the channel set, the supervised task's start and stop, background tasks.
 
-    def __init__(self, client: aioredis.Redis, *, publisher: aioredis.Redis, always: tuple[str, ...] = ()) -> None:
-        """``client``: a one-connection client without socket timeout (``make_async_client(blocking_reads=True)``),
-        owned by the relay and used for the subscription only; ``publisher``: the process's pool.
-        ``always``: channels subscribed for the relay's whole life (the control channel).
-        """
+    A subclass gives ``_supervise`` (the reconnecting read loop, which sets and
+    clears ``_live``) and may close connections of its own in ``_close_connections``.
+    """
+
+    _task_name = "relay"
+
+    def __init__(self, client: Any, *, publisher: Any, always: tuple[str, ...] = ()) -> None:
         self._client = client
         self._publisher = publisher
         self.channels: set[str] = set(always)
-        self._pubsub: Any = None
         self._listener: RelayListener | None = None
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._live = asyncio.Event()
 
-    @property
-    def connected(self) -> bool:
-        return self._pubsub is not None and self._live.is_set()
-
     async def start(self, listener: RelayListener) -> None:
         self._listener = listener
-        self._task = asyncio.create_task(self._supervise(), name="relay-pubsub-reader")
+        self._task = asyncio.create_task(self._supervise(), name=self._task_name)
 
     async def wait_connected(self) -> None:
         await self._live.wait()
@@ -102,7 +99,39 @@ class RedisRelay:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._close_connections()
         await self._client.aclose()
+
+    async def _supervise(self) -> None:
+        raise NotImplementedError
+
+    async def _close_connections(self) -> None:
+        """Connections the subclass opened beside ``_client``, closed at ``stop``."""
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+class RedisRelay(SupervisedRelay):
+    """``Relay`` over one redis-py PubSub connection, reconnected by a supervised reader task."""
+
+    _task_name = "relay-pubsub-reader"
+
+    def __init__(self, client: aioredis.Redis, *, publisher: aioredis.Redis, always: tuple[str, ...] = ()) -> None:
+        """``client``: a one-connection client without socket timeout (``make_async_client(blocking_reads=True)``),
+        owned by the relay and used for the subscription only; ``publisher``: the process's pool.
+        ``always``: channels subscribed for the relay's whole life (the control channel).
+        """
+        super().__init__(client, publisher=publisher, always=always)
+        self._client: aioredis.Redis = client
+        self._publisher: aioredis.Redis = publisher
+        self._pubsub: Any = None
+
+    @property
+    def connected(self) -> bool:
+        return self._pubsub is not None and self._live.is_set()
 
     async def subscribe(self, channel: str) -> None:
         pubsub = self._pubsub
@@ -184,8 +213,3 @@ class RedisRelay:
                 # An unsubscribe overtook a new subscribe of the same channel: subscribe
                 # again (its confirmation repairs whatever was published meanwhile).
                 self._spawn(pubsub.subscribe(name))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)

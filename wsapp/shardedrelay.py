@@ -31,7 +31,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from chat import metrics
-from wsapp.relay import BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS, IDLE_PING_SECONDS, RelayListener
+from wsapp.relay import BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS, IDLE_PING_SECONDS, SupervisedRelay
 
 logger = logging.getLogger("kaiwa.relay")
 
@@ -40,46 +40,30 @@ class ClusterChanged(RedisError):
     """The cluster's slot map changed under a subscription: the relay subscribes everything again."""
 
 
-class ShardedRedisRelay:
+class ShardedRedisRelay(SupervisedRelay):
     """``Relay`` for ``KAIWA_REDIS_MODE=cluster``: sharded room channels, plain control channels."""
+
+    _task_name = "relay-sharded-pubsub"
 
     def __init__(self, client: Any, *, publisher: Any, always: tuple[str, ...] = ()) -> None:
         """``client``: a blocking-reads cluster client, used for the slot map and the nodes' connection options;
         ``publisher``: the process's cluster client. ``always``: plain channels kept for the relay's whole life.
         """
+        super().__init__(client, publisher=publisher, always=always)
         # Typed Any at the door: chat.redisclient hands every mode's client out as redis.asyncio.Redis.
         self._client: RedisCluster = client
         self._publisher: RedisCluster = publisher
         self._always = set(always)
-        self.channels: set[str] = set(always)
         self._pubsubs: dict[str, Any] = {}  # node name -> PubSub on that primary
         self._connections: list[aioredis.Redis] = []
-        self._listener: RelayListener | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[Any]] = set()
-        self._stopping = False
-        self._live = asyncio.Event()
         self._changed = asyncio.Event()
 
     @property
     def connected(self) -> bool:
         return bool(self._pubsubs) and self._live.is_set()
 
-    async def start(self, listener: RelayListener) -> None:
-        self._listener = listener
-        self._task = asyncio.create_task(self._supervise(), name="relay-sharded-pubsub")
-
-    async def wait_connected(self) -> None:
-        await self._live.wait()
-
-    async def stop(self) -> None:
-        self._stopping = True
-        for task in [t for t in (self._task, *self._background) if t is not None]:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    async def _close_connections(self) -> None:
         await self._close_nodes()
-        await self._client.aclose()
 
     def _owner(self, channel: str) -> ClusterNode:
         node = self._client.nodes_manager.get_node_from_slot(self._client.keyslot(channel))
@@ -245,8 +229,3 @@ class ShardedRedisRelay:
                 # Redis ends a slot's subscriptions when the slot moves away (or our own
                 # unsubscribe overtook a new subscribe): start over from the slot map.
                 raise ClusterChanged(f"{name} was unsubscribed by the server")
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
