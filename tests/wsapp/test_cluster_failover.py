@@ -20,12 +20,11 @@ import time
 import pytest
 from redis.crc import key_slot
 
-from chat.epochmodels import UnstoredMessage
 from chat.logkeys import seq_key
-from chat.models import Message, Room
+from chat.models import Room
 from tests.redis_cluster_topology import ClusterTopology
-from tests.wsapp.conftest import Peer, session_cookie
-from tests.wsapp.test_failover import DEADLINE, PER_CLIENT, Run, received_view, sender
+from tests.wsapp.conftest import session_cookie
+from tests.wsapp.test_failover import Run, assert_nothing_lost, send_through_failover
 
 pytest_plugins = ["tests.redis_topology_fixtures"]
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -57,50 +56,12 @@ def test_cluster_primary_killed_while_two_clients_send_loses_and_duplicates_noth
     run = Run()
     promoted: list[float] = []
 
-    async def scenario() -> list[Peer]:
-        peers = [await Peer.open(s.ws, cookie) for s, cookie in zip(servers, cookies, strict=True)]
-        for peer in peers:
-            await peer.join("lobby")
-        async with asyncio.timeout(DEADLINE):
-            await asyncio.gather(
-                sender(peers[0], "ann", run), sender(peers[1], "bob", run), failover(topology, slot, run, promoted)
-            )
-            top = max(run.acked.values())
-            for peer in peers:  # the last acked message reached both clients (or a reset covering it did)
-                await peer.wait_for(lambda f: f.get("seq", f.get("last_seq", 0)) >= top and f["type"] != "ack")
-        return peers
-
-    peers = aio(scenario())
-    assert len(run.acked) == 2 * PER_CLIENT
-    seqs = sorted(run.acked.values())
-    assert len(set(seqs)) == len(seqs), "two acked messages share a seq"
-
-    deadline = time.monotonic() + 60
-    while Message.objects.filter(room=lobby).count() < len(run.acked):
-        assert time.monotonic() < deadline, "the workers did not store every acked message"
-        # Polling the database for the workers' writes, not synchronising with the server.
-        time.sleep(0.1)
-    rows = list(Message.objects.filter(room=lobby).values_list("seq", "client_id"))
-    stored = {cid: seq for seq, cid in rows}
-    lost = [cid for cid, seq in run.acked.items() if stored.get(cid) != seq]
-    duplicates = len(rows) - len(stored)
-    assert lost == [] and duplicates == 0 and not UnstoredMessage.objects.exists()
-    assert len(rows) == len(run.acked)  # nothing but the acked messages
-
-    by_seq = {seq: cid for cid, seq in run.acked.items()}
-    resets = 0
-    for peer in peers:
-        seen, reset_bounds = received_view(peer)
-        resets += len(reset_bounds)
-        for seq, cid in by_seq.items():
-            if seen.get(seq) == cid:
-                continue
-            # Not seen live as acked: only allowed below a reset's boundary (the client reloads that history).
-            assert any(seq <= bound for bound in reset_bounds), f"client missed acked seq {seq}"
+    peers = send_through_failover(aio, servers, cookies, run, lambda: failover(topology, slot, run, promoted))
+    lost, duplicates, resets = assert_nothing_lost(lobby, run, peers)
     assert run.killed_at is not None and run.first_ack_after_kill is not None
     print(
         f"\nCLUSTER FAILOVER: replica promoted {promoted[0] - run.killed_at:.2f} s after kill -9, "
         f"first ack {run.first_ack_after_kill - run.killed_at:.2f} s after the kill; "
-        f"{len(run.acked)} acked, lost {len(lost)}, duplicates {duplicates}, "
+        f"{len(run.acked)} acked, lost {lost}, duplicates {duplicates}, "
         f"{run.unavailable} unavailable answers re-sent, {resets} resets"
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,32 +109,30 @@ def received_view(peer: Peer) -> tuple[dict[int, str], list[int]]:
     return seen, resets
 
 
-def test_primary_killed_while_two_clients_send_loses_and_duplicates_nothing(
-    start_server, make_user, aio, fresh_sentinel_topology
-):
-    """Kill -9 of the primary while two clients send (acks wait for 1 replica): afterwards every acked
-    message is in the database exactly once at its acked seq, no seq holds two messages, each client got
-    every acked seq once and in order (or a reset covering it), and every unacked send succeeded on re-send."""
-    topology = fresh_sentinel_topology
-    env = {**topology.env(), "KAIWA_ACK_REPLICAS": "1", "KAIWA_ACK_REPLICA_TIMEOUT_MS": "500"}
-    users = [make_user("ann"), make_user("bob")]
-    cookies = [session_cookie(u) for u in users]
-    lobby = Room.objects.create(slug="lobby", name="Lobby")
-    servers = [start_server(env=env), start_server(env=env)]
-    run = Run()
+def send_through_failover(
+    aio: Any, servers: list[Any], cookies: list[str], run: Run, failover: Callable[[], Awaitable[None]]
+) -> list[Peer]:
+    """Two clients, one per server, join ``lobby`` and send while ``failover()`` runs; the peers once the
+    last acked message (or a reset covering it) reached both. Shared by the Sentinel and Cluster tests."""
 
     async def scenario() -> list[Peer]:
         peers = [await Peer.open(s.ws, cookie) for s, cookie in zip(servers, cookies, strict=True)]
         for peer in peers:
             await peer.join("lobby")
         async with asyncio.timeout(DEADLINE):
-            await asyncio.gather(sender(peers[0], "ann", run), sender(peers[1], "bob", run), failover(topology, run))
+            await asyncio.gather(sender(peers[0], "ann", run), sender(peers[1], "bob", run), failover())
             top = max(run.acked.values())
             for peer in peers:  # the last acked message reached both clients (or a reset covering it did)
                 await peer.wait_for(lambda f: f.get("seq", f.get("last_seq", 0)) >= top and f["type"] != "ack")
         return peers
 
-    peers = aio(scenario())
+    result: list[Peer] = aio(scenario())
+    return result
+
+
+def assert_nothing_lost(lobby: Room, run: Run, peers: list[Peer]) -> tuple[int, int, int]:
+    """Every acked message stored exactly once at its acked seq, and seen by each client (or below a reset);
+    returns (lost, duplicates, resets) for the test's report line."""
     assert len(run.acked) == 2 * PER_CLIENT
     seqs = sorted(run.acked.values())
     assert len(set(seqs)) == len(seqs), "two acked messages share a seq"
@@ -160,12 +159,31 @@ def test_primary_killed_while_two_clients_send_loses_and_duplicates_nothing(
                 continue
             # Not seen live as acked: only allowed below a reset's boundary (the client reloads that history).
             assert any(seq <= bound for bound in reset_bounds), f"client missed acked seq {seq}"
+    return len(lost), duplicates, resets
+
+
+def test_primary_killed_while_two_clients_send_loses_and_duplicates_nothing(
+    start_server, make_user, aio, fresh_sentinel_topology
+):
+    """Kill -9 of the primary while two clients send (acks wait for 1 replica): afterwards every acked
+    message is in the database exactly once at its acked seq, no seq holds two messages, each client got
+    every acked seq once and in order (or a reset covering it), and every unacked send succeeded on re-send."""
+    topology = fresh_sentinel_topology
+    env = {**topology.env(), "KAIWA_ACK_REPLICAS": "1", "KAIWA_ACK_REPLICA_TIMEOUT_MS": "500"}
+    users = [make_user("ann"), make_user("bob")]
+    cookies = [session_cookie(u) for u in users]
+    lobby = Room.objects.create(slug="lobby", name="Lobby")
+    servers = [start_server(env=env), start_server(env=env)]
+    run = Run()
+
+    peers = send_through_failover(aio, servers, cookies, run, lambda: failover(topology, run))
+    lost, duplicates, resets = assert_nothing_lost(lobby, run, peers)
     assert run.killed_at is not None and run.first_ack_after_kill is not None
     assert run.promoted_at is not None and run.replica_back_at is not None
     print(
         f"\nFAILOVER: promoted {run.promoted_at - run.killed_at:.2f} s after kill -9, old node restarted "
         f"{run.replica_back_at - run.killed_at:.2f} s; "
         f"first ack {run.first_ack_after_kill - run.killed_at:.2f} s after kill -9; "
-        f"{len(run.acked)} acked, lost {len(lost)}, duplicates {duplicates}, "
+        f"{len(run.acked)} acked, lost {lost}, duplicates {duplicates}, "
         f"{run.unavailable} unavailable answers re-sent, {resets} resets"
     )
