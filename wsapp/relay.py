@@ -67,6 +67,28 @@ class Relay(Protocol):
     async def publish(self, channel: str, data: str) -> None: ...
 
 
+class Silence:
+    """The idle rule of a pub/sub read loop: a PING after ``IDLE_PING_SECONDS`` of quiet, dead if still silent."""
+
+    __slots__ = ("pinged", "since")
+
+    def __init__(self) -> None:
+        self.since = time.monotonic()
+        self.pinged = False
+
+    def heard(self) -> None:
+        self.since = time.monotonic()
+        self.pinged = False
+
+    async def quiet(self, pubsub: Any) -> None:
+        """A read timed out: PING once; raise ``TimeoutError`` after twice the idle time with the PING unanswered."""
+        if time.monotonic() - self.since >= 2 * IDLE_PING_SECONDS and self.pinged:
+            raise TimeoutError("pub/sub connection silent; assuming it is dead")
+        if not self.pinged:
+            await pubsub.ping()
+            self.pinged = True
+
+
 class SupervisedRelay:
     """What both Redis relays share: the channel set, the supervised task's start and stop, background tasks.
 
@@ -186,20 +208,13 @@ class RedisRelay(SupervisedRelay):
     async def _read(self, pubsub: Any) -> None:
         listener = self._listener
         assert listener is not None
-        quiet_since = time.monotonic()
-        pinged = False
+        silence = Silence()
         while True:
             message = await pubsub.get_message(timeout=IDLE_PING_SECONDS)
             if message is None:
-                idle = time.monotonic() - quiet_since
-                if idle >= 2 * IDLE_PING_SECONDS and pinged:
-                    raise TimeoutError("pub/sub connection silent; assuming it is dead")
-                if not pinged:
-                    await pubsub.ping()
-                    pinged = True
+                await silence.quiet(pubsub)
                 continue
-            quiet_since = time.monotonic()
-            pinged = False
+            silence.heard()
             kind = message["type"]
             name = message["channel"]
             name = name.decode() if isinstance(name, bytes) else name

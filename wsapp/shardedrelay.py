@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -31,7 +30,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from chat import metrics
-from wsapp.relay import BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS, IDLE_PING_SECONDS, SupervisedRelay
+from wsapp.relay import BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS, IDLE_PING_SECONDS, Silence, SupervisedRelay
 
 logger = logging.getLogger("kaiwa.relay")
 
@@ -203,19 +202,13 @@ class ShardedRedisRelay(SupervisedRelay):
     async def _read(self, pubsub: Any) -> None:
         listener = self._listener
         assert listener is not None
-        quiet_since = time.monotonic()
-        pinged = False
+        silence = Silence()
         while True:
             message = await pubsub.get_message(timeout=IDLE_PING_SECONDS)
             if message is None:
-                if time.monotonic() - quiet_since >= 2 * IDLE_PING_SECONDS and pinged:
-                    raise TimeoutError("pub/sub connection silent; assuming it is dead")
-                if not pinged:
-                    await pubsub.ping()
-                    pinged = True
+                await silence.quiet(pubsub)
                 continue
-            quiet_since = time.monotonic()
-            pinged = False
+            silence.heard()
             kind = message["type"]
             name = message["channel"]
             name = name.decode() if isinstance(name, bytes) else name
