@@ -39,11 +39,18 @@ async def fetch_range(log: Log, state: RoomState, *, after: int, upto: int) -> l
     if upto <= after:
         return []
     entries = await log.read_range(room_id=state.room_id, slug=state.slug, after=after, upto=upto)
-    first = entries[0].seq if entries else upto + 1
-    if first > after + 1:
+    if state.epoch:
+        # A stream entry of another epoch is not this history's: the state of another
+        # database, or a message acked and then lost with Redis's data before it was
+        # stored (protocol.md, Epochs). What the database stored stands for it.
+        entries = [e for e in entries if not e.epoch or e.epoch == state.epoch]
+    have = {e.seq for e in entries}
+    missing = [s for s in range(after + 1, upto + 1) if s not in have]
+    if missing:
+        # The trimmed prefix, or the seqs of other epochs: from the database.
         await db_ready()
-        older = await selectors.amessage_range(room=state.room, after=after, upto=first - 1)
-        entries = older + entries
+        stored = await selectors.amessage_range(room=state.room, after=missing[0] - 1, upto=missing[-1])
+        entries = sorted([*entries, *(e for e in stored if e.seq not in have)], key=lambda e: e.seq)
     if [e.seq for e in entries] != list(range(after + 1, upto + 1)):
         have = {e.seq for e in entries}
         missing = [s for s in range(after + 1, upto + 1) if s not in have]

@@ -158,3 +158,32 @@ def test_a_database_the_running_redis_does_not_belong_to_starts_a_new_epoch(star
     assert acked["c2"] == 13
     wait_until(lambda: len(stored(lobby)) == 13, "the worker to store the 13th message")
     assert_no_contradiction(lobby, acked)
+
+
+def test_a_fresh_database_never_shows_the_running_redis_history_of_another(start_server, make_user, aio):
+    """A server started on a database that holds none of the Redis state's history (a fresh database beside
+    a Redis kept from another one): a ``join`` with ``since`` gets no message of that other history
+    (``reset: true``, no backlog), and new messages go on above every seq Redis handed out."""
+    ann = make_user("ann")
+    lobby = Room.objects.create(slug="lobby", name="Lobby")
+    cookie = session_cookie(ann)
+    first = start_server()
+    peer = aio(Peer.open(first.ws, cookie))
+    aio(peer.join("lobby"))
+    for i in range(3):
+        aio(peer.send_message("lobby", f"other history {i}", f"c{i}"))
+    wait_until(lambda: len(stored(lobby)) == 3, "the worker to store 3 messages")
+    aio(peer.close())
+    first.terminate(timeout=15)
+    # The other database: it never issued this Redis's epoch and stored none of the room's messages.
+    RoomEpoch.objects.filter(room=lobby).delete()
+    Message.objects.filter(room=lobby).delete()
+    second = start_server()
+    peer = aio(Peer.open(second.ws, cookie))
+    before = len(peer.frames)
+    rejoined = aio(peer.join("lobby", since=0))
+    assert rejoined["reset"] is True and rejoined["last_seq"] == 3, rejoined
+    seq = aio(peer.send_message("lobby", "this history", "c-new"))["seq"]
+    assert seq == 4
+    bodies = [f["body"] for f in peer.frames[before:] if f["type"] == "message"]
+    assert bodies == ["this history"], bodies
