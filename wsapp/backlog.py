@@ -31,7 +31,15 @@ PACE_TIMEOUT_SECONDS = 20.0
 
 
 class RangeIncomplete(Exception):
-    """Neither the stream nor the database holds some seq of a range."""
+    """Neither the stream nor the database holds some seq of a range.
+
+    ``other_epoch``: the stream held some of them, in another epoch (expected
+    after an epoch change, so not an error; protocol.md, Epochs).
+    """
+
+    def __init__(self, message: str, *, other_epoch: bool = False) -> None:
+        super().__init__(message)
+        self.other_epoch = other_epoch
 
 
 async def fetch_range(log: Log, state: RoomState, *, after: int, upto: int) -> list[Entry]:
@@ -39,11 +47,13 @@ async def fetch_range(log: Log, state: RoomState, *, after: int, upto: int) -> l
     if upto <= after:
         return []
     entries = await log.read_range(room_id=state.room_id, slug=state.slug, after=after, upto=upto)
+    streamed = len(entries)
     if state.epoch:
         # A stream entry of another epoch is not this history's: the state of another
         # database, or a message acked and then lost with Redis's data before it was
         # stored (protocol.md, Epochs). What the database stored stands for it.
         entries = [e for e in entries if not e.epoch or e.epoch == state.epoch]
+    other_epoch = len(entries) < streamed
     have = {e.seq for e in entries}
     missing = [s for s in range(after + 1, upto + 1) if s not in have]
     if missing:
@@ -54,7 +64,10 @@ async def fetch_range(log: Log, state: RoomState, *, after: int, upto: int) -> l
     if [e.seq for e in entries] != list(range(after + 1, upto + 1)):
         have = {e.seq for e in entries}
         missing = [s for s in range(after + 1, upto + 1) if s not in have]
-        raise RangeIncomplete(f"room {state.room_id}: seqs {missing[:5]}... are neither in Redis nor stored")
+        raise RangeIncomplete(
+            f"room {state.room_id}: seqs {missing[:5]}... are neither in Redis (in this epoch) nor stored",
+            other_epoch=other_epoch,
+        )
     return entries
 
 
@@ -87,7 +100,7 @@ async def replay(
         except RangeIncomplete as exc:
             if first:
                 # Part of the backlog exists nowhere any more: the client must reload.
-                logger.error("%s; answering join with reset", exc)
+                (logger.info if exc.other_epoch else logger.error)("%s; answering join with reset", exc)
                 joined["reset"] = True
                 chunk, upto = [], last
             else:
