@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from chat import dms, services
 from chat.models import Room
@@ -26,7 +27,16 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 def in_thread(fn: Callable[[], Any]) -> Any:
     """Run an ORM call off Playwright's thread (Django refuses the ORM next to a running event loop)."""
     result: list[Any] = []
-    worker = threading.Thread(target=lambda: result.append(fn()))
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        finally:
+            # The thread's connection goes back (to PostgreSQL's pool): one left open per
+            # call exhausted the test process's pool (KAIWA_DB_POOL_MAX) in the CI pass.
+            connection.close()
+
+    worker = threading.Thread(target=run)
     worker.start()
     worker.join(timeout=30)
     assert result, "the database call did not finish"
