@@ -31,6 +31,29 @@ def django_db_modify_db_settings(tmp_path_factory: pytest.TempPathFactory) -> No
         db.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _end_stray_database_sessions(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Before the PostgreSQL test database is dropped, end the sessions still open on it.
+
+    Long-lived threads of the apps the tests build in this process (session
+    checks, readiness probes) keep a connection each; PostgreSQL refuses to
+    drop a database anyone is connected to. Runs before pytest-django's
+    teardown because it depends on ``django_db_setup``.
+    """
+    yield
+    from django.db import connection as main
+
+    if main.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock():
+        with main.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        main.close()
+
+
 @pytest.fixture(scope="session")
 def redis_server_process() -> redis_server.RedisServer:
     assert redis_server.SERVER is not None, "the tests.redis_server plugin did not start Redis"
