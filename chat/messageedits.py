@@ -41,7 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat.events import DELETE_OP, EDIT_OP, Entry, parse_ts, ts_ms_of
 from chat.messagelog import AppendResult, FloorNeeded, Log, RateLimit, TargetGone
-from chat.models import Attachment, Message, MessageKind, MessageVersion, Room
+from chat.models import Attachment, Message, MessageKind, MessageVersion, Room, RoomKind
 from chat.selectors import amessage_max_seq
 
 
@@ -135,11 +135,15 @@ def edit_check(*, target: Target, user_id: int) -> None:
 
 
 async def adelete_check(*, target: Target, user_id: int, room_id: int) -> None:
-    """The author, staff, and the room's owner delete; the author's own costs no query."""
+    """The author, staff, and the room's owner delete; the author's own costs no query.
+
+    The same rule as ``chat.selectors.room_rights`` (what the page offers): the
+    person who opened a direct conversation does not own it.
+    """
     if target.author_id == user_id:
         return
     staff = get_user_model().objects.filter(pk=user_id, is_staff=True, is_active=True)
-    owner = Room.objects.filter(pk=room_id, created_by_id=user_id)
+    owner = Room.objects.filter(pk=room_id, created_by_id=user_id).exclude(kind=RoomKind.DM)
     if await staff.aexists() or await owner.aexists():
         return
     raise Forbidden("Only the author, staff and the room's owner can delete a message.")

@@ -17,7 +17,7 @@ from django.db.models import Exists, Max, OuterRef, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 
 from chat.events import DELETE_OP, EDIT_OP, Entry, ts_ms_of
-from chat.models import Attachment, Membership, Message, MessageKind, Room
+from chat.models import Attachment, Membership, Message, MessageKind, Room, RoomKind
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -109,6 +109,28 @@ def room_mentionable(*, room: Room) -> list[dict[str, Any]]:
         )
     users = {int(uid): name for uid, name in rows}
     return [{"id": uid, "username": name} for uid, name in sorted(users.items(), key=lambda u: u[1])][:MENTIONABLE_MAX]
+
+
+def room_rights(*, room: Room, user: AnyUser) -> dict[str, bool]:
+    """What ``user`` may do in ``room`` beyond writing: the one place these rules live.
+
+    ``moderator``: staff, or the room's creator, may delete anyone's message
+    (protocol.md 7.4; the WebSocket's check is ``chat.messageedits.adelete_check``).
+    ``can_manage``: the creator of a private room manages its members
+    (``chat.views.room_members``). A direct conversation has no owner: the
+    person who opened it is not the other one's moderator, and a pair has no
+    members to manage.
+    """
+    owner = (
+        user.is_authenticated
+        and room.kind != RoomKind.DM
+        and room.created_by_id is not None
+        and room.created_by_id == user.pk
+    )
+    return {
+        "moderator": bool(getattr(user, "is_staff", False) or owner),
+        "can_manage": bool(room.private and owner),
+    }
 
 
 def room_members(*, room: Room) -> list[Any]:

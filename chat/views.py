@@ -116,7 +116,7 @@ def room_detail(request: HttpRequest, slug: str) -> HttpResponse:
         # The sidebar: every room the user may see, with the seq the unread counts start from.
         "rooms": [r for r in sidebar if r["kind"] != "dm"],
         "dms": [r for r in sidebar if r["kind"] == "dm"],
-        "can_manage": room.private and room.created_by_id == request.user.pk,
+        "can_manage": selectors.room_rights(room=room, user=request.user)["can_manage"],
         "client_config": _client_config(request, room, has_more=has_more, title=title),
     }
     return render(request, "chat/room_detail.html", context)
@@ -131,11 +131,12 @@ def _client_config(request: HttpRequest, room: Room, *, has_more: bool, title: s
     return {
         # name: what the page calls the room (a direct conversation: the other person).
         "room": {"slug": room.slug, "name": title, "private": room.private, "kind": room.kind},
-        # A moderator (staff, or the room's owner) may delete anyone's message (protocol.md 7.4).
+        # moderator: may delete anyone's message (protocol.md 7.4); can_manage: the "Members" page.
+        # Another room opened in place reads its own from /api/rooms/<slug>/members.
         "user": {
             "id": request.user.pk,
             "username": request.user.get_username(),
-            "moderator": bool(request.user.is_staff or room.created_by_id == request.user.pk),
+            **selectors.room_rights(room=room, user=request.user),
         },
         # Who "@" offers in the composer (with the people online and the authors on screen).
         "members": selectors.room_mentionable(room=room),
@@ -147,6 +148,9 @@ def _client_config(request: HttpRequest, room: Room, *, has_more: bool, title: s
             # Any room's history: {slug} replaced (switching rooms in place, static/chat/js/roomswitch.js).
             "messages_template": API_MESSAGES_PATH,
             "members_template": API_MEMBERS_PATH,
+            # A private room's members page, for its creator: {slug} replaced.
+            "members_page_template": reverse("chat:room_members", kwargs={"slug": "x"})[: -len("x/members/")]
+            + "{slug}/members/",
             # Where a room's page is: this + slug + "/" (chat.urls).
             "rooms": reverse("chat:room_detail", kwargs={"slug": "x"})[: -len("x/")],
         },
@@ -167,7 +171,7 @@ def room_members(request: HttpRequest, slug: str) -> HttpResponse:
     room = _visible_room_or_404(request, slug)
     if not room.private:
         raise Http404("Public rooms have no member list: everyone can join them.")
-    if room.created_by_id != request.user.pk:
+    if not selectors.room_rights(room=room, user=request.user)["can_manage"]:
         raise PermissionDenied("Only the room's creator can manage its members.")
     form = MemberAddForm(request.POST if request.method == "POST" and "add" in request.POST else None)
     status = 200

@@ -42,26 +42,54 @@ def violations(page: Any) -> list[str]:
     return [f"{v['id']} ({v['impact']}): {v['nodes']}" for v in found if v["impact"] in SERIOUS]
 
 
+def alice_with_a_mention(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any, scheme: str, **alice_context: Any
+) -> Any:
+    """alice's room page (with a conversation in her sidebar), once bob's message naming her has arrived."""
+    alice, _bob = make_user("alice"), make_user("bob")
+    services.room_create(name="General", slug="general", creator=alice)
+    dms.dm_open(user=alice, username="bob")
+    server = start_server()
+    a = browsers.page(browsers.context(color_scheme=scheme, bypass_csp=True, **alice_context))
+    log_in_and_wait(a, login, server, "alice", "general")
+    b = browsers.page(browsers.context(color_scheme=scheme))
+    log_in_and_wait(b, login, server, "bob", "general")
+    send(b, "hello @alice, see https://example.com")
+    wait_for_bodies(a, ["hello @alice, see https://example.com"])
+    return a
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_room_page_has_no_serious_accessibility_violation(
     browsers: Browsers, login: Any, start_server: Any, make_user: Any, scheme: str
 ) -> None:
     """The room page with messages, a conversation in the sidebar, the people list and the quick switcher open."""
-    alice, _bob = make_user("alice"), make_user("bob")
-    services.room_create(name="General", slug="general", creator=alice)
-    dms.dm_open(user=alice, username="bob")
-    server = start_server()
-    ctx = browsers.context(color_scheme=scheme, bypass_csp=True)
-    a = browsers.page(ctx)
-    log_in_and_wait(a, login, server, "alice", "general")
-    other = browsers.context(color_scheme=scheme)
-    b = browsers.page(other)
-    log_in_and_wait(b, login, server, "bob", "general")
-    send(b, "hello @alice, see https://example.com")
-    wait_for_bodies(a, ["hello @alice, see https://example.com"])
+    a = alice_with_a_mention(browsers, login, start_server, make_user, scheme)
     assert violations(a) == []
     a.keyboard.press("Control+k")
     a.keyboard.type("b")
     expect(a.get_by_role("dialog", name="Jump to a room or person")).to_be_visible()
     assert violations(a) == []
     a.screenshot(path=str(SCREENSHOTS / f"a11y-{scheme}.png"))
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_phone_size_room_page_and_its_panels_have_no_serious_accessibility_violation(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any, scheme: str
+) -> None:
+    """At phone size (390x844): the room page, then with the Rooms panel slid in, then the people panel."""
+    phone = {"viewport": {"width": 390, "height": 844}, "is_mobile": True}
+    a = alice_with_a_mention(browsers, login, start_server, make_user, scheme, **phone)
+    settled = "() => document.getAnimations().every(a => a.playState !== 'running')"
+    assert violations(a) == []
+    a.get_by_role("button", name="Rooms").click()
+    expect(a.locator(".rooms")).to_be_in_viewport(ratio=1)
+    a.wait_for_function(settled)
+    assert violations(a) == []
+    a.keyboard.press("Escape")
+    expect(a.locator(".rooms")).not_to_be_in_viewport()
+    a.locator(".chat__people-toggle").click()
+    expect(a.locator(".presence")).to_be_in_viewport(ratio=1)
+    a.wait_for_function(settled)
+    assert violations(a) == []
+    a.screenshot(path=str(SCREENSHOTS / f"a11y-phone-{scheme}.png"))

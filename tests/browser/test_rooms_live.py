@@ -18,7 +18,15 @@ from django.db import connection
 from chat import dms, services
 from chat.models import Room
 from tests.browser.conftest import SCREENSHOTS, Browsers
-from tests.browser.test_room_page import expect, log_in_and_wait, open_room, send, wait_for_bodies
+from tests.browser.test_room_page import (
+    COMPOSER,
+    alice_and_bob_in_general,
+    expect,
+    log_in_and_wait,
+    open_room,
+    send,
+    wait_for_bodies,
+)
 from tests.chat.factories import add_messages
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -114,11 +122,7 @@ def test_a_dm_started_by_one_user_appears_live_for_the_other(
     browsers: Browsers, login: Any, start_server: Any, make_user: Any
 ) -> None:
     """alice opens a conversation with bob from "Message someone"; bob sees "alice" appear, online, and they talk."""
-    alice, _bob = make_user("alice"), make_user("bob")
-    services.room_create(name="General", slug="general", creator=alice)
-    server = start_server()
-    a = open_room(browsers, login, server, "alice", "general")
-    b = open_room(browsers, login, server, "bob", "general")
+    server, a, b = alice_and_bob_in_general(browsers, login, start_server, make_user)
     dms = b.get_by_role("list", name="Direct messages")
     expect(dms.get_by_role("link")).to_have_count(0)
 
@@ -393,6 +397,75 @@ def test_people_panel_lists_members_and_who_is_here(
     # A public room has no member list: anyone may join it.
     a.get_by_role("navigation", name="Your rooms").get_by_role("link", name="General").click()
     expect(a.locator(".presence__title--away")).to_be_hidden()
+
+
+def test_a_room_opened_in_place_brings_its_own_mentions_rights_and_empty_state(
+    browsers: Browsers, login: Any, start_server: Any, make_user: Any
+) -> None:
+    """Opened in place, a room offers its own people for "@", its own moderation and "Members" link (for its
+    creator), and a room with no messages says so; going back restores the first room's."""
+    alice, bob, carol, dave = make_user("alice"), make_user("bob"), make_user("carol"), make_user("dave")
+    general = services.room_create(name="General", slug="general", creator=bob)
+    add_messages(general, 1, author=bob, body="bob in general")
+    add_messages(general, 1, author=carol, start=2, body="carol in general")
+    plans = services.room_create(name="Plans", slug="plans", private=True, creator=alice)
+    services.room_member_add(room=plans, user=dave)
+    add_messages(plans, 1, author=dave, body="dave in plans")
+    services.room_create(name="Quiet", slug="quiet", creator=bob)
+    server = start_server()
+    a = open_room(browsers, login, server, "alice", "general")
+    nav = a.get_by_role("navigation", name="Your rooms")
+    tools = a.locator(".chat__tools")
+    mentions = a.locator(".chat-composer__mentions [role='option']")
+
+    def offered() -> None:
+        a.locator(COMPOSER).press_sequentially("@")
+        expect(mentions.first).to_be_visible()
+
+    offered()
+    expect(mentions).to_have_text(["@bob", "@carol"])
+    a.press(COMPOSER, "Escape")
+    a.fill(COMPOSER, "")
+    expect(tools.get_by_role("link", name="Members")).to_have_count(0)
+    a.locator(".chat__list li.msg").first.hover()
+    expect(a.locator(".chat__list li.msg").first.get_by_role("button", name="Delete")).to_have_count(0)
+
+    # Plans is alice's private room: its members for "@", its "Members" page, and she moderates it.
+    nav.get_by_role("link", name="Plans").click()
+    wait_for_bodies(a, ["dave in plans"])
+    expect(tools.get_by_role("link", name="Members")).to_have_attribute("href", "/rooms/plans/members/")
+    offered()
+    expect(mentions).to_have_text(["@dave"])
+    a.press(COMPOSER, "Escape")
+    a.fill(COMPOSER, "")
+    a.locator(".chat__list li.msg").first.hover()
+    expect(a.locator(".chat__list li.msg").first.get_by_role("button", name="Delete")).to_be_visible()
+
+    # Quiet was never opened and has no messages: it says it is loading (its history is held back
+    # here), then that it is empty; it is bob's, so no "Members" link.
+    held: list[Any] = []
+    a.route("**/api/rooms/quiet/messages*", lambda route: held.append(route))
+    nav.get_by_role("link", name="Quiet").click()
+    a.wait_for_url(f"{server.http}/rooms/quiet/")
+    expect(a.locator(".chat__empty")).to_have_text("Loading messages…")
+    expect(a.locator(".chat__list")).to_have_attribute("aria-busy", "true")
+    a.wait_for_function("() => true")  # let Playwright dispatch the held request to the handler
+    assert len(held) == 1
+    held[0].continue_()
+    expect(a.locator(".chat__empty")).to_have_text("No messages yet. Say hello!")
+    expect(a.locator(".chat__empty")).to_be_visible()
+    expect(a.locator(".chat__list")).not_to_have_attribute("aria-busy", "true")
+    expect(tools.get_by_role("link", name="Members")).to_have_count(0)
+
+    a.go_back()
+    a.go_back()
+    a.wait_for_url(f"{server.http}/rooms/general/")
+    expect(a.locator(".chat__empty")).to_be_hidden()
+    expect(tools.get_by_role("link", name="Members")).to_have_count(0)
+    offered()
+    expect(mentions).to_have_text(["@bob", "@carol"])
+    a.locator(".chat__list li.msg").first.hover()
+    expect(a.locator(".chat__list li.msg").first.get_by_role("button", name="Delete")).to_have_count(0)
 
 
 def test_rooms_changed_while_disconnected_appear_after_the_reconnect(

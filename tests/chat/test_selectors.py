@@ -222,3 +222,21 @@ def test_room_members_sorted_by_username(make_user):
     zed, amy = make_user("zed"), make_user("amy")
     room = services.room_create(name="Secret", private=True, creator=zed, members=[amy])
     assert [u.username for u in selectors.room_members(room=room)] == ["amy", "zed"]
+
+
+def test_room_rights_of_staff_creators_members_and_conversations(make_user):
+    """room_rights: staff and a room's creator moderate; only a private room's creator manages members; opening
+    a direct conversation makes nobody its moderator or manager."""
+    from chat import dms
+
+    alice, bob = make_user("alice"), make_user("bob")
+    staff = make_user("staff", is_staff=True)
+    club = services.room_create(name="Club", private=True, creator=alice, members=[bob])
+    lobby = services.room_create(name="Lobby", creator=alice)
+    dm, _ = dms.dm_open(user=alice, username="bob")
+    assert selectors.room_rights(room=club, user=alice) == {"moderator": True, "can_manage": True}
+    assert selectors.room_rights(room=club, user=bob) == {"moderator": False, "can_manage": False}
+    assert selectors.room_rights(room=club, user=staff) == {"moderator": True, "can_manage": False}
+    assert selectors.room_rights(room=lobby, user=alice) == {"moderator": True, "can_manage": False}
+    assert selectors.room_rights(room=lobby, user=AnonymousUser()) == {"moderator": False, "can_manage": False}
+    assert selectors.room_rights(room=dm, user=alice) == {"moderator": False, "can_manage": False}

@@ -263,7 +263,7 @@ def test_room_page_renders_latest_history_and_client_hooks(client_alice, alice, 
     assert '<script type="module" src="/static/chat/js/room.js"></script>' in page
     assert client_config_of(page) == {
         "room": {"slug": "lobby", "name": "Lobby", "private": False, "kind": "room"},
-        "user": {"id": alice.pk, "username": "alice", "moderator": True},  # the room's owner
+        "user": {"id": alice.pk, "username": "alice", "moderator": True, "can_manage": False},  # a public room's owner
         "members": [{"id": alice.pk, "username": "alice"}],
         "urls": {
             "ws": "/ws",
@@ -272,6 +272,7 @@ def test_room_page_renders_latest_history_and_client_hooks(client_alice, alice, 
             "dms": "/api/dms",
             "messages_template": "/api/rooms/{slug}/messages",
             "members_template": "/api/rooms/{slug}/members",
+            "members_page_template": "/rooms/{slug}/members/",
             "rooms": "/rooms/",
         },
         "history": {"has_more": True, "page_size": 20},
@@ -385,7 +386,7 @@ def test_manage_link_only_for_the_creator(client_alice, alice, make_user):
     services.room_create(name="Mine", private=True, creator=alice)
     services.room_create(name="Bobs", private=True, creator=bob, members=[alice])
     assert 'href="/rooms/mine/members/"' in html_of(client_alice.get("/rooms/mine/"))
-    assert "/members/" not in html_of(client_alice.get("/rooms/bobs/"))
+    assert 'href="/rooms/bobs/members/"' not in html_of(client_alice.get("/rooms/bobs/"))
 
 
 # -- members page -----------------------------------------------------------------------

@@ -4,9 +4,9 @@
 /** The kaiwa-config JSON chat/views.py embeds, with the default settings. */
 export const PAGE_CONFIG = Object.freeze({
   room: { slug: "general", name: "General", private: false },
-  user: { id: 1, username: "alice", moderator: false },
+  user: { id: 1, username: "alice", moderator: false, can_manage: false },
   members: [{ id: 2, username: "bob" }],
-  urls: { ws: "/ws", messages: "/api/rooms/general/messages", login: "/accounts/login/", dms: "/api/dms", rooms: "/rooms/", messages_template: "/api/rooms/{slug}/messages", members_template: "/api/rooms/{slug}/members" },
+  urls: { ws: "/ws", messages: "/api/rooms/general/messages", login: "/accounts/login/", dms: "/api/dms", rooms: "/rooms/", messages_template: "/api/rooms/{slug}/messages", members_template: "/api/rooms/{slug}/members", members_page_template: "/rooms/{slug}/members/" },
   history: { has_more: false, page_size: 50 },
   limits: {
     max_body_chars: 4000,

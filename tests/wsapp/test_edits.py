@@ -15,7 +15,7 @@ import httpx
 import pytest
 from django.conf import settings
 
-from chat import services
+from chat import dms, services
 from chat.models import Message, MessageKind, MessageVersion
 from tests.wsapp.conftest import TIMEOUT, UNLIMITED_RATES, Peer, session_cookie
 
@@ -212,6 +212,32 @@ def test_staff_and_owner_delete_others_and_mentions_stay_inside_the_room(
 
     aio(scenario())
     assert carol.pk not in Message.objects.values_list("mentions", flat=True)
+
+
+def test_who_opened_a_direct_conversation_cannot_delete_the_other_persons_messages(
+    start_server: Any, make_user: Any, aio: Any
+) -> None:
+    """A direct conversation has no owner: alice opened it, yet deleting bob's message there is forbidden."""
+    server = start_server(env=UNLIMITED_RATES)
+    alice, bob = make_user("alice"), make_user("bob")
+    dm, _ = dms.dm_open(user=alice, username="bob")
+    cookies = session_cookie(alice), session_cookie(bob)
+
+    async def scenario() -> None:
+        a = await Peer.open(server.ws, cookies[0])
+        b = await Peer.open(server.ws, cookies[1])
+        for peer in (a, b):
+            await peer.join(dm.slug)
+        sent = await answer(b, {"type": "send", "room": dm.slug, "body": "mine", "client_id": "b1"})
+        refused = await answer(a, {"type": "delete", "room": dm.slug, "target": sent["seq"], "client_id": "a1"})
+        assert refused["type"] == "error" and refused["code"] == "forbidden"
+        assert (await answer(b, {"type": "delete", "room": dm.slug, "target": sent["seq"], "client_id": "b2"}))[
+            "type"
+        ] == "ack"
+        for peer in (a, b):
+            await peer.close()
+
+    aio(scenario())
 
 
 def test_edit_window(start_server: Any, make_user: Any, room: Any, aio: Any) -> None:

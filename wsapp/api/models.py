@@ -35,6 +35,11 @@ class RoomList(BaseModel):
 
 class MemberList(BaseModel):
     members: list[User] = Field(description="A private room's members by username; empty for a public room.")
+    mentionable: list[User] = Field(
+        description="Who the composer's \"@\" offers: a private room's members, or a public room's latest authors."
+    )
+    moderator: bool = Field(description="The user may delete anyone's message here (staff, or the room's creator).")
+    can_manage: bool = Field(description="The user manages this private room's members (its creator).")
 
 
 class Message(BaseModel):

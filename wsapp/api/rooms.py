@@ -32,16 +32,25 @@ async def room_list(user: CurrentUser) -> RoomList:
 
 @router.get("/rooms/{slug}/members", response_model=MemberList, responses=error_responses(404, v1=True))
 async def member_list(slug: str, user: CurrentUser) -> MemberList:
-    """A private room's (or direct conversation's) members, for the people panel; a public room has none."""
+    """Who is in a room and what the user may do there: what the page needs when it opens the room in place.
+
+    ``members``: a private room's (or direct conversation's) members, for the
+    people panel; a public room has none. ``mentionable``, ``moderator`` and
+    ``can_manage`` are what the room page embeds for the room it was loaded
+    for (``chat.views``).
+    """
     room = await selectors.aroom_get_for_user(user=user, slug=slug)
     if room is None:
         raise ApiError(
             404, NOT_FOUND, f"No room {slug!r} that you can see. Check the address; private rooms need an invitation."
         )
-    if not room.private:
-        return MemberList(members=[])
-    users = await sync_to_async(selectors.room_members)(room=room)
-    return MemberList(members=[User(id=u.pk, username=u.get_username()) for u in users])
+    users = await sync_to_async(selectors.room_members)(room=room) if room.private else []
+    mentionable = await sync_to_async(selectors.room_mentionable)(room=room)
+    return MemberList(
+        members=[User(id=u.pk, username=u.get_username()) for u in users],
+        mentionable=[User.model_validate(u) for u in mentionable],
+        **selectors.room_rights(room=room, user=user),
+    )
 
 
 def strict_paging(request: Request) -> None:

@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 
 from chat import dms, services
 from chat.models import Membership, Room
+from tests.chat.factories import add_messages
 from tests.wsapp.api.conftest import Api, login
 from tests.wsapp.api.test_deps import new_token
 
@@ -112,13 +113,24 @@ def test_the_database_refuses_a_second_room_for_one_pair(alice: Any, make_user: 
 
 
 def test_member_list_of_private_rooms_and_conversations(api_alice: Api, alice: Any, make_user: Any) -> None:
-    """GET /api/rooms/<slug>/members: a private room's members by name; none for a public room; 404 for outsiders."""
+    """GET /api/rooms/<slug>/members: a private room's members by name, none for a public room, who "@" offers
+    and the user's rights there (what the page needs to open the room in place); 404 for outsiders."""
     bob, carol = make_user("bob"), make_user("carol")
     dm, _ = dms.dm_open(user=alice, username="bob")
-    services.room_create(name="Lobby", creator=carol)
+    lobby = services.room_create(name="Lobby", creator=carol)
+    add_messages(lobby, 1, author=carol)
+    services.room_create(name="Club", private=True, creator=alice, members=[bob])
     response = api_alice.get(f"/api/rooms/{dm.slug}/members")
     assert response.status_code == 200
-    assert response.json() == {"members": [{"id": alice.pk, "username": "alice"}, {"id": bob.pk, "username": "bob"}]}
-    assert api_alice.get("/api/rooms/lobby/members").json() == {"members": []}
+    pair = [{"id": alice.pk, "username": "alice"}, {"id": bob.pk, "username": "bob"}]
+    assert response.json() == {"members": pair, "mentionable": pair, "moderator": False, "can_manage": False}
+    assert api_alice.get("/api/rooms/lobby/members").json() == {
+        "members": [],
+        "mentionable": [{"id": carol.pk, "username": "carol"}],
+        "moderator": False,
+        "can_manage": False,
+    }
+    club = api_alice.get("/api/rooms/club/members").json()
+    assert (club["moderator"], club["can_manage"]) == (True, True)
     outsider = login(Api(), carol).get(f"/api/rooms/{dm.slug}/members")
     assert outsider.status_code == 404 and "private rooms need an invitation" in outsider.json()["error"]

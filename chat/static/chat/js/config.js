@@ -57,6 +57,7 @@ export function parseConfig(text) {
     roomsUrl: need(data, "urls.rooms", "string"),
     messagesTemplate: need(data, "urls.messages_template", "string"),
     membersTemplate: need(data, "urls.members_template", "string"),
+    membersPageTemplate: need(data, "urls.members_page_template", "string"),
     hasMore: need(data, "history.has_more", "boolean"),
     pageSize: need(data, "history.page_size", "integer"),
     maxBodyChars: need(data, "limits.max_body_chars", "integer"),
@@ -65,6 +66,7 @@ export function parseConfig(text) {
     dedupSeconds: need(data, "limits.dedup_seconds", "integer"),
     typingIntervalMs: need(data, "limits.typing_interval_ms", "integer"),
     canModerate: need(data, "user.moderator", "boolean"),
+    canManage: need(data, "user.can_manage", "boolean"),
     members: needUsers(data, "members"),
   });
 }

@@ -5,6 +5,7 @@
 // page's config (config.js), never from a constant here.
 
 import { History } from "./history.js";
+import { RoomInfo } from "./roominfo.js";
 import { RoomState, newClientId, typingText } from "./store.js";
 
 // Our own pace for "I am typing" frames; never faster than the server accepts them.
@@ -43,6 +44,13 @@ export class RoomController {
       messagesUrl: config.messagesUrl,
       pageSize: config.pageSize,
       settle: (messages) => this.settleFromHistory(messages),
+    });
+    // Members, who "@" offers and the user's rights, per room (roominfo.js): the page's own room from its config.
+    this.info = new RoomInfo({
+      fetchJson,
+      url: (slug) => config.membersTemplate.replace("{slug}", encodeURIComponent(slug)),
+      slug: config.slug,
+      seed: { mentionable: config.members, moderator: config.canModerate, can_manage: config.canManage },
     });
     this.lastTypingSentAt = 0;
     this.retryTimers = new Map();
@@ -473,10 +481,11 @@ export class RoomController {
     return this.active.messages.get(seq) || null;
   }
 
-  /** Who `@` offers: the room's members the page listed, who is online, and whoever wrote here. */
+  /** Who `@` offers: the open room's mentionable people (roominfo.js), who is online, and whoever wrote here. */
   mentionCandidates() {
     const users = new Map();
-    for (const user of this.config.members) users.set(user.id, user);
+    const info = this.info.get(this.active.slug);
+    for (const user of info ? info.mentionable : []) users.set(user.id, user);
     for (const user of this.active.presence.values()) users.set(user.id, user);
     for (const msg of this.active.messages.values()) if (msg.user && msg.user.id) users.set(msg.user.id, msg.user);
     users.delete(this.me.id);

@@ -1,8 +1,8 @@
 // The people panel's second half: for a private room or a direct
 // conversation, its members who are not here now (the "Online" list above
 // shows who has the room open). Members come from the API
-// (/api/rooms/<slug>/members), once per room; a public room has no member
-// list (anyone may join it).
+// (/api/rooms/<slug>/members, through roominfo.js), once per room; a public
+// room has no member list (anyone may join it).
 
 /** Members not present, by name: [{id, username}]. */
 export function awayMembers(members, presentIds) {
@@ -16,17 +16,13 @@ export class People {
    * @param {object} deps
    * @param {import("./controller.js").RoomController} deps.controller
    * @param {HTMLElement} deps.root
-   * @param {(url: string) => Promise<object>} deps.fetchJson
-   * @param {(slug: string) => string} deps.membersUrl
+   * @param {import("./roominfo.js").RoomInfo} deps.info   members per room, read once from the API
    * @param {(slug: string) => boolean} deps.isPrivate
    */
-  constructor({ controller, root, fetchJson, membersUrl, isPrivate }) {
+  constructor({ controller, root, info, isPrivate }) {
     this.controller = controller;
-    this.fetchJson = fetchJson;
-    this.membersUrl = membersUrl;
+    this.info = info;
     this.isPrivate = isPrivate;
-    this.members = new Map(); // slug -> [{id, username}]
-    this.loading = new Set();
     const doc = root.ownerDocument;
     const panel = root.querySelector(".presence");
     this.title = doc.createElement("h2");
@@ -50,12 +46,14 @@ export class People {
       this.list.hidden = true;
       return;
     }
-    const members = this.members.get(room.slug);
-    if (members === undefined) {
-      this.load(room.slug);
+    if (!this.info.has(room.slug)) {
+      const slug = room.slug;
+      this.info.load(slug).then(() => {
+        if (this.controller.active.slug === slug) this.render();
+      });
       return;
     }
-    const away = awayMembers(members, new Set(room.presence.keys()));
+    const away = awayMembers(this.info.get(room.slug).members, new Set(room.presence.keys()));
     this.title.textContent = `Members not here — ${away.length}`;
     this.title.hidden = away.length === 0;
     this.list.hidden = away.length === 0;
@@ -75,19 +73,5 @@ export class People {
         return li;
       }),
     );
-  }
-
-  async load(slug) {
-    if (this.loading.has(slug)) return;
-    this.loading.add(slug);
-    try {
-      const data = await this.fetchJson(this.membersUrl(slug));
-      this.members.set(slug, Array.isArray(data.members) ? data.members : []);
-    } catch (err) {
-      this.members.set(slug, []); // the panel still shows who is online
-    } finally {
-      this.loading.delete(slug);
-    }
-    if (this.controller.active.slug === slug) this.render();
   }
 }

@@ -88,8 +88,7 @@ function main() {
   const people = new People({
     controller,
     root,
-    fetchJson: (url) => fetchJson(url, config),
-    membersUrl: (slug) => config.membersTemplate.replace("{slug}", encodeURIComponent(slug)),
+    info: controller.info,
     isPrivate: (slug) => nav.describe(slug).private,
   });
   nav.onRenamed = () => switcher.renamed();

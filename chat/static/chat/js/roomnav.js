@@ -123,7 +123,11 @@ export class RoomNav {
     switch (frame.type) {
       case "room_added":
       case "room_updated":
-        if (frame.room && typeof frame.room.slug === "string") this.onAdded(frame.room);
+        if (frame.room && typeof frame.room.slug === "string") {
+          // A room made private or public changes its members and what "@" offers: read them again on the next open.
+          if (frame.type === "room_updated" && this.controller.info) this.controller.info.forget(frame.room.slug);
+          this.onAdded(frame.room);
+        }
         break;
       case "room_removed":
         if (typeof frame.room === "string") {

@@ -75,6 +75,9 @@ export class RoomSwitch {
     });
     controller.markActiveRead();
     if (push) this.win.history.pushState({ kaiwaRoom: slug }, "", roomUrls(this.config, slug).page);
+    // Who "@" offers and what the user may do there: known for the page's own room, read once for the others.
+    const known = controller.info.get(slug);
+    const infoReady = known ? Promise.resolve(known) : controller.info.load(slug);
 
     // The room left behind goes on counting unread messages, without the user in it.
     controller.active = target;
@@ -104,7 +107,10 @@ export class RoomSwitch {
         if (ticket === this.switching) view.showHistoryError(`Could not load the history: ${err.message}`);
       }
     }
+    const info = await infoReady;
     if (ticket !== this.switching) return; // another switch overtook this one
+    view.canModerate = info.moderator;
+    this.renderTools(slug, info);
     const about = this.describe(slug);
     view.announce(`Opened ${about.kind === "dm" ? `the conversation with ${about.title}` : `#${about.title}`}`);
     this.renderMessages(target);
@@ -170,8 +176,10 @@ export class RoomSwitch {
     const composerLabel = this.root.querySelector("label[for='kaiwa-composer']");
     if (composerLabel) composerLabel.textContent = `Message ${label}`;
     view.beginning.textContent = `This is the beginning of ${label}.`;
-    const tools = this.root.querySelector(".chat__tools");
-    if (tools) tools.replaceChildren(); // "Members" belongs to the page of the room it was rendered for
+    // Until the room's rights are known (open() renders them), nothing more than one's own messages.
+    const info = this.controller.info.get(room.slug);
+    view.canModerate = Boolean(info && info.moderator);
+    this.renderTools(room.slug, info);
     for (const link of this.root.querySelectorAll(".rooms__link[aria-current]")) link.removeAttribute("aria-current");
     view.sidebar.item(room.slug)?.querySelector(".rooms__link")?.setAttribute("aria-current", "page");
     view.hideHistoryError();
@@ -180,8 +188,21 @@ export class RoomSwitch {
     view.unseen = 0;
     view.jumpButton.hidden = true;
     view.leftOff = this.controller.marks.get(room.slug);
-    view.renderEmpty();
+    view.showLoading(!room.historyLoaded);
     view.renderTitle();
+  }
+
+  /** The header's tools for `slug`: "Members" for the creator of a private room. */
+  renderTools(slug, info) {
+    const tools = this.root.querySelector(".chat__tools");
+    if (!tools) return;
+    tools.replaceChildren();
+    if (!info || !info.canManage) return;
+    const link = this.win.document.createElement("a");
+    link.className = "btn btn--small btn--quiet";
+    link.href = this.config.membersPageTemplate.replace("{slug}", encodeURIComponent(slug));
+    link.textContent = "Members";
+    tools.append(link);
   }
 
   /** The room's messages as the store holds them, then its unsent messages. */
@@ -191,9 +212,8 @@ export class RoomSwitch {
     for (const seq of room.sortedSeqs()) view.insertMessage(room.messages.get(seq));
     for (const item of controller.pending.forRoom(room.slug)) view.renderPending(item, controller.pendingText());
     view.markLeftOff();
-    view.renderEmpty();
-    if (view.empty) {
-      view.empty.textContent = "No messages yet. Say hello!";
-    }
+    view.showLoading(false);
+    // A history that could not be loaded is not an empty room: the error above says what happened.
+    if (!room.historyLoaded && view.empty) view.empty.hidden = true;
   }
 }

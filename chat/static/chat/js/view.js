@@ -261,6 +261,14 @@ export class RoomView {
     if (this.empty) this.empty.hidden = this.list.querySelector("li.msg") !== null;
   }
 
+  /** A room opened in place says it is loading until its history is shown, then that it is empty, if it is. */
+  showLoading(loading) {
+    if (loading) this.list.setAttribute("aria-busy", "true");
+    else this.list.removeAttribute("aria-busy");
+    if (this.empty) this.empty.textContent = loading ? "Loading messages…" : "No messages yet. Say hello!";
+    this.renderEmpty();
+  }
+
   /** Keep the "New messages" line above the first message after where the user left off last visit. */
   markLeftOff() {
     if (this.leftOff === null || this.leftOff === undefined) return;
