@@ -143,6 +143,12 @@ EPOCH_CHANGES = Counter(
 )
 UPLOADS = Counter("kaiwa_uploads", "Attachments stored.", registry=REGISTRY)
 UPLOAD_BYTES = Counter("kaiwa_upload_bytes", "Bytes of attachments stored (as served).", registry=REGISTRY)
+UPLOAD_REFUSALS = Counter(
+    "kaiwa_upload_refusals",
+    "Uploads refused by the upload endpoint, by the error code of protocol.md 7.3 (too_large, rate_limited, ...).",
+    ["code"],
+    registry=REGISTRY,
+)
 
 # Labelled children, looked up once (``labels()`` takes a lock each time).
 _closed: dict[int | None, Counter] = {}
@@ -293,3 +299,8 @@ def epoch_changed(count: int = 1) -> None:
 def upload_stored(nbytes: int) -> None:
     UPLOADS.inc()
     UPLOAD_BYTES.inc(max(0, nbytes))
+
+
+def upload_refused(code: str) -> None:
+    """An upload answered with a refusal (``code`` is the API's error code: a short, fixed set)."""
+    UPLOAD_REFUSALS.labels(code).inc()

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import anyio
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
@@ -88,6 +89,17 @@ async def attachment_upload(slug: str, request: Request, user: CurrentUser) -> A
     The type is found from the content. Pictures are served upright, without
     metadata (no GPS position), HEIC/HEIF as JPEG, with a thumbnail.
     """
+    try:
+        attachment = await _store_upload(slug, request, user)
+    except ApiError as exc:
+        metrics.upload_refused(exc.code)  # an operator sees refusals rise before users complain
+        raise
+    metrics.upload_stored(attachment.size)
+    return AttachmentCreated(attachment=AttachmentOut.model_validate(selectors.attachment_dict(attachment)))
+
+
+async def _store_upload(slug: str, request: Request, user: AbstractBaseUser) -> Attachment:
+    """The upload's checks and storage, raising ``ApiError`` with the refusal of protocol.md 7.3."""
     room = await selectors.aroom_get_for_user(user=user, slug=slug)
     if room is None:
         raise _no_room(slug)
@@ -110,10 +122,9 @@ async def attachment_upload(slug: str, request: Request, user: CurrentUser) -> A
             )
         except services.UploadRefused as exc:
             raise ApiError(_STATUS_OF.get(exc.code, 400), exc.code, exc.message) from None
-        metrics.upload_stored(attachment.size)
     finally:
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(workdir, ignore_errors=True))
-    return AttachmentCreated(attachment=AttachmentOut.model_validate(selectors.attachment_dict(attachment)))
+    return attachment
 
 
 def _content_disposition(kind: str, name: str) -> str:

@@ -18,7 +18,7 @@ import pytest
 from django.conf import settings
 from PIL import Image
 
-from chat import images, services
+from chat import images, metrics, services
 from chat.attachmentstore import attachment_storage
 from chat.models import Attachment, Room
 from project.asgi import application
@@ -311,6 +311,27 @@ def test_429_over_the_upload_budget_with_retry_after(api: Api, room: Room, setti
     refused(third, 429, "rate_limited")
     assert 1 <= int(third.headers["retry-after"]) <= 60
     assert Attachment.objects.count() == 2
+
+
+def test_refusals_are_counted_by_code_in_the_metrics(api: Api, room: Room, settings: Any) -> None:
+    """Each refused upload adds one to kaiwa_upload_refusals_total{code}; a stored one adds none."""
+
+    def count(code: str) -> float:
+        return metrics.REGISTRY.get_sample_value("kaiwa_upload_refusals_total", {"code": code}) or 0.0
+
+    before = {code: count(code) for code in ("too_large", "unsupported_type", "rate_limited")}
+    settings.KAIWA_MAX_UPLOAD_BYTES = 10_000
+    settings.KAIWA_UPLOAD_RATE_BURST = 3
+    settings.KAIWA_UPLOAD_RATE_PER_MINUTE = 1
+    assert upload(api, room.slug, samplefiles.TEXT, "ok.txt").status_code == 201
+    refused(upload(api, room.slug, samplefiles.PDF + b"x" * 100_000, "big.pdf"), 413, "too_large")
+    refused(upload(api, room.slug, samplefiles.ZIP, "photo.jpg", "image/jpeg"), 415, "unsupported_type")
+    refused(upload(api, room.slug, samplefiles.TEXT, "late.txt"), 429, "rate_limited")
+    assert {code: count(code) - was for code, was in before.items()} == {
+        "too_large": 1,
+        "unsupported_type": 1,
+        "rate_limited": 1,
+    }
 
 
 def test_503_storage_unreachable_keeps_nothing(api: Api, room: Room, settings: Any, tmp_path: Path) -> None:
