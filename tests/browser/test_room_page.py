@@ -37,6 +37,18 @@ def open_room(browsers: Browsers, login: Any, server: Any, username: str, slug: 
     return page
 
 
+def alice_and_bob_in_general(browsers: Browsers, login: Any, start_server: Any, make_user: Any) -> tuple[Any, Any, Any]:
+    """alice's room General, a server, and both alice's and bob's pages connected to it: (server, a, b)."""
+    alice, _bob = make_user("alice"), make_user("bob")
+    services.room_create(name="General", slug="general", creator=alice)
+    server = start_server()
+    return (
+        server,
+        open_room(browsers, login, server, "alice", "general"),
+        open_room(browsers, login, server, "bob", "general"),
+    )
+
+
 def log_in_and_wait(page: Any, login: Any, server: Any, username: str, slug: str) -> None:
     login(page, server.http, username, f"/rooms/{slug}/")
     wait_connected(page)
@@ -126,12 +138,7 @@ def test_two_users_see_each_others_messages_presence_and_typing(
     browsers: Browsers, login: Any, start_server: Any, make_user: Any
 ) -> None:
     """Two users in two browser contexts see each other arrive, type and talk; own messages are marked."""
-    alice, _bob = make_user("alice"), make_user("bob")
-    services.room_create(name="General", slug="general", creator=alice)
-    server = start_server()
-
-    a = open_room(browsers, login, server, "alice", "general")
-    b = open_room(browsers, login, server, "bob", "general")
+    _server, a, b = alice_and_bob_in_general(browsers, login, start_server, make_user)
 
     expect(a.locator(".presence__list")).to_contain_text("bob")
     expect(b.locator(".presence__list")).to_contain_text("alice")
@@ -174,11 +181,7 @@ def test_reload_mid_conversation_shows_every_message_once(
     browsers: Browsers, login: Any, start_server: Any, make_user: Any
 ) -> None:
     """A reload rebuilds the room from HTTP history plus `join since`: nothing missing, nothing doubled."""
-    alice, _bob = make_user("alice"), make_user("bob")
-    services.room_create(name="General", slug="general", creator=alice)
-    server = start_server()
-    a = open_room(browsers, login, server, "alice", "general")
-    b = open_room(browsers, login, server, "bob", "general")
+    _server, a, b = alice_and_bob_in_general(browsers, login, start_server, make_user)
 
     expected = []
     for i in range(3):
@@ -203,11 +206,7 @@ def test_server_restart_resumes_without_loss_and_delivers_pending_once(
 ) -> None:
     """The server process restarts mid-conversation: both pages reconnect, resume with `since`,
     and what was typed while it was down is delivered exactly once."""
-    alice, _bob = make_user("alice"), make_user("bob")
-    services.room_create(name="General", slug="general", creator=alice)
-    server = start_server()
-    a = open_room(browsers, login, server, "alice", "general")
-    b = open_room(browsers, login, server, "bob", "general")
+    server, a, b = alice_and_bob_in_general(browsers, login, start_server, make_user)
 
     send(a, "before 1")
     wait_for_bodies(b, ["before 1"])
@@ -252,11 +251,7 @@ def test_markup_in_a_body_is_shown_as_text_and_links_are_safe(
     browsers: Browsers, login: Any, start_server: Any, make_user: Any
 ) -> None:
     """A body of HTML is shown as those characters and runs nothing; only http(s) URLs become links."""
-    alice, _bob = make_user("alice"), make_user("bob")
-    services.room_create(name="General", slug="general", creator=alice)
-    server = start_server()
-    a = open_room(browsers, login, server, "alice", "general")
-    b = open_room(browsers, login, server, "bob", "general")
+    server, a, b = alice_and_bob_in_general(browsers, login, start_server, make_user)
 
     evil = "<img src=x onerror=alert(1)>"
     send(a, evil)
@@ -529,11 +524,7 @@ def test_sends_pending_when_the_page_reloads_are_delivered_once(
 ) -> None:
     """Messages typed while the server is down survive a reload of the tab (kept in sessionStorage) and are
     delivered exactly once, whether the old page or the reloaded one gets them through."""
-    alice, _bob = make_user("alice"), make_user("bob")
-    services.room_create(name="General", slug="general", creator=alice)
-    server = start_server()
-    a = open_room(browsers, login, server, "alice", "general")
-    b = open_room(browsers, login, server, "bob", "general")
+    server, a, b = alice_and_bob_in_general(browsers, login, start_server, make_user)
     send(a, "hello")
     wait_for_bodies(b, ["hello"])
 
@@ -595,11 +586,7 @@ def test_concurrent_senders_see_the_same_order(
 ) -> None:
     """Two users sending bursts at the same time end up with the same list on both pages: every seq once,
     in seq order, each user's messages in the order typed, nothing left pending."""
-    alice, _bob = make_user("alice"), make_user("bob")
-    services.room_create(name="General", slug="general", creator=alice)
-    server = start_server()
-    a = open_room(browsers, login, server, "alice", "general")
-    b = open_room(browsers, login, server, "bob", "general")
+    _server, a, b = alice_and_bob_in_general(browsers, login, start_server, make_user)
 
     burst = 15
     for i in range(burst):

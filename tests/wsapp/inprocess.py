@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.testing import ApplicationCommunicator
 from django.conf import settings
@@ -228,3 +228,21 @@ class Client:
     async def disconnect(self) -> None:
         await self.communicator.send_input({"type": "websocket.disconnect", "code": 1000})
         await self.communicator.wait(WAIT)
+
+
+T = TypeVar("T")
+
+
+def run_scenario(scenario: Callable[[Cluster, Process], Awaitable[T]]) -> T:
+    """Run ``scenario(cluster, process)`` on a fresh cluster with one started process; stop it afterwards."""
+
+    async def main() -> T:
+        cluster = Cluster()
+        try:
+            process = await cluster.start()
+            async with asyncio.timeout(WAIT * 2):
+                return await scenario(cluster, process)
+        finally:
+            await cluster.stop()
+
+    return asyncio.run(main())

@@ -7,7 +7,6 @@ The same rules against real Redis and uvicorn: tests/wsapp/test_epochs_redis.py.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -16,28 +15,15 @@ import pytest
 from chat.epochs import MemoryEpochs, StoredToken
 from chat.messagelog import AppendResult, FloorNeeded
 from chat.models import Room
-from tests.wsapp.inprocess import WAIT, Cluster, Process, connection
+from tests.wsapp.inprocess import Cluster, Process, connection, run_scenario
 
 T = TypeVar("T")
 
 
 @pytest.fixture
 def run() -> Callable[[Callable[[Cluster, Process], Awaitable[T]]], T]:
-    """Run ``scenario(cluster, process)`` on a fresh cluster with one started process; stop it afterwards."""
-
-    def go(scenario: Callable[[Cluster, Process], Awaitable[T]]) -> T:
-        async def main() -> T:
-            cluster = Cluster()
-            try:
-                process = await cluster.start()
-                async with asyncio.timeout(WAIT * 2):
-                    return await scenario(cluster, process)
-            finally:
-                await cluster.stop()
-
-        return asyncio.run(main())
-
-    return go
+    """``run(scenario)``: the scenario on a fresh in-process cluster (``inprocess.run_scenario``)."""
+    return run_scenario
 
 
 def store(cluster: Cluster) -> MemoryEpochs:

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.wsapp.inprocess import WAIT, Cluster, Process, connection
+from tests.wsapp.inprocess import WAIT, Cluster, Process, connection, run_scenario
 from wsapp.errors import Close
 
 T = TypeVar("T")
@@ -16,21 +16,8 @@ T = TypeVar("T")
 
 @pytest.fixture
 def run() -> Callable[[Callable[[Cluster, Process], Awaitable[T]]], T]:
-    """Run ``scenario(cluster, process)`` on a fresh cluster with one started process; stop it afterwards."""
-
-    def go(scenario: Callable[[Cluster, Process], Awaitable[T]]) -> T:
-        async def main() -> T:
-            cluster = Cluster()
-            try:
-                process = await cluster.start()
-                async with asyncio.timeout(WAIT * 2):
-                    return await scenario(cluster, process)
-            finally:
-                await cluster.stop()
-
-        return asyncio.run(main())
-
-    return go
+    """``run(scenario)``: the scenario on a fresh in-process cluster (``inprocess.run_scenario``)."""
+    return run_scenario
 
 
 def test_joined_last_seq_is_the_exact_boundary(run):
