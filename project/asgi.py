@@ -9,6 +9,9 @@
   server's CPU in the fan-out benchmark) and has nothing to add to a raw ASGI
   endpoint.
 * ``STATIC_URL`` is served asynchronously by Starlette.
+* ``/api/`` and static files keep Django's HTTPS rules (``SECURE_SSL_REDIRECT``,
+  HSTS: ``wsapp/https.py``); ``/healthz``, ``/readyz`` and ``/metrics`` answer
+  plain HTTP, as a load balancer or Prometheus inside the network asks them.
 * everything else is Django: pages, auth, the admin.
 """
 
@@ -30,6 +33,7 @@ from starlette.types import Receive, Scope, Send  # noqa: E402
 from wsapp import controlframes  # noqa: E402
 from wsapp.api import head_as_get  # noqa: E402
 from wsapp.app import create_app  # noqa: E402
+from wsapp.https import https_only  # noqa: E402
 from wsapp.staticfiles import create_static_app  # noqa: E402
 
 # uvicorn answers WebSocket pings itself: bound what a ping flood can cost (close 1008).
@@ -39,8 +43,8 @@ controlframes.install()
 _django: Any = django_application
 fastapi_application = create_app()
 _ws_endpoint = fastapi_application.state.ws_endpoint
-_api = head_as_get(fastapi_application)
-static_application = create_static_app()
+_api = https_only(head_as_get(fastapi_application))
+static_application = https_only(create_static_app())
 _FASTAPI_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _static_prefix = settings.STATIC_URL if settings.STATIC_URL.startswith("/") else "/" + settings.STATIC_URL
 
