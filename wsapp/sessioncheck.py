@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 
 from chat.authcache import REV_KEY, session_record_key, user_set_key
 from chat.redistopology import make_async_client
+from wsapp import sessionrows
 
 logger = logging.getLogger("kaiwa.auth")
 
@@ -107,7 +108,9 @@ def check_in_db(session_key: str) -> tuple[Any | None, float]:
     from_db = getattr(store, "_get_session_from_db", None)
     if from_db is not None:
         # The row, not the session cache: it carries the real expiry date.
-        row = from_db()
+        handled, row = sessionrows.session_row(store)
+        if not handled:
+            row = from_db()
         if row is None:
             return None, 0.0
         data = store.decode(row.session_data)
@@ -123,7 +126,10 @@ def check_in_db(session_key: str) -> tuple[Any | None, float]:
         user_id = get_user_model()._meta.pk.to_python(raw_id)
     except ValidationError:
         return None, 0.0
-    user = load_backend(backend_path).get_user(user_id)
+    backend = load_backend(backend_path)
+    handled, user = sessionrows.backend_user(backend, get_user_model(), user_id)
+    if not handled:
+        user = backend.get_user(user_id)
     if user is None:
         return None, 0.0
     if hasattr(user, "get_session_auth_hash"):
