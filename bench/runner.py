@@ -59,63 +59,78 @@ class Session:
 
 
 def plan(cfg: sc.Config, servers: list[str], only: set[str] | None, pg_ok: bool) -> list[Session]:
+    """The run's sessions (one server process each), in three groups.
+
+    First the rising-rate scenarios of every server (calibration, fan-out, many
+    rooms), so the run budget (``cfg.run_budget_s``) can never cut one of them
+    short because another server's storms or uploads took long; then the
+    scenarios that measure something else (idle memory, storms, the restart,
+    slow readers, payloads, uploads), each server's storms in a process of their
+    own so a storm's aftermath is not measured as fan-out; the raised-limits
+    and persistence runs last.
+    """
+
     def want(name: str) -> bool:
         return only is None or name in only
 
-    out: list[Session] = []
-    # Sessions without a rising-rate scenario run after all the others: the run
-    # budget (cfg.run_budget_s) then never cuts a ramp short for them.
+    rising: list[Session] = []
+    middle: list[Session] = []
     late: list[Session] = []
-    main_fresh = cfg.idle_conns + cfg.storm_conns + 10
-    # Kaiwa on uvicorn's other WebSocket implementations: the throughput scenarios only.
-    variants = ["fanout", "many_rooms"]
+    throughput = [s for s in ("fanout", "many_rooms") if want(s)]
     small = max(200, cfg.slow_conns, cfg.payload_receivers + 1, cfg.fanout_conns, cfg.many_rooms * cfg.many_conns)
     for kind in servers:
         if kind == "echo":
             if want("calibration"):
-                out.append(Session("echo", Profile("default"), ["calibration"], 0))
+                rising.append(Session("echo", Profile("default"), ["calibration"], 0))
             continue
         if KINDS[kind].ws != WS_IMPL:
-            if cfg.mode == "full":
-                picked = [s for s in variants if want(s)]
-                if picked:
-                    out.append(Session(kind, Profile("default"), picked, small))
+            # Kaiwa on uvicorn's other WebSocket implementations: the throughput scenarios only.
+            if cfg.mode == "full" and throughput:
+                rising.append(Session(kind, Profile("default"), throughput, small))
             continue
-        main = ["idle", "storm", "fanout", "many_rooms", "slow"]
-        if KINDS[kind].resumes:
-            main.insert(2, "restart")
-        if kind != "relay":
-            main.append("payload_default")
-        if kind in ("kaiwa", "channels"):
-            main.append("uploads")
-        if cfg.mode == "quick" and kind == "relay":
-            main = ["fanout"]
-        # A quick run saves a server start: SQLite persistence runs last on the
-        # main server (a full run gives it a server and database of its own).
-        quick_persist = cfg.mode == "quick" and kind in ("kaiwa", "channels")
-        if quick_persist:
-            main.append("persist_sqlite")
-        main = [s for s in main if want(s)]
-        if cfg.mode == "full" and "idle" in main:
-            # The full idle run opens 10,000 sockets: a server that runs out of
-            # file descriptors there must not carry the damage into the next
-            # scenarios, so it gets a process of its own.
-            main.remove("idle")
-            out.append(Session(kind, Profile("default"), ["idle"], cfg.idle_conns + 110))
-        if main:
-            fresh = main_fresh if "idle" in main else cfg.storm_conns + 10
-            out.append(Session(kind, Profile("default"), main, max(fresh, small)))
+        if cfg.mode == "quick":
+            # A quick run saves server starts: one process per server, SQLite persistence last on it.
+            main = ["idle", "storm", "fanout", "many_rooms", "slow"]
+            if KINDS[kind].resumes:
+                main.insert(2, "restart")
+            if kind != "relay":
+                main.append("payload_default")
+            if kind in ("kaiwa", "channels"):
+                main += ["uploads", "persist_sqlite"]
+            if kind == "relay":
+                main = ["fanout"]
+            main = [s for s in main if want(s)]
+            if main:
+                fresh = cfg.idle_conns + cfg.storm_conns + 10 if "idle" in main else cfg.storm_conns + 10
+                middle.append(Session(kind, Profile("default"), main, max(fresh, small)))
+        else:
+            if throughput:
+                rising.append(Session(kind, Profile("default"), throughput, small))
+            if want("idle"):
+                # 10,000 sockets: a server that runs out of file descriptors there
+                # must not carry the damage into other scenarios.
+                middle.append(Session(kind, Profile("default"), ["idle"], cfg.idle_conns + 110))
+            storms = [s for s in ("storm", "restart") if want(s) and (s != "restart" or KINDS[kind].resumes)]
+            if storms:
+                middle.append(Session(kind, Profile("default"), storms, cfg.storm_conns + 10))
+            rest = [s for s in ("slow", "payload_default", "uploads") if want(s)]
+            rest = [s for s in rest if (s != "payload_default" or kind != "relay")]
+            rest = [s for s in rest if (s != "uploads" or kind in ("kaiwa", "channels"))]
+            if rest:
+                middle.append(Session(kind, Profile("default"), rest, small))
         large = [s for s in ("payload_large", "slow_large") if want(s)]
         if cfg.mode == "quick" and kind == "relay":
             large = []
         if large:
             late.append(Session(kind, Profile("large"), large, max(small, cfg.slow_large_conns)))
-        if kind in ("kaiwa", "channels"):
-            if want("persist_sqlite") and not quick_persist:
+        if kind in ("kaiwa", "channels") and cfg.mode == "full":
+            if want("persist_sqlite"):
                 late.append(Session(kind, Profile("default", "sqlite"), ["persist_sqlite"], 20))
             if want("persist_postgres") and pg_ok:
                 late.append(Session(kind, Profile("default", "postgres"), ["persist_postgres"], 20))
-    return out + late
+        elif kind in ("kaiwa", "channels") and want("persist_postgres") and pg_ok:
+            late.append(Session(kind, Profile("default", "postgres"), ["persist_postgres"], 20))
+    return rising + middle + late
 
 
 class Progress:
