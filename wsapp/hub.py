@@ -50,7 +50,14 @@ from wsapp.revocation import Revocation
 
 logger = logging.getLogger("kaiwa.hub")
 
-SUBSCRIBE_TIMEOUT_SECONDS = 5.0
+# A room's first join waits for Redis to confirm the room's subscription. While
+# the relay stays connected, a confirmation later than SUBSCRIBE_CHECK_SECONDS
+# means a busy event loop (a connect storm), not a broken Redis: the joins keep
+# waiting, up to SUBSCRIBE_MAX_SECONDS. Refusing them instead dropped the room's
+# state and its subscription with them, so under a 10,000-client storm rooms
+# were subscribed again and again and never became ready.
+SUBSCRIBE_CHECK_SECONDS = 5.0
+SUBSCRIBE_MAX_SECONDS = 60.0
 
 
 @dataclass(eq=False)
@@ -153,14 +160,24 @@ class Hub:
         else:
             state.pending_joins += 1
         try:
-            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_SECONDS):
-                await asyncio.shield(state.ready)
+            await self._subscribed(state)
         except BaseException:
             state.pending_joins -= 1
             self._discard_if_empty(state)
             raise
         state.pending_joins -= 1
         return state
+
+    async def _subscribed(self, state: RoomState) -> None:
+        started = time.monotonic()
+        while True:
+            try:
+                async with asyncio.timeout(SUBSCRIBE_CHECK_SECONDS):
+                    await asyncio.shield(state.ready)
+                return
+            except TimeoutError:
+                if not self.relay.connected or time.monotonic() - started >= SUBSCRIBE_MAX_SECONDS:
+                    raise
 
     def _discard_if_empty(self, state: RoomState) -> None:
         if state.members or state.pending_joins > 0:

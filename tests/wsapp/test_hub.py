@@ -207,3 +207,52 @@ def test_presence_is_announced_once_per_user(run):
         assert [(f["event"], f["user"]["username"]) for f in presence] == [("join", "zoe"), ("leave", "zoe")]
 
     run(scenario)
+
+
+def test_a_join_waits_for_a_late_subscription_while_the_relay_is_connected(run, monkeypatch):
+    """A room's subscription confirmed long after the first check (a loop busy with a connect storm): the joins
+    wait and get ``joined``, and the room keeps its one subscription; with the relay disconnected they are refused."""
+    from wsapp import hub as hub_module
+    from wsapp import memoryrelay
+
+    monkeypatch.setattr(hub_module, "SUBSCRIBE_CHECK_SECONDS", 0.02)
+
+    async def scenario(cluster: Cluster, process: Process) -> None:
+        relay = process.relay
+        confirmations: list[str] = []
+        subscribes: list[str] = []
+
+        async def late_subscribe(channel: str) -> None:
+            subscribes.append(channel)
+            relay.channels.add(channel)
+            relay._subscribed.add(channel)
+            confirmations.append(channel)  # confirmed when the test says so
+
+        monkeypatch.setattr(relay, "subscribe", late_subscribe)
+        lobby = cluster.room()
+        sockets = []
+        joins = []
+        for _ in range(3):
+            socket, conn = connection()
+            sockets.append(socket)
+            joins.append(asyncio.ensure_future(process.hub.join(conn, lobby, None)))
+        # Ten checks pass without a confirmation: nobody is refused.
+        for _ in range(10):
+            await asyncio.sleep(hub_module.SUBSCRIBE_CHECK_SECONDS)
+        assert not any(j.done() for j in joins)
+        for channel in confirmations:
+            relay._inbox.put_nowait((channel, memoryrelay._SUBSCRIBED))
+        await asyncio.gather(*joins)
+        assert [s.frames[0]["type"] for s in sockets] == ["joined"] * 3
+        assert len(subscribes) == 1
+
+        other = cluster.room(pk=2, slug="other")
+        socket, conn = connection()
+        waiting = asyncio.ensure_future(process.hub.join(conn, other, None))
+        await asyncio.sleep(hub_module.SUBSCRIBE_CHECK_SECONDS)
+        relay._live = False  # the relay lost Redis: waiting longer would be waiting for nothing
+        with pytest.raises(TimeoutError):
+            await waiting
+        relay._live = True
+
+    run(scenario)
