@@ -20,7 +20,8 @@ from wsapp import frames
 from wsapp.errors import Close
 
 if TYPE_CHECKING:
-    from wsapp.hub import Hub, RoomState
+    from wsapp.hub import Hub
+    from wsapp.roomstate import RoomState
 
 logger = logging.getLogger("kaiwa.hub")
 

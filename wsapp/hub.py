@@ -20,7 +20,7 @@ The hub owns no Redis connection: the log, the relay and presence are the
 protocols of ``chat.messagelog``, ``wsapp.relay`` and ``wsapp.presence``, so
 tests build it with their in-memory twins. Revocation, presence refresh and
 process lifecycle live beside it (``wsapp.revocation``, ``wsapp.presencerefresh``,
-``wsapp.lifecycle``).
+``wsapp.lifecycle``); a room's own state is ``wsapp.roomstate``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -47,6 +46,7 @@ from wsapp.presence import Presence
 from wsapp.presencerefresh import presence_refresh_loop
 from wsapp.relay import Relay
 from wsapp.revocation import Revocation
+from wsapp.roomstate import RoomState, group_add, group_discard
 
 logger = logging.getLogger("kaiwa.hub")
 
@@ -58,31 +58,6 @@ logger = logging.getLogger("kaiwa.hub")
 # were subscribed again and again and never became ready.
 SUBSCRIBE_CHECK_SECONDS = 5.0
 SUBSCRIBE_MAX_SECONDS = 60.0
-
-
-@dataclass(eq=False)
-class RoomState:
-    room: Room
-    channel: str
-    last: int | None = None
-    epoch: str = ""  # the room's epoch (protocol.md 7.1) that ``last`` belongs to
-    ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    # conn -> None when live, or the frames held back while its backlog is fetched
-    members: dict[Connection, list[tuple[str, int]] | None] = field(default_factory=dict)
-    # user id -> that user's connections here (lists: almost always one, and a
-    # one-element set costs four times the memory per idle socket)
-    users: dict[int, list[Connection]] = field(default_factory=dict)
-    # user id -> the connections that make that user present (joined without presence: false)
-    present: dict[int, list[Connection]] = field(default_factory=dict)
-    pending_joins: int = 0
-
-    @property
-    def room_id(self) -> int:
-        return int(self.room.pk)
-
-    @property
-    def slug(self) -> str:
-        return self.room.slug
 
 
 class Hub:
@@ -427,17 +402,3 @@ class Hub:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def group_add(groups: dict[int, list[Connection]], key: int, conn: Connection) -> None:
-    group = groups.setdefault(key, [])
-    if conn not in group:
-        group.append(conn)
-
-
-def group_discard(groups: dict[int, list[Connection]], key: int, conn: Connection) -> None:
-    group = groups.get(key)
-    if group is not None and conn in group:
-        group.remove(conn)
-        if not group:
-            del groups[key]
