@@ -189,6 +189,27 @@ class ServerProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def log_errors(self, limit: int = 60) -> str:
+        """The log's ERROR and CRITICAL lines with their tracebacks (the first ``limit`` lines of them)."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        kept: list[str] = []
+        in_error = False
+        for line in lines:
+            if " ERROR " in line or " CRITICAL " in line:
+                in_error = True
+            elif not (
+                line.startswith((" ", "\t", "Traceback")) or (in_error and line and line[0].isupper() and ":" in line)
+            ):
+                in_error = False
+            if in_error:
+                kept.append(line)
+                if len(kept) >= limit:
+                    break
+        return "\n".join(kept)
+
     def alive(self) -> bool:
         return self.process.poll() is None
 

@@ -809,8 +809,13 @@ def targets(results: dict[str, Any]) -> list[str]:
         out.append(
             "- a restart under load: every client back, nothing missed with `since`: "
             f"**{'met' if back is not None and rs['missed'] == 0 else 'not met'}** "
-            f"({rs['clients']:,} clients back after {ms(back) if back is not None else 'never'} s, "
-            f"{n(rs['missed'])} deliveries missed, {n(rs['reconnects'])} reconnects)."
+            + (
+                f"(all {rs['joined_before_restart']:,} clients back {ms(back)} s after the restart began, "
+                if back is not None
+                else f"({n(rs['still_out'])} of {rs['joined_before_restart']:,} clients still not back "
+                f"{ms(rs.get('waited_s', 60))} s after it, "
+            )
+            + f"{n(rs['missed'])} deliveries missed, {n(rs['reconnects'])} reconnects)."
         )
     idle = sc.get("idle", {}).get("kaiwa", {}).get("result")
     if idle and idle.get("server_bytes_per_connection") is not None:

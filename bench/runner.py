@@ -316,10 +316,12 @@ async def run(cfg: sc.Config, servers: list[str], only: set[str] | None) -> dict
                         break
             finally:
                 log_tail = target.process.log_tail(40)
+                log_errors = target.process.log_errors()
                 await asyncio.to_thread(target.stop)
-                results.setdefault("server_logs", {})[f"{session.kind}-{session.profile.name}-{session.profile.db}"] = (
-                    log_tail
-                )
+                name = f"{session.kind}-{session.profile.name}-{session.profile.db}"
+                results.setdefault("server_logs", {})[name] = log_tail
+                if log_errors:
+                    results.setdefault("server_errors", {})[name] = log_errors
     finally:
         progress.stop()
         shutil.rmtree(workdir, ignore_errors=True)
