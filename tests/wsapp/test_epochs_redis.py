@@ -185,5 +185,7 @@ def test_a_fresh_database_never_shows_the_running_redis_history_of_another(start
     assert rejoined["reset"] is True and rejoined["last_seq"] == 3, rejoined
     seq = aio(peer.send_message("lobby", "this history", "c-new"))["seq"]
     assert seq == 4
+    # The ack can come before the message's own frame (that one goes through pub/sub): wait for it.
+    aio(peer.wait_for(lambda f: f["type"] == "message" and f["seq"] == 4))
     bodies = [f["body"] for f in peer.frames[before:] if f["type"] == "message"]
     assert bodies == ["this history"], bodies
