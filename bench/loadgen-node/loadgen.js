@@ -245,23 +245,31 @@ function onClose(member, ws, code) {
     msg.refused = real !== null ? `close ${real}` : 'connection lost';
   }
   member.inflight.clear();
-  if (member.resume && !member.stopped && real !== 4401) scheduleReopen(member);
+  if (member.resume && !member.stopped && real !== 4401) scheduleReopen(member, real);
 }
 
-function scheduleReopen(member) {
+// Resuming clients reconnect as Kaiwa's browser client does (chat/static/chat/js/socket.js):
+// at once after the server's 1012 (restart) or 1013 (try again), then full-jitter backoff,
+// a random delay in [d/2, d] with d doubling from 1 s up to 30 s. A client waits up to a
+// minute for its answer, as a browser has no handshake timeout of its own.
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_CAP_MS = 30000;
+
+function scheduleReopen(member, code) {
   member.attempts += 1;
   member.reconnects += 1;
-  // Exponential backoff with jitter, as a polite client does; at most 1 s.
-  const base = Math.min(1000, 50 * 2 ** Math.min(member.attempts, 5));
+  const immediate = member.attempts === 1 && (code === 1012 || code === 1013);
+  const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(member.attempts, 16));
+  const delay = immediate ? 0 : ceiling * (0.5 + 0.5 * Math.random());
   setTimeout(async () => {
     if (member.stopped) return;
     try {
-      await openMember(member, { since: true, timeout: 20 });
+      await openMember(member, { since: true, timeout: 60 });
     } catch (err) {
       bump(state.failures, 'reconnect ' + String(err.message || err).slice(0, 60));
       // the 'close' handler of the failed socket schedules the next attempt
     }
-  }, base * (0.8 + 0.4 * Math.random()));
+  }, delay);
 }
 
 async function openMany(members, concurrency, timeout) {
