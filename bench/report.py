@@ -67,6 +67,21 @@ def ms(value: Any) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
+def bystander_losses(by: dict[str, Any]) -> str:
+    """The bystanders' losses, and for any where the missing deliveries stood (see lostDetail in loadgen.js)."""
+    text = f"lost {n(by['lost'])} of {n(by['expected'])}"
+    detail = by.get("lost_detail")
+    if by["lost"] and detail:
+        parts = {
+            "skipped": "skipped by a receiver that got later ones",
+            "not_reached": "not reached yet by an open receiver",
+            "receiver_closed": "for a receiver whose socket had closed",
+            "unanswered": "never answered",
+        }
+        text += " (" + ", ".join(f"{n(detail[k])} {v}" for k, v in parts.items() if detail.get(k)) + ")"
+    return text
+
+
 def size(b: int) -> str:
     if b >= MB:
         return f"{b // MB} MB"
@@ -237,7 +252,7 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                         ms(w["connect_to_joined_ms"]["p99"]),
                         f"{w['loadgen_cpu_percent']}%",
                         codes(w["failures"]),
-                        f"p99 {ms(by['latency_ms']['p99'])} ms, lost {n(by['lost'])} of {n(by['expected'])}",
+                        f"p99 {ms(by['latency_ms']['p99'])} ms, {bystander_losses(by)}",
                     ]
                 )
         out.append(
@@ -801,7 +816,7 @@ def targets(results: dict[str, Any]) -> list[str]:
         out.append(
             "- clients already connected during the storm miss nothing and see p99 <= 250 ms: "
             f"**{'met' if by['lost'] == 0 and p99 is not None and p99 <= 250 else 'not met'}** "
-            f"(p99 {ms(p99)} ms, {n(by['lost'])} of {n(by['expected'])} deliveries lost)."
+            f"(p99 {ms(p99)} ms, {bystander_losses(by)})."
         )
     rs = sc.get("restart", {}).get("kaiwa", {}).get("result")
     if rs:

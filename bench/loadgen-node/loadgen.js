@@ -399,6 +399,46 @@ function latencySummary(values) {
   };
 }
 
+// Where each missing delivery of an acked message stands, receiver by receiver:
+// "skipped" when the receiver got later seqs of that room but never this one (a
+// gap that was never repaired: lost), "not_reached" when the receiver's newest
+// seq is still below it (the server was still behind when the books closed:
+// late, or lost at the tail), "receiver_closed" when that receiver's socket is
+// no longer open (the contract lets a closed connection miss what it resumes).
+// Unacked messages that are not refused have no seq: counted as "unanswered".
+function lostDetail(step, groups) {
+  const detail = {};
+  for (const g of groups) detail[g] = { skipped: 0, not_reached: 0, receiver_closed: 0, unanswered: 0 };
+  const byRoom = {};
+  for (const cid of step.msgIds) {
+    const msg = state.msgs.get(cid);
+    if (msg.status === 'refused') continue;
+    let got = 0;
+    for (const g in msg.delivered) got += msg.delivered[g];
+    if (got >= receivers(msg.room)) continue;
+    let members = byRoom[msg.room];
+    if (!members) members = byRoom[msg.room] = state.members.filter((m) => m.rooms.includes(msg.room));
+    for (const m of members) {
+      const d = detail[m.group];
+      if (!d) continue;
+      if (msg.status !== 'acked') {
+        d.unanswered += 1;
+        continue;
+      }
+      const last = m.lastSeq[msg.room] || 0;
+      const gaps = m.missing[msg.room];
+      if (gaps && gaps.has(msg.seq)) {
+        if (m.ws && m.ws.readyState === WebSocket.OPEN) d.skipped += 1;
+        else d.receiver_closed += 1;
+      } else if (last < msg.seq) {
+        if (m.ws && m.ws.readyState === WebSocket.OPEN) d.not_reached += 1;
+        else d.receiver_closed += 1;
+      }
+    }
+  }
+  return detail;
+}
+
 function outcome(stepId, groups) {
   const step = state.steps[stepId];
   groups = groups || [...new Set(state.members.map((m) => m.group))].sort();
@@ -431,6 +471,7 @@ function outcome(stepId, groups) {
       }
     }
   }
+  res.lost_detail = lostDetail(step, groups);
   res.latency_ms = {};
   for (const g of groups) res.latency_ms[g] = latencySummary(step.latencies[g] || []);
   res.out_of_order = step.outOfOrder;

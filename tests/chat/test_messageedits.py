@@ -80,6 +80,37 @@ def test_event_stored_before_its_target_is_applied_when_the_target_arrives(room:
     assert list(MessageVersion.objects.values_list("body", flat=True)) == ["fxied"]
 
 
+def test_events_stored_earlier_are_found_by_room_and_exact_target(
+    room: Room, alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events stored before their targets are found for every target of a batch, room by room, in chunks of
+    rooms: the one aimed at the middle of the batch's seqs is applied, the one aimed at a seq the batch does not
+    hold waits for that message, and another room's event for the same seq number touches only its own room."""
+    monkeypatch.setattr(messageedits, "_ROOMS_PER_LOOKUP", 1)
+    other = Room.objects.create(slug="other", name="Other")
+    services.message_bulk_persist(
+        entries=[
+            entry(room, 6, alice, "three!", op=EDIT_OP, target=3),
+            entry(room, 7, alice, "four!", op=EDIT_OP, target=4),
+            entry(other, 7, alice, "five!", op=EDIT_OP, target=5),
+        ]
+    )
+    services.message_bulk_persist(
+        entries=[
+            entry(room, 1, alice, "one"),
+            entry(room, 3, alice, "thre"),
+            entry(room, 5, alice, "five"),
+            entry(other, 5, alice, "fiev"),
+        ]
+    )
+    stored = Message.objects.filter(kind=MessageKind.MESSAGE).order_by("room__slug", "seq")
+    assert [(m.room.slug, m.seq, m.body) for m in stored] == [
+        ("lobby", 1, "one"), ("lobby", 3, "three!"), ("lobby", 5, "five"), ("other", 5, "five!"),
+    ]  # fmt: skip
+    services.message_bulk_persist(entries=[entry(room, 4, alice, "for")])
+    assert Message.objects.get(room=room, seq=4).body == "four!"
+
+
 def test_edit_after_deletion_changes_nothing(room: Room, alice: Any) -> None:
     """An edit that raced the deletion (never accepted by the append script, but defended here too) is ignored."""
     services.message_bulk_persist(
