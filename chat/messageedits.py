@@ -314,8 +314,7 @@ def _event_rows_targeting(targets: set[tuple[int, int]]) -> list[int]:
     partial index ``chat_message_event_idx`` (its ``kind > 0`` is written as
     the same literal so every backend's planner can use it), the exact pairs
     picked in Python. The ORM's OR of ``Q(room_id=..., target_seq__in=...)``
-    cost about 18 ms per 100-room batch on SQLite, most of the worker's time
-    in the many-rooms benchmark (docs/performance.md).
+    cost more than the batch's insert (docs/architecture.md, "Measured reasons").
     """
     if not targets:
         return []

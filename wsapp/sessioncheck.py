@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 
 from chat.authcache import REV_KEY, session_record_key, user_set_key
 from chat.redistopology import make_async_client
+from chat.scriptbatch import ScriptBatch
 from wsapp import sessionrows
 
 logger = logging.getLogger("kaiwa.auth")
@@ -189,6 +190,10 @@ def _pool() -> ThreadPoolExecutor:
 class _LoopState:
     client: Any  # redis.asyncio.Redis, or RedisCluster in cluster mode
     write: Any
+    # A storm's cache writes go out as one pipeline per loop iteration: one by
+    # one on the single connection, they queued past the pool's wait limit,
+    # failed, and left those sessions to the database at the next reconnect.
+    writes: ScriptBatch
     batch: dict[str, list[asyncio.Future[tuple[bytes | None, bytes | None]]]] = field(default_factory=dict)
     waiters: set[asyncio.Future[None]] = field(default_factory=set)
     watchdog: asyncio.Task[None] | None = None
@@ -214,7 +219,7 @@ async def _state() -> _LoopState:
         # One connection: checks of a loop iteration share one MGET, so more
         # would only add sockets (the process's own pool is the hub's).
         client = make_async_client(pool_size=1)
-        state = _LoopState(client=client, write=client.register_script(_WRITE))
+        state = _LoopState(client=client, write=client.register_script(_WRITE), writes=ScriptBatch(client))
         _states[loop] = state
         closer = _closer(client)
         await closer.__anext__()
@@ -326,9 +331,10 @@ async def session_user(session_key: str | None) -> Any | None:
     ttl = int(min(settings.KAIWA_AUTH_CACHE_SECONDS, expires - time.time()))
     if ttl >= 1:
         try:
-            await state.write(
-                keys=[REV_KEY, key, user_set_key(user.pk)],
-                args=[(rev or b"0").decode(), encode_record(user, expires), ttl],
+            await state.writes.call(
+                state.write,
+                [REV_KEY, key, user_set_key(user.pk)],
+                [(rev or b"0").decode(), encode_record(user, expires), ttl],
             )
         except (RedisError, OSError) as exc:
             logger.debug("could not cache the auth of a session (%r)", exc)

@@ -119,6 +119,36 @@ def test_a_checked_session_is_answered_from_redis_without_the_database(make_user
 
 
 @pytest.mark.django_db(transaction=True)
+def test_checks_of_one_moment_cache_their_sessions_in_one_pipeline(make_user, monkeypatch):
+    """Uncached sessions checked together (a reconnect storm) are all cached, their writes sent as one pipeline."""
+    keys = [_session_of(make_user(f"user{i}"))[1] for i in range(12)]
+    # The database's answers, ready at once: every check reaches its cache write in the same loop iteration.
+    answers = {key: sessioncheck.check_in_db(key) for key in keys}
+
+    async def from_db(state: Any, session_key: str) -> tuple[Any, float]:
+        return answers[session_key]
+
+    batches: list[int] = []
+    execute = sessioncheck.ScriptBatch._execute
+
+    async def counted(self: Any, calls: list[Any]) -> list[Any]:
+        batches.append(len(calls))
+        return await execute(self, calls)
+
+    monkeypatch.setattr(sessioncheck, "_from_db", from_db)
+    monkeypatch.setattr(sessioncheck.ScriptBatch, "_execute", counted)
+
+    async def storm() -> list[Any]:
+        async with asyncio.timeout(TIMEOUT):
+            return await asyncio.gather(*(session_user(key) for key in keys))
+
+    users = asyncio.run(storm())
+    assert sorted(u.username for u in users) == sorted(f"user{i}" for i in range(12))
+    assert len(_record_keys()) == 12
+    assert set(batches) == {12}  # (twice when Redis had to load the script first)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_no_cookie_an_unknown_key_or_an_expired_session_is_refused_and_not_cached(make_user):
     """Django's rules still decide: no key, a key Django never issued, an expired row: None, nothing cached."""
     alice = make_user("alice")
@@ -200,9 +230,10 @@ def test_a_check_that_read_the_database_before_a_revocation_does_not_cache_it(ma
         await asyncio.to_thread(_change_password, alice)  # revoked while that answer was on its way
         async with asyncio.timeout(TIMEOUT):
             return int(
-                await state.write(
-                    keys=[authcache.REV_KEY, authcache.session_record_key(key), authcache.user_set_key(alice.pk)],
-                    args=[(rev or b"0").decode(), sessioncheck.encode_record(user, expires), 60],
+                await state.writes.call(
+                    state.write,
+                    [authcache.REV_KEY, authcache.session_record_key(key), authcache.user_set_key(alice.pk)],
+                    [(rev or b"0").decode(), sessioncheck.encode_record(user, expires), 60],
                 )
             )
 
