@@ -25,6 +25,8 @@ import psutil
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
+# More of the machine busy than this before a run (another job competing for the cores): the report warns.
+QUIET_BUSY_PERCENT = 10.0
 
 
 class HarnessError(RuntimeError):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import uploadsreport
-from bench.procs import ROOT
+from bench.procs import QUIET_BUSY_PERCENT, ROOT
 from bench.servers import KINDS
 
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -950,6 +950,14 @@ def markdown(results: dict[str, Any], images: list[Path], json_path: Path) -> st
             f"servers {', '.join(meta.get('servers', []))}; scenarios {', '.join(meta.get('only') or ['all'])}.",
             "",
         ]
+    busy = m.get("busy_before_percent")
+    if busy is not None and busy > QUIET_BUSY_PERCENT:
+        out += [
+            f"> **The machine was not quiet**: {busy}% of its cores were busy before the run started, with "
+            "nothing of the benchmark running yet. Another job competed for the cores: every figure below is "
+            "likely low. Run again on a quiet machine before quoting them.",
+            "",
+        ]
     if meta["mode"] != "full":
         out += [
             "> **This is a quick smoke run** (small sizes, short steps): it shows the harness works, "
@@ -961,7 +969,8 @@ def markdown(results: dict[str, Any], images: list[Path], json_path: Path) -> st
         "",
         f"- {m['cores']} cores, {m['cpu_model']}, {m['memory_bytes'] / 2**30:.1f} GiB memory; {m['os']}",
         f"- load average when the run started: {', '.join(str(x) for x in m['loadavg_start'])}; "
-        f"at the end: {', '.join(str(x) for x in meta.get('loadavg_end', []))}",
+        f"at the end: {', '.join(str(x) for x in meta.get('loadavg_end', []))}"
+        + (f"; cores busy before the run: {busy}%" if busy is not None else ""),
         f"- pinning: {m['pinning']}",
         f"- Python {m['python']}, Redis {m.get('redis', '?')}, uvicorn {v.get('uvicorn')}, "
         f"websockets {v.get('websockets')}, "

@@ -25,7 +25,7 @@ import psutil
 from bench import ackreplicas, rising, storms, uploads
 from bench import scenarios as sc
 from bench.nodefleet import ensure_installed, node_version, ws_version
-from bench.procs import ROOT, Pinning, pin_self, plan_pinning, raise_nofile
+from bench.procs import QUIET_BUSY_PERCENT, ROOT, Pinning, pin_self, plan_pinning, raise_nofile
 from bench.servers import KINDS, WS_IMPL, Profile, Target, postgres_available, start_target
 
 Scenario = Callable[[Target, sc.Config, Callable[[str], None]], Awaitable[Any]]
@@ -205,6 +205,17 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def busy_percent(seconds: float = 2.0) -> float:
+    """How busy the whole machine is, in % of all its cores, over a short sample (before anything starts)."""
+    before = psutil.cpu_times()
+    time.sleep(seconds)
+    after = psutil.cpu_times()
+    spent = {f: getattr(after, f) - getattr(before, f) for f in after._fields}
+    total = sum(spent.values())
+    idle = spent.get("idle", 0.0) + spent.get("iowait", 0.0)
+    return round(100 * (total - idle) / total, 1) if total > 0 else 0.0
+
+
 def machine(pinning: Pinning, nofile: tuple[int, int]) -> dict[str, Any]:
     model = platform.processor() or "?"
     with contextlib.suppress(OSError):
@@ -233,6 +244,9 @@ def machine(pinning: Pinning, nofile: tuple[int, int]) -> dict[str, Any]:
         "node_ws": ws_version(),
         "uvicorn_ws": WS_IMPL,
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        # Another job on the machine (a test run, a second bench) makes every
+        # server look slower; the report says so rather than print such figures plainly.
+        "busy_before_percent": busy_percent(),
         "git_commit": commit,
     }
 
@@ -262,6 +276,9 @@ async def run(cfg: sc.Config, servers: list[str], only: set[str] | None) -> dict
         "scenarios": {},
         "errors": [],
     }
+    busy = results["meta"]["machine"]["busy_before_percent"]
+    if busy > QUIET_BUSY_PERCENT:
+        progress.message(f"WARNING: {busy}% of the machine's cores were busy before the run: the figures will be low")
     from bench.servers import BENCH_KAIWA_ENV, BENCH_KAIWA_LARGE_ENV
 
     results["meta"]["kaiwa_env"] = {"all": BENCH_KAIWA_ENV, "raised limits": BENCH_KAIWA_LARGE_ENV}
