@@ -228,8 +228,10 @@ function openMember(member, { since = false, timeout = 30 } = {}) {
     ws.on('message', (data) => onText(member, data));
     ws.on('error', (err) => fail(err));
     ws.on('unexpected-response', (req, res) => fail(new Error(`HTTP ${res.statusCode} instead of 101`)));
-    ws.on('close', (code) => {
-      fail(new Error(`closed with ${code} before joined`));
+    ws.on('close', (code, reason) => {
+      // The server's reason says which refusal it was (1013: a database outage or a slow reader).
+      const why = reason && reason.length ? ` (${reason.toString('utf8').slice(0, 60)})` : '';
+      fail(new Error(`closed with ${code}${why} before joined`));
       onClose(member, ws, code);
     });
   });
