@@ -619,6 +619,16 @@ def answer(results: dict[str, Any]) -> list[str]:
             + (f"; {cal['first_failure']}" if cal["first_failure"] else "")
             + ". A server figure close to this one is the load generator's limit, not the server's."
         )
+        top = max(cal["steps"], key=lambda st: st["delivered_per_s"], default=None)
+        if top is not None and not top["sustainable"]:
+            # The step that failed may have failed on the echo server's core, not the generator's:
+            # how much the generator itself took in, and which core was full, tell them apart.
+            res = top.get("resources") or {}
+            lines.append(
+                f"  Its highest step took in {n(top['delivered_per_s'])} deliveries/s with the generator's process "
+                f"at {top['loadgen_cpu_percent']}% of a core (its core {res.get('loadgen_cores_busy_mean', '-')}% "
+                f"busy, the echo server's core {res.get('server_cores_busy_mean', '-')}% busy)."
+            )
     for kind in ("kaiwa", "kaiwa-websockets", "kaiwa-wsproto", "channels", "relay"):
         parts: list[str] = []
         for scen, where in (("fanout", "fan-out"), ("many_rooms", "many rooms")):
