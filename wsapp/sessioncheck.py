@@ -18,7 +18,9 @@ A miss runs the check in a small pool of threads of its own
 When the database fails or does not answer within
 ``KAIWA_AUTH_DB_TIMEOUT_SECONDS``, a miss raises ``AuthUnavailable`` (and the
 next misses do at once, for twice that long) instead of waiting: the caller
-answers "try again later". Cached sessions keep connecting.
+answers "try again later". Cached sessions keep connecting. While the event
+loop itself is starved (a connect storm), the checks are starved with it and
+get up to ``STARVED_LIMIT_FACTOR`` times that limit before the same verdict.
 """
 
 from __future__ import annotations
@@ -255,18 +257,33 @@ async def _cached(state: _LoopState, key: str) -> tuple[bytes | None, bytes | No
     return await fut
 
 
+STARVED_LIMIT_FACTOR = 10  # on a starved loop, a check counts as stuck after this many times the limit
+
+
 async def _watch(state: _LoopState) -> None:
     global _failed_at
     limit = settings.KAIWA_AUTH_DB_TIMEOUT_SECONDS
+    period = limit / 4
+    grace_until = float("-inf")
     try:
         while state.waiters:
-            await asyncio.sleep(limit / 4)
+            slept_at = time.monotonic()
+            await asyncio.sleep(period)
             now = time.monotonic()
+            if now - slept_at > 2 * period:
+                # This watchdog woke late: the loop was starved, and so were the
+                # check threads (the loop holds the GIL), so "none finished" says
+                # nothing about the database yet. They get a whole limit of
+                # responsive time again before a verdict (a 10,000-client storm
+                # was refused 1013 "database unavailable" by a healthy database).
+                grace_until = now + limit
             # Stuck, not busy: a check has run longer than the limit and none
-            # finished meanwhile. In a connect storm the threads are slow (the
-            # event loop holds the GIL) but keep finishing checks.
+            # finished meanwhile. In a connect storm the threads are slow but
+            # keep finishing checks. However starved the loop, a check running
+            # STARVED_LIMIT_FACTOR times the limit is stuck.
             running = list(_running.values())
-            if running and now - max(min(running), _last_done) > limit:
+            stuck_for = now - max(min(running), _last_done) if running else 0.0
+            if stuck_for > limit and (now >= grace_until or stuck_for > STARVED_LIMIT_FACTOR * limit):
                 _failed_at = now
                 for waiter in list(state.waiters):
                     if not waiter.done():

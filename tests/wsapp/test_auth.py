@@ -6,6 +6,7 @@ import asyncio
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -354,6 +355,31 @@ def test_an_uncached_session_gets_a_clear_answer_within_a_second_when_the_databa
         out = _probe_outage(f"postgres://nobody@127.0.0.1:{port}/kaiwa", "b" * 32)
     assert out[0::2] == ["unavailable", "unavailable"]
     assert all(float(t) < 1.0 for t in out[1::2])
+
+
+def test_a_check_starved_with_its_event_loop_is_waited_for_not_called_an_outage(monkeypatch, settings):
+    """The loop blocked past the limit while a check runs (a connect storm holds the GIL): once the loop runs
+    again the check gets a whole limit of responsive time, and its answer is used; no "database unavailable"."""
+    settings.KAIWA_AUTH_DB_TIMEOUT_SECONDS = 0.4
+    started, release = threading.Event(), threading.Event()
+
+    def slow_check(session_key: str) -> tuple[Any, float]:
+        started.set()
+        release.wait(TIMEOUT)
+        return None, 0.0
+
+    monkeypatch.setattr(sessioncheck, "check_in_db", slow_check)
+
+    async def starved() -> Any:
+        async with asyncio.timeout(TIMEOUT):
+            check = asyncio.ensure_future(session_user("s" * 32))
+            await asyncio.to_thread(started.wait, TIMEOUT)
+            time.sleep(3 * 0.4)  # noqa: ASYNC251 - the load under test: a loop that runs nothing else
+            await asyncio.sleep(0.4 / 2)  # the watchdog wakes late, then runs on time
+            release.set()
+            return await check
+
+    assert asyncio.run(starved()) is None
 
 
 @pytest.mark.django_db(transaction=True)
