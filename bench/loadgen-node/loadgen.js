@@ -415,11 +415,11 @@ function lostDetail(step, groups) {
   for (const cid of step.msgIds) {
     const msg = state.msgs.get(cid);
     if (msg.status === 'refused') continue;
-    let got = 0;
-    for (const g in msg.delivered) got += msg.delivered[g];
-    if (got >= receivers(msg.room)) continue;
     let members = byRoom[msg.room];
     if (!members) members = byRoom[msg.room] = state.members.filter((m) => m.rooms.includes(msg.room));
+    let got = 0;
+    for (const g in msg.delivered) got += msg.delivered[g];
+    if (got >= members.length) continue;
     for (const m of members) {
       const d = detail[m.group];
       if (!d) continue;
@@ -427,15 +427,12 @@ function lostDetail(step, groups) {
         d.unanswered += 1;
         continue;
       }
-      const last = m.lastSeq[msg.room] || 0;
       const gaps = m.missing[msg.room];
-      if (gaps && gaps.has(msg.seq)) {
-        if (m.ws && m.ws.readyState === WebSocket.OPEN) d.skipped += 1;
-        else d.receiver_closed += 1;
-      } else if (last < msg.seq) {
-        if (m.ws && m.ws.readyState === WebSocket.OPEN) d.not_reached += 1;
-        else d.receiver_closed += 1;
-      }
+      const skipped = !!gaps && gaps.has(msg.seq);
+      if (!skipped && (m.lastSeq[msg.room] || 0) >= msg.seq) continue; // this one was delivered
+      if (!(m.ws && m.ws.readyState === WebSocket.OPEN)) d.receiver_closed += 1;
+      else if (skipped) d.skipped += 1;
+      else d.not_reached += 1;
     }
   }
   return detail;
