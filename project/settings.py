@@ -344,6 +344,9 @@ KAIWA_MAX_FRAME_BYTES = _env_int("KAIWA_MAX_FRAME_BYTES", 65536, minimum=256)
 KAIWA_RATE_BURST = _env_int("KAIWA_RATE_BURST", 20)
 KAIWA_RATE_PER_SECOND = _env_float("KAIWA_RATE_PER_SECOND", 10.0, minimum=0.001)
 KAIWA_MAX_ROOMS_PER_CONNECTION = _env_int("KAIWA_MAX_ROOMS_PER_CONNECTION", 100)
+# Handshakes and joins worked on at once per process (wsapp.admission): the rest
+# wait their turn, so a reconnect storm cannot stall the clients already connected.
+KAIWA_ADMISSION_CONCURRENCY = _env_int("KAIWA_ADMISSION_CONCURRENCY", 64)
 KAIWA_BACKLOG_LIMIT = _env_int("KAIWA_BACKLOG_LIMIT", 1000)
 KAIWA_SESSION_RECHECK_SECONDS = _env_float("KAIWA_SESSION_RECHECK_SECONDS", 60.0, minimum=0.1)
 # The handshake's cached session check (wsapp.sessioncheck): how long a checked

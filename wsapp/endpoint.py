@@ -91,10 +91,20 @@ class Endpoint:
             return None
         runtime = getattr(self.app.state, "runtime", None)
         hub: Hub | None = getattr(runtime, "hub", None)
-        if hub is None or not hub.accepting:
-            await send({"type": "websocket.accept"})
-            code = Close.RESTART if hub is not None else Close.SERVER_ERROR
-            await send({"type": "websocket.close", "code": code, "reason": "server not ready"})
+        if hub is None:
+            await self._not_ready(send, Close.SERVER_ERROR)
+            return None
+        async with hub.admission.slot():
+            return await self._admit(hub, scope, send)
+
+    async def _not_ready(self, send: Send, code: int) -> None:
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": code, "reason": "server not ready"})
+
+    async def _admit(self, hub: Hub, scope: Scope, send: Send) -> tuple[Hub, Connection] | None:
+        """The session check and the accept, in one of the hub's admission slots (wsapp.admission)."""
+        if not hub.accepting:  # checked once admitted: a shutdown may have begun while it waited
+            await self._not_ready(send, Close.RESTART)
             return None
         session_key = auth.cookies(scope).get(settings.SESSION_COOKIE_NAME)
         checked_at = time.monotonic()

@@ -39,6 +39,7 @@ from chat.logkeys import CONTROL_CHANNEL, channel
 from chat.messagelog import Entry, Log
 from chat.models import Room
 from wsapp import backlog, epochsync, frames
+from wsapp.admission import Admission
 from wsapp.connection import Connection, Subscription
 from wsapp.errors import Close, unavailable
 from wsapp.lifecycle import Lifecycle
@@ -71,6 +72,7 @@ class Hub:
         self.by_user: dict[int, list[Connection]] = {}  # see RoomState.users
         self.revocation = Revocation(self)
         self.lifecycle = Lifecycle(self)
+        self.admission = Admission(settings.KAIWA_ADMISSION_CONCURRENCY)
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -185,6 +187,32 @@ class Hub:
         ``since`` counts in a history the room no longer continues: ``reset``.
         ``presence``: False receives everything without making the user present.
         """
+        # Up to the registration in one admission slot (wsapp.admission); the
+        # backlog replay runs at the client's reading pace, outside it.
+        async with self.admission.slot():
+            entered = await self._enter(conn, room, since, checked_at=checked_at, epoch=epoch, presence=presence)
+        if entered is None:
+            return
+        state, held, joined, last = entered
+        assert since is not None
+        try:
+            await backlog.replay(self, conn, state, held, joined, since=since, last=last)
+        except BaseException:
+            if state.members.get(conn) is held:
+                self._unregister(conn, room.slug)
+            raise
+
+    async def _enter(
+        self,
+        conn: Connection,
+        room: Room,
+        since: int | None,
+        *,
+        checked_at: float | None,
+        epoch: str | None,
+        presence: bool,
+    ) -> tuple[RoomState, list[tuple[str, int]], dict[str, Any], int] | None:
+        """Register ``conn`` in ``room``; queue ``joined``, or return what the backlog replay needs."""
         previous = conn.subscriptions.get(room.slug)
         if previous is not None:
             # Joining again restarts the room on this connection (a fresh boundary).
@@ -204,7 +232,7 @@ class Hub:
         state.pending_joins -= 1
         if not conn.open:
             self._discard_if_empty(state)
-            return
+            return None
         assert state.last is not None
         last = state.last
         conn.subscriptions[room.slug] = Subscription(room_id=state.room_id, slug=room.slug, present=presence)
@@ -222,16 +250,10 @@ class Hub:
         if since is None or reset or backlog_size == 0:
             state.members[conn] = None
             conn.put_frame(joined)
-            return
-        assert since is not None
+            return None
         held: list[tuple[str, int]] = []
         state.members[conn] = held
-        try:
-            await backlog.replay(self, conn, state, held, joined, since=since, last=last)
-        except BaseException:
-            if state.members.get(conn) is held:
-                self._unregister(conn, room.slug)
-            raise
+        return state, held, joined, last
 
     async def leave(self, conn: Connection, slug: str) -> None:
         subscription = conn.subscriptions.get(slug)

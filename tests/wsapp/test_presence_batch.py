@@ -156,3 +156,46 @@ def test_a_cancelled_caller_leaves_the_others_answered(callers: int) -> None:
             await redis.aclose()
 
     asyncio.run(scenario())
+
+
+def test_refresh_pushes_every_existing_entry_forward_in_one_round_trip_and_returns_the_missing() -> None:
+    """Refresh of 1,203 entries in three rooms (one room over two chunks): one pipeline; the expiry of every
+    existing entry moves forward, entries that were gone are returned (in no room do they come back by
+    themselves), and another process's entries are untouched."""
+
+    async def scenario() -> None:
+        redis = _client()
+        presence = RedisPresence(redis, process_id="p1", ttl_seconds=30)
+        other = RedisPresence(redis, process_id="p2", ttl_seconds=30)
+        entries = [(room, uid, f"u{uid}") for room, count in ((1, 1100), (2, 100), (3, 3)) for uid in range(count)]
+        try:
+            async with asyncio.timeout(WAIT):
+                await redis.delete("kaiwa:{r:1}:presence", "kaiwa:{r:2}:presence", "kaiwa:{r:3}:presence")
+                await asyncio.gather(*(presence.join(room_id=r, user_id=u, username=n) for r, u, n in entries))
+                await other.join(room_id=1, user_id=5000, username="elsewhere")
+                gone = [entries[0], entries[1099], entries[1100], entries[1202]]
+                for room, uid, name in gone:
+                    await redis.zrem(f"kaiwa:{{r:{room}}}:presence", f"p1|{uid}|{name}")
+                # Scores far in the past: a refresh must move every existing one forward.
+                for room in (1, 2, 3):
+                    key = f"kaiwa:{{r:{room}}}:presence"
+                    await redis.zadd(key, {m: 1 for m in await redis.zrange(key, 0, -1)}, xx=True)
+                assert await presence.refresh([(9, 1, "warm")]) == [(9, 1, "warm")]  # Redis learns the script
+                counted = _Counted(presence)
+                missing = await presence.refresh(entries)
+                assert counted.count == 1
+                assert sorted(missing) == sorted(gone)
+                now_ms = int((await redis.time())[0]) * 1000
+                for room in (1, 2, 3):
+                    scores = dict(await redis.zrange(f"kaiwa:{{r:{room}}}:presence", 0, -1, withscores=True))
+                    mine = {m: s for m, s in scores.items() if m.startswith(b"p1|")}
+                    assert len(mine) == sum(1 for r, _, _ in entries if r == room) - sum(
+                        1 for g in gone if g[0] == room
+                    )
+                    assert all(s > now_ms + 20_000 for s in mine.values())
+                    assert 0 < await redis.pttl(f"kaiwa:{{r:{room}}}:presence") <= 60_000
+                assert (await redis.zscore("kaiwa:{r:1}:presence", "p2|5000|elsewhere") or 0) == 1
+        finally:
+            await redis.aclose()
+
+    asyncio.run(scenario())
