@@ -89,9 +89,18 @@ def ts_ms_of(moment: datetime) -> int:
     return int(moment.replace(microsecond=0).timestamp()) * 1000 + moment.microsecond // 1000
 
 
+_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text up to the dot
+
+
 def format_ts(ts_ms: int) -> str:
     """ISO-8601 UTC with milliseconds, as the wire contract prescribes."""
-    return parse_ts(ts_ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+    global _second
+    # Every message and ack is stamped: strftime once per second, not per frame.
+    second, ms = divmod(ts_ms, 1000)
+    cached = _second
+    if cached[0] != second:
+        cached = _second = (second, parse_ts(second * 1000).strftime("%Y-%m-%dT%H:%M:%S."))
+    return f"{cached[1]}{ms:03d}Z"
 
 
 @dataclass(frozen=True, slots=True)

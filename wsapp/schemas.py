@@ -105,9 +105,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder: json.loads with an argument builds a new JSONDecoder per call.
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse(text: str) -> Request:
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = _decoder.decode(text)
     except (ValueError, RecursionError):
         raise BadFrame("The frame is not valid JSON: send one JSON object per text frame.") from None
     if not isinstance(data, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from chat import events
 from chat.events import Entry, UserSignal
@@ -48,3 +49,12 @@ def test_the_message_frame_matches_the_wire_contract():
         "user": {"id": 42, "username": "zoë"}, "body": "héllo \"quoted\" 会話", "client_id": "c-1",
         "attachments": [], "reply_to": None, "mentions": [],
     }  # fmt: skip
+
+
+def test_format_ts_is_iso_8601_utc_with_milliseconds_for_any_order_of_timestamps() -> None:
+    """format_ts gives the wire's ISO-8601 UTC text with milliseconds, whatever second it was called for before."""
+    stamps = [1_764_530_000_000, 1_764_530_000_999, 1_764_530_001_000, 1_764_530_000_001, 0, 999, 4_102_444_799_999]
+    for ts_ms in stamps + stamps[::-1]:
+        expected = datetime.fromtimestamp(ts_ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ts_ms % 1000:03d}Z"
+        assert events.format_ts(ts_ms) == expected
+    assert events.format_ts(1_764_530_001_007) == "2025-11-30T19:13:21.007Z"

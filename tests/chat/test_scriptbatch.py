@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
+from chat import scriptbatch
 from chat.epochs import MemoryEpochs
 from chat.messagelog import AppendResult, MessageLog, RateLimit, RateLimited
+from chat.scriptbatch import ScriptBatch
 from tests import redis_server
 
 
@@ -100,3 +103,104 @@ def test_appends_after_redis_forgot_the_script_are_still_appended():
         assert [r.seq for r in results] == [2, 3, 4]
 
     _run(scenario)
+
+
+class _HeldBatches(ScriptBatch):
+    """Records each batch it would send and answers it only when the test releases it (scheduling only)."""
+
+    def __init__(self) -> None:
+        super().__init__(client=None)
+        self.sent: list[list[Any]] = []
+        self.release: list[asyncio.Event] = []
+
+    async def _execute(self, calls: list[Any]) -> list[Any]:
+        self.sent.append([call.args[0] for call in calls])
+        released = asyncio.Event()
+        self.release.append(released)
+        await released.wait()
+        return [f"reply-{call.args[0]}" for call in calls]
+
+
+async def _turns(condition: Any) -> None:
+    async with asyncio.timeout(5):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0)  # one loop turn: the tasks under test run
+
+
+def test_calls_made_while_a_batch_is_in_flight_follow_it_as_one_batch(monkeypatch: Any) -> None:
+    """While a batch waits for its answer, calls from later loop iterations gather and go out together
+    as soon as it is answered; each caller gets its own reply."""
+    monkeypatch.setattr(scriptbatch, "FOLLOW_SECONDS", 30.0)
+
+    async def scenario() -> None:
+        batch = _HeldBatches()
+        first = asyncio.ensure_future(batch.call(None, [], [1]))  # type: ignore[arg-type]
+        await _turns(lambda: batch.sent == [[1]])
+        later = []
+        for i in (2, 3, 4):  # one per loop iteration
+            later.append(asyncio.ensure_future(batch.call(None, [], [i])))  # type: ignore[arg-type]
+            for _ in range(3):
+                await asyncio.sleep(0)
+        assert batch.sent == [[1]]
+        batch.release[0].set()
+        await _turns(lambda: len(batch.sent) == 2)
+        assert batch.sent == [[1], [2, 3, 4]]
+        batch.release[1].set()
+        async with asyncio.timeout(5):
+            assert await first == "reply-1"
+            assert await asyncio.gather(*later) == ["reply-2", "reply-3", "reply-4"]
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_answered_late_holds_the_next_one_back_at_most_follow_seconds(monkeypatch: Any) -> None:
+    """A batch stuck without an answer (a dead connection) does not hold the calls after it: they go out
+    on their own once FOLLOW_SECONDS have passed."""
+    monkeypatch.setattr(scriptbatch, "FOLLOW_SECONDS", 0.01)
+
+    async def scenario() -> None:
+        batch = _HeldBatches()
+        first = asyncio.ensure_future(batch.call(None, [], [1]))  # type: ignore[arg-type]
+        await _turns(lambda: batch.sent == [[1]])
+        second = asyncio.ensure_future(batch.call(None, [], [2]))  # type: ignore[arg-type]
+        await _turns(lambda: len(batch.sent) == 2)
+        assert batch.sent == [[1], [2]] and not first.done()
+        for released in batch.release:
+            released.set()
+        async with asyncio.timeout(5):
+            assert (await first, await second) == ("reply-1", "reply-2")
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_cancelled_while_it_waits_cancels_its_calls_and_the_next_call_is_still_sent(
+    monkeypatch: Any,
+) -> None:
+    """Cancelling a waiting batch (loop shutdown) cancels the calls it held instead of leaving them unanswered,
+    and a later call starts a batch of its own."""
+    monkeypatch.setattr(scriptbatch, "FOLLOW_SECONDS", 30.0)
+
+    async def scenario() -> None:
+        batch = _HeldBatches()
+        first = asyncio.ensure_future(batch.call(None, [], [1]))  # type: ignore[arg-type]
+        await _turns(lambda: batch.sent == [[1]])
+        sending = batch._in_flight
+        waiting = asyncio.ensure_future(batch.call(None, [], [2]))  # type: ignore[arg-type]
+        await _turns(lambda: batch._in_flight is not sending)  # the next batch started and waits
+        follower = batch._in_flight
+        assert follower is not None
+        follower.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(5):
+                await waiting
+        batch.release[0].set()
+        third = asyncio.ensure_future(batch.call(None, [], [3]))  # type: ignore[arg-type]
+        await _turns(lambda: len(batch.sent) == 2)
+        batch.release[1].set()
+        async with asyncio.timeout(5):
+            assert (await first, await third) == ("reply-1", "reply-3")
+        assert batch.sent == [[1], [3]]
+
+    asyncio.run(scenario())

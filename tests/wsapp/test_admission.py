@@ -17,8 +17,10 @@ from wsapp.errors import Close
 async def _until(condition: Any) -> None:
     """Yield to the loop until ``condition()`` holds (bounded by WAIT)."""
     async with asyncio.timeout(WAIT):
-        while not condition():
-            await asyncio.sleep(0)
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0)  # one loop turn: the tasks under test run
 
 
 def test_at_most_limit_holders_and_the_waiting_are_admitted_in_arrival_order() -> None:
@@ -44,7 +46,7 @@ def test_at_most_limit_holders_and_the_waiting_are_admitted_in_arrival_order() -
         await _until(lambda: admitted == [0, 1] and admission.waiting == 3)
         for i in (1, 0, 2, 3, 4):  # out of order: the next waiter gets each freed slot
             release[i].set()
-            await _until(lambda: i not in inside)
+            await _until(lambda i=i: i not in inside)
         async with asyncio.timeout(WAIT):
             await asyncio.gather(*tasks)
         assert most == 2 and admission.waiting == 0

@@ -179,7 +179,8 @@ def test_refresh_pushes_every_existing_entry_forward_in_one_round_trip_and_retur
                 # Scores far in the past: a refresh must move every existing one forward.
                 for room in (1, 2, 3):
                     key = f"kaiwa:{{r:{room}}}:presence"
-                    await redis.zadd(key, {m: 1 for m in await redis.zrange(key, 0, -1)}, xx=True)
+                    members = [bytes(m) for m in await redis.zrange(key, 0, -1)]  # type: ignore[arg-type]
+                    await redis.zadd(key, dict.fromkeys(members, 1), xx=True)
                 assert await presence.refresh([(9, 1, "warm")]) == [(9, 1, "warm")]  # Redis learns the script
                 counted = _Counted(presence)
                 missing = await presence.refresh(entries)
@@ -187,7 +188,8 @@ def test_refresh_pushes_every_existing_entry_forward_in_one_round_trip_and_retur
                 assert sorted(missing) == sorted(gone)
                 now_ms = int((await redis.time())[0]) * 1000
                 for room in (1, 2, 3):
-                    scores = dict(await redis.zrange(f"kaiwa:{{r:{room}}}:presence", 0, -1, withscores=True))
+                    scored: Any = await redis.zrange(f"kaiwa:{{r:{room}}}:presence", 0, -1, withscores=True)
+                    scores: dict[bytes, float] = dict(scored)
                     mine = {m: s for m, s in scores.items() if m.startswith(b"p1|")}
                     assert len(mine) == sum(1 for r, _, _ in entries if r == room) - sum(
                         1 for g in gone if g[0] == room
