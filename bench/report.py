@@ -241,6 +241,8 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
             by = r["bystander"]
             for wave, what in (("cold", "first connection"), ("warm", "reconnect (session checked before)")):
                 w = r[wave]
+                if "waited_after_closing_s" in w:
+                    what += f", once the server was idle ({w['waited_after_closing_s']} s after the closes)"
                 rows.append(
                     [
                         label(kind),

@@ -13,6 +13,7 @@ Each gets its own fresh Redis and a fresh database, real users and sessions.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import secrets
@@ -413,3 +414,18 @@ def start_target(
         if pg_db:
             _drop_postgres_db(pg_db)
         raise
+
+
+async def settled(target: Target, *, busy_cpu_per_s: float = 0.0, maximum_s: float = 60.0) -> float:
+    """Wait until the server used under a tenth of a core (beyond ``busy_cpu_per_s``) for a second; returns the wait.
+
+    For a measurement that must not pay for work an earlier step left behind.
+    Gives up after ``maximum_s`` (the wait is in the results either way).
+    """
+    began = time.monotonic()
+    while time.monotonic() - began < maximum_s:
+        cpu0 = target.sampler.cpu_seconds_now()
+        await asyncio.sleep(1.0)  # the measuring window, not a synchronisation
+        if target.sampler.cpu_seconds_now() - cpu0 < 0.1 + busy_cpu_per_s:
+            break
+    return round(time.monotonic() - began, 1)

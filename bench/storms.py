@@ -25,7 +25,7 @@ from bench.loadgen import latency_summary
 from bench.nodefleet import NodeCpu, NodeFleet
 from bench.procs import HarnessError, summarize_samples
 from bench.scenarios import Config
-from bench.servers import Target
+from bench.servers import Target, settled
 
 BODY_BYTES = 200
 
@@ -81,8 +81,13 @@ async def storm(t: Target, cfg: Config, note: Any) -> dict[str, Any]:
         cold["failures"] = dict(fleet.failures)
         note("closing")
         await fleet.call("close_some", indices=members)
-        await asyncio.sleep(1.0)
+        # The second wave is the deploy case: every client comes back to a
+        # server with nothing else to do. 10,000 sockets closing leave the server
+        # busy for seconds (each user's leave goes out to the room), and that
+        # work would be booked to the reconnecting clients.
+        closing_s = await settled(t, busy_cpu_per_s=baseline)
         warm = await _wave(t, fleet, members, baseline, note, "reconnect, sessions checked before")
+        warm["waited_after_closing_s"] = closing_s
         warm["failures"] = {k: v - cold["failures"].get(k, 0) for k, v in fleet.failures.items()}
         await fleet.call("stop_send")
         await sending

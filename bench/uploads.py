@@ -39,7 +39,7 @@ from PIL import Image
 from websockets.typing import Origin
 
 from bench.procs import ROOT, plan_pinning, summarize_samples
-from bench.servers import Profile, Target, start_target
+from bench.servers import Profile, Target, settled, start_target
 
 ROOM = "uploads"
 PHOTO_DIR = ROOT / "bench" / "results" / "raw" / "photos"
@@ -293,28 +293,12 @@ async def upload_step(target: Target, cookies: list[str | None], path: Path, sec
     }
 
 
-SETTLE_MAX_S = 300.0
-
-
-async def settled(target: Target) -> float:
-    """Wait (at most ``SETTLE_MAX_S``) until the server used under a tenth of a core for a second; returns the wait.
-
-    The 50-user steps leave photos queued for the image workers after their
-    clients stopped waiting: an upload made before they are done waits its
-    turn behind them, and would measure that queue, not the budget.
-    """
-    began = time.monotonic()
-    while time.monotonic() - began < SETTLE_MAX_S:
-        cpu0 = target.sampler.cpu_seconds_now()
-        await asyncio.sleep(1.0)  # the measuring window, not a synchronisation
-        if target.sampler.cpu_seconds_now() - cpu0 < 0.1:
-            break
-    return round(time.monotonic() - began, 1)
-
-
 async def first_refusal(target: Target, cookie: str | None, limit: int) -> dict[str, Any]:
     """One user uploads a small picture back to back, on a server idle again: which upload is refused first, how."""
-    waited = await settled(target)
+    # The 50-user steps leave photos queued for the image workers after their
+    # clients stopped waiting: an upload made before they are done waits its
+    # turn behind them, and would measure that queue, not the budget.
+    waited = await settled(target, maximum_s=300.0)
     data = small_png()
     async with _client(target, cookie) as client:
         for n in range(1, limit + 1):
