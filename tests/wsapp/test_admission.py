@@ -69,6 +69,34 @@ def test_a_slot_is_freed_when_its_holder_fails() -> None:
     asyncio.run(scenario())
 
 
+class _Occupied:
+    """Takes the only slot of ``admission`` until ``free()``, as a handshake in progress would."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self._held = asyncio.Event()
+        self._free = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _Occupied:
+        self._task = asyncio.create_task(self._hold())
+        await self._held.wait()
+        return self
+
+    async def _hold(self) -> None:
+        async with self.admission.slot():
+            self._held.set()
+            await self._free.wait()
+
+    def free(self) -> None:
+        self._free.set()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._free.set()
+        assert self._task is not None
+        await self._task
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_handshake_waits_for_a_slot_and_a_shutdown_meanwhile_answers_1012(make_user: Any) -> None:
     """While every slot is taken a new socket is not accepted; freed, it is accepted and joins. One that waited
@@ -79,40 +107,26 @@ def test_a_handshake_waits_for_a_slot_and_a_shutdown_meanwhile_answers_1012(make
     async def scenario(cluster: Cluster, process: Process) -> None:
         hub = process.hub
         hub.admission = Admission(1)
-        held = asyncio.Event()
-        free = asyncio.Event()
+        async with _Occupied(hub.admission) as occupied:
+            client = Client(process, ann)
+            await client.communicator.send_input({"type": "websocket.connect"})
+            await _until(lambda: hub.admission.waiting == 1)
+            assert client.communicator.output_queue.empty()
+            occupied.free()
+            assert (await client.receive())["type"] == "websocket.accept"
+            await client.send({"type": "join", "room": "lobby"})
+            joined, _ = await client.receive_until("joined")
+            assert joined["room"] == "lobby"
 
-        async def hold() -> None:
-            async with hub.admission.slot():
-                held.set()
-                await free.wait()
-
-        holder = asyncio.create_task(hold())
-        await held.wait()
-        client = Client(process, ann)
-        await client.communicator.send_input({"type": "websocket.connect"})
-        await _until(lambda: hub.admission.waiting == 1)
-        assert client.communicator.output_queue.empty()
-        free.set()
-        assert (await client.receive())["type"] == "websocket.accept"
-        await client.send({"type": "join", "room": "lobby"})
-        joined, _ = await client.receive_until("joined")
-        assert joined["room"] == "lobby"
-        await holder
-
-        free.clear()
-        held.clear()
-        holder = asyncio.create_task(hold())
-        await held.wait()
-        late = Client(process, ann)
-        await late.communicator.send_input({"type": "websocket.connect"})
-        await _until(lambda: hub.admission.waiting == 1)
-        hub.lifecycle.accepting = False  # a shutdown began
-        free.set()
-        assert (await late.receive())["type"] == "websocket.accept"
-        closed = await late.receive()
-        assert (closed["type"], closed["code"]) == ("websocket.close", Close.RESTART)
-        await holder
+        async with _Occupied(hub.admission) as occupied:
+            late = Client(process, ann)
+            await late.communicator.send_input({"type": "websocket.connect"})
+            await _until(lambda: hub.admission.waiting == 1)
+            hub.lifecycle.accepting = False  # a shutdown began
+            occupied.free()
+            assert (await late.receive())["type"] == "websocket.accept"
+            closed = await late.receive()
+            assert (closed["type"], closed["code"]) == ("websocket.close", Close.RESTART)
 
     run_scenario(scenario)
 
@@ -128,22 +142,12 @@ def test_a_join_waits_for_a_slot(make_user: Any) -> None:
         hub.admission = Admission(1)
         client = Client(process, ann)
         assert (await client.connect())["type"] == "websocket.accept"
-        free = asyncio.Event()
-        held = asyncio.Event()
-
-        async def hold() -> None:
-            async with hub.admission.slot():
-                held.set()
-                await free.wait()
-
-        holder = asyncio.create_task(hold())
-        await held.wait()
-        await client.send({"type": "join", "room": "lobby"})
-        await _until(lambda: hub.admission.waiting == 1)
-        assert client.communicator.output_queue.empty()
-        free.set()
-        joined, _ = await client.receive_until("joined")
-        assert joined["room"] == "lobby"
-        await holder
+        async with _Occupied(hub.admission) as occupied:
+            await client.send({"type": "join", "room": "lobby"})
+            await _until(lambda: hub.admission.waiting == 1)
+            assert client.communicator.output_queue.empty()
+            occupied.free()
+            joined, _ = await client.receive_until("joined")
+            assert joined["room"] == "lobby"
 
     run_scenario(scenario)
