@@ -151,7 +151,13 @@ export class RoomView {
       handlers.input();
       this.updateMentions();
     });
-    this.textarea.addEventListener("blur", () => setTimeout(() => this.closeMentions(), 150));
+    // Late, so a click on an option lands first; and only if the focus stayed away: a blur just
+    // before the user came back and typed "@" must not close the list that "@" opened.
+    this.textarea.addEventListener("blur", () =>
+      setTimeout(() => {
+        if (this.doc.activeElement !== this.textarea) this.closeMentions();
+      }, 150),
+    );
     this.contextCancel.addEventListener("click", () => handlers.cancelContext());
     this.mentionList.addEventListener("mousedown", (event) => {
       const option = event.target.closest("li[data-username]");
