@@ -26,24 +26,21 @@ from collections.abc import AsyncIterator
 class Admission:
     """A first-come first-served gate of ``limit`` slots (one per hub, so per process)."""
 
-    __slots__ = ("_slots", "limit", "waiting")
+    __slots__ = ("_slots", "waiting")
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.waiting = 0
+        self.waiting = 0  # callers queued for a slot now
         self._slots = asyncio.Semaphore(limit)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold one slot for the block (a handshake, or one ``join``)."""
-        if self._slots.locked():
-            self.waiting += 1
-            try:
-                await self._slots.acquire()
-            finally:
-                self.waiting -= 1
-        else:
+        # A free slot is taken without suspending, so only a caller that waits is ever seen counted.
+        self.waiting += 1
+        try:
             await self._slots.acquire()
+        finally:
+            self.waiting -= 1
         try:
             yield
         finally:

@@ -245,15 +245,15 @@ class RedisPresence:
         for entry in entries:
             by_room.setdefault(entry[0], []).append(entry)
         calls: list[list[tuple[int, int, str]]] = []
-        replies = []
+        pending = []
         for room_id, room_entries in by_room.items():
             for start in range(0, len(room_entries), REFRESH_CHUNK):
                 chunk = room_entries[start : start + REFRESH_CHUNK]
                 members = [self._member(user_id, username) for _, user_id, username in chunk]
-                replies.append(self._batch.call(self._refresh, [presence_key(room_id)], [self.ttl_ms, *members]))
+                pending.append(self._batch.call(self._refresh, [presence_key(room_id)], [self.ttl_ms, *members]))
                 calls.append(chunk)
         # One batch (one pipeline) on a single Redis; a cluster client calls each directly.
-        answers = await asyncio.gather(*replies)
+        answers = await asyncio.gather(*pending)
         return [chunk[int(i) - 1] for chunk, missing in zip(calls, answers, strict=True) for i in missing]
 
     async def sweep(self, room_ids: list[int]) -> int:
