@@ -21,6 +21,10 @@ from django.utils.text import Truncator
 from chat import attachmentadmin, moderationadmin
 from chat.models import Membership, Message, Room
 
+admin.site.site_header = "Kaiwa administration"
+admin.site.site_title = "Kaiwa admin"
+admin.site.index_title = "Rooms, messages and people"
+
 
 class LargeTablePaginator(Paginator):
     """A paginator that never counts more than ``count_cap`` rows.

@@ -56,6 +56,13 @@ def test_admin_index_lists_chat_models(admin_client):
     assert 'href="/admin/chat/room/add/"' in page and 'href="/admin/chat/message/add/"' not in page
 
 
+def test_admin_pages_carry_the_sites_name_and_icon(admin_client):
+    """Admin pages say Kaiwa and link the site's icon, so the browser does not ask for a missing /favicon.ico."""
+    page = html_of(admin_client.get(MESSAGES))
+    assert "Kaiwa administration" in page and "| Kaiwa admin</title>" in page
+    assert re.search(r'<link rel="icon" href="/static/chat/favicon\.svg"', page)
+
+
 def test_staff_only(client, make_user):
     """Non-staff users are sent to the admin login."""
     client.force_login(make_user("bob"))
