@@ -28,10 +28,19 @@ Why a remembered answer never lets in a user who lost access:
 * Entries live at most ``KAIWA_ROOM_ACCESS_CACHE_SECONDS``, which bounds changes
   that bypass model signals (``QuerySet.update()``) like the session cache's
   lifetime does.
+
+Joins of one room that all miss at once (a reconnect storm after a restart,
+or after the entry expired) share one database read of it: the ORM's single
+thread otherwise ran one read per join, about 10,000 queued reads for 100
+rooms. Only a public room is shared, as it is the same for every user; a
+private room (or none) still gets each user's own read. A shared answer
+carries the time the read started, like any other, and an event ends the
+sharing: a join after it starts a read of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -64,6 +73,8 @@ class RoomAccess:
         self._room_events: dict[int, float] = {}
         self._user_events: dict[int, float] = {}
         self._since = float("inf")  # the control channel's confirmed subscription
+        # slug -> the database read of it under way, shared by the joins that miss meanwhile
+        self._reading: dict[str, asyncio.Future[tuple[Room | None, float]]] = {}
 
     def __len__(self) -> int:
         return len(self._rooms) + len(self._members)
@@ -116,12 +127,14 @@ class RoomAccess:
         """Access to the room may have changed: drop it and its memberships; hold off remembering it a while."""
         self._note(self._room_events, room_id, time.monotonic() if now is None else now)
         self._drop_room(room_id)
+        self._reading.clear()
 
     def forget_user(self, user_id: int, *, now: float | None = None) -> None:
         """The user changed: drop their memberships; hold off remembering them a while."""
         self._note(self._user_events, user_id, time.monotonic() if now is None else now)
         for key in [k for k in self._members if k[1] == user_id]:
             del self._members[key]
+        self._reading.clear()
 
     def forget_member(self, *, room_id: int, user_id: int) -> None:
         """A re-check found the user may no longer see the room."""
@@ -132,6 +145,7 @@ class RoomAccess:
         self._rooms.clear()
         self._slugs.clear()
         self._members.clear()
+        self._reading.clear()
         self._since = time.monotonic() if now is None else now
 
     def _drop_room(self, room_id: int) -> None:
@@ -148,12 +162,39 @@ class RoomAccess:
             for k in [k for k, t in events.items() if now - t > _EVENT_MEMORY_SECONDS]:
                 del events[k]
 
+    def reading(self, slug: str) -> asyncio.Future[tuple[Room | None, float]] | None:
+        """The database read of ``slug`` under way, if one is."""
+        return self._reading.get(slug)
+
+    def share(self, slug: str, read: asyncio.Future[tuple[Room | None, float]]) -> None:
+        """Let the joins of ``slug`` that miss while ``read`` runs wait for it (unless one is shared already)."""
+        self._reading.setdefault(slug, read)
+        read.add_done_callback(lambda done: self._unshare(slug, done))
+
+    def _unshare(self, slug: str, read: asyncio.Future[tuple[Room | None, float]]) -> None:
+        if self._reading.get(slug) is read:
+            del self._reading[slug]
+        if not read.cancelled():
+            read.exception()  # retrieved here: its waiters may all be gone
+
 
 async def room_for_join(access: RoomAccess, *, user_id: int, slug: str) -> tuple[Room | None, float]:
     """The room ``user_id`` may join under ``slug`` (None: none they can see), and when that was read."""
     hit = access.get(user_id=user_id, slug=slug, now=time.monotonic())
     if hit is not None:
         return hit
+    reading = access.reading(slug)
+    if reading is not None:
+        # shield: a join that gives up (its client left) must not cancel the read for the others.
+        room, read_at = await asyncio.shield(reading)
+        if room is not None and not room.private:
+            return room, read_at
+    read = asyncio.ensure_future(_read(access, user_id=user_id, slug=slug))
+    access.share(slug, read)
+    return await asyncio.shield(read)
+
+
+async def _read(access: RoomAccess, *, user_id: int, slug: str) -> tuple[Room | None, float]:
     read_at = time.monotonic()
     # A database that hangs gets the join a clear refusal (unavailable), not a wait as long as the outage.
     room = await db_call(

@@ -6,12 +6,14 @@ import asyncio
 import socket
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import pytest
 from django.test import override_settings
 
-from chat import services
+from chat import selectors, services
 from chat.models import Room
 from tests.conftest import ROOT, server_env
 from tests.wsapp.conftest import Peer, session_cookie
@@ -147,6 +149,95 @@ def test_refusals_are_never_remembered(make_user):
         assert (await room_for_join(access, user_id=bob.pk, slug="secret"))[0] is not None
 
     asyncio.run(asyncio.wait_for(check(), 10))
+
+
+def _counting_reads(monkeypatch: pytest.MonkeyPatch, gate: threading.Event | None = None) -> list[str]:
+    """Count the database reads of rooms (the real selector runs; ``gate`` holds each read until set)."""
+    reads: list[str] = []
+    real = selectors.room_get_for_user_id
+
+    def counted(*, user_id: int | None, slug: str) -> Room | None:
+        reads.append(slug)
+        if gate is not None:
+            assert gate.wait(10), "the test never opened the gate"
+        return real(user_id=user_id, slug=slug)
+
+    monkeypatch.setattr(selectors, "room_get_for_user_id", counted)
+    return reads
+
+
+@pytest.mark.django_db(transaction=True)
+def test_joins_that_miss_a_public_room_together_share_one_read(make_user, monkeypatch):
+    """Twenty users joining one public room at once cost one database read, and all get its answer and time;
+    a join that gives up meanwhile does not cancel the read for the others."""
+    users = [make_user(f"user{i}") for i in range(20)]
+    lobby = Room.objects.create(slug="lobby", name="Lobby")
+    reads = _counting_reads(monkeypatch)
+    access = _access()
+    access.reset(now=0.0)
+
+    async def check() -> None:
+        quitter = asyncio.ensure_future(room_for_join(access, user_id=users[0].pk, slug="lobby"))
+        await asyncio.sleep(0)  # the quitter's read is under way
+        quitter.cancel()
+        answers = await asyncio.gather(*(room_for_join(access, user_id=u.pk, slug="lobby") for u in users[1:]))
+        assert {room.pk for room, _ in answers if room is not None} == {lobby.pk}
+        assert len({read_at for _, read_at in answers}) == 1
+        assert quitter.cancelled()
+
+    asyncio.run(asyncio.wait_for(check(), 10))
+    assert reads == ["lobby"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_private_room_is_read_for_each_user_even_while_another_read_is_under_way(make_user, monkeypatch):
+    """Membership is per user: a member and a non-member joining a private room together each get their own
+    answer (the room; nothing)."""
+    alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
+    secret = services.room_create(name="Secret", slug="secret", private=True, creator=alice, members=[bob])
+    reads = _counting_reads(monkeypatch)
+    access = _access()
+    access.reset(now=0.0)
+
+    async def check() -> list[Room | None]:
+        answers = await asyncio.gather(
+            *(room_for_join(access, user_id=u.pk, slug="secret") for u in (alice, carol, bob))
+        )
+        return [room for room, _ in answers]
+
+    rooms = asyncio.run(asyncio.wait_for(check(), 10))
+    assert [r.pk if r else None for r in rooms] == [secret.pk, None, secret.pk]
+    assert len(reads) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_join_after_an_event_does_not_share_a_read_that_started_before_it(make_user, monkeypatch):
+    """The room changed while a read of it was under way: a later join reads it again, and the first read's
+    answer is neither shared with it nor remembered."""
+    alice, bob = make_user("alice"), make_user("bob")
+    lobby = Room.objects.create(slug="lobby", name="Lobby")
+    gate = threading.Event()
+    reads = _counting_reads(monkeypatch, gate)
+    access = _access()
+    access.reset(now=0.0)
+
+    async def check() -> None:
+        first = asyncio.ensure_future(room_for_join(access, user_id=alice.pk, slug="lobby"))
+        await asyncio.sleep(0)
+        assert access.reading("lobby") is not None
+        access.forget_room(lobby.pk)
+        second = asyncio.ensure_future(room_for_join(access, user_id=bob.pk, slug="lobby"))
+        await asyncio.sleep(0)
+        gate.set()
+        (room1, _), (room2, _) = await asyncio.gather(first, second)
+        assert room1 is not None and room2 is not None
+        assert access.get(user_id=bob.pk, slug="lobby", now=time.monotonic()) is None  # within QUIET_SECONDS
+
+    try:
+        asyncio.run(asyncio.wait_for(check(), 10))
+    finally:
+        gate.set()
+    assert reads == ["lobby", "lobby"]
 
 
 @pytest.mark.django_db(transaction=True)
