@@ -39,10 +39,10 @@ from django.utils import timezone
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from chat import selectors
 from chat.events import DELETE_OP, EDIT_OP, Entry, parse_ts, ts_ms_of
 from chat.messagelog import AppendResult, FloorNeeded, Log, RateLimit, TargetGone
-from chat.models import Attachment, Message, MessageKind, MessageVersion, Room, RoomKind
-from chat.selectors import amessage_max_seq
+from chat.models import Attachment, Message, MessageKind, MessageVersion, Room
 
 
 class TargetNotFound(LookupError):
@@ -135,16 +135,16 @@ def edit_check(*, target: Target, user_id: int) -> None:
 
 
 async def adelete_check(*, target: Target, user_id: int, room_id: int) -> None:
-    """The author, staff, and the room's owner delete; the author's own costs no query.
+    """The author deletes (no query); others only as the room's moderators (``selectors.room_rights``).
 
-    The same rule as ``chat.selectors.room_rights`` (what the page offers): the
-    person who opened a direct conversation does not own it.
+    The page offers Delete by that same rule, so what it offers and what the
+    server allows cannot drift apart.
     """
     if target.author_id == user_id:
         return
-    staff = get_user_model().objects.filter(pk=user_id, is_staff=True, is_active=True)
-    owner = Room.objects.filter(pk=room_id, created_by_id=user_id).exclude(kind=RoomKind.DM)
-    if await staff.aexists() or await owner.aexists():
+    user = await get_user_model().objects.filter(pk=user_id, is_active=True).afirst()
+    room = await Room.objects.filter(pk=room_id).afirst()
+    if user is not None and room is not None and selectors.room_rights(room=room, user=user)["moderator"]:
         return
     raise Forbidden("Only the author, staff and the room's owner can delete a message.")
 
@@ -175,7 +175,7 @@ async def aappend(*, log: Log, known_last: int | None = None, **fields: Any) -> 
             if floor is not None:
                 raise Unavailable("Redis lost the room's sequence twice in a row.") from None
             try:
-                stored = await amessage_max_seq(room_id=fields["room_id"])
+                stored = await selectors.amessage_max_seq(room_id=fields["room_id"])
             except DatabaseError as exc:
                 raise Unavailable(f"the database is unreachable ({exc})") from exc
             floor = max(stored, known_last or 0)

@@ -115,7 +115,8 @@ def room_rights(*, room: Room, user: AnyUser) -> dict[str, bool]:
     """What ``user`` may do in ``room`` beyond writing: the one place these rules live.
 
     ``moderator``: staff, or the room's creator, may delete anyone's message
-    (protocol.md 7.4; the WebSocket's check is ``chat.messageedits.adelete_check``).
+    (protocol.md 7.4; the WebSocket's ``delete`` is checked by it too, in
+    ``chat.messageedits.adelete_check``).
     ``can_manage``: the creator of a private room manages its members
     (``chat.views.room_members``). A direct conversation has no owner: the
     person who opened it is not the other one's moderator, and a pair has no
