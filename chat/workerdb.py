@@ -11,9 +11,10 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from django.db import close_old_connections, connection, connections
+from django.db import connections
 
 from chat import persistconflicts, services
+from chat.dbconnection import release_connection
 from chat.events import Entry
 
 logger = logging.getLogger("kaiwa.worker")
@@ -30,22 +31,6 @@ def persist_batch(entries: Sequence[Entry]) -> int:
         return written + len(entries) - len(own)  # the foreign ones are kept: done with, like the written ones
     finally:
         release_connection()
-
-
-def release_connection() -> None:
-    """Close the thread's database connection around a batch, unless it is a healthy SQLite one.
-
-    Closing is what lets a long-lived thread survive a database restart: a
-    broken connection is dropped (PostgreSQL: returned to the pool, which checks
-    it on checkout). A SQLite connection is a file handle with no server to
-    restart, and opening one registers Django's SQL functions each time, a
-    measurable cost per batch (docs/architecture.md, "Measured reasons").
-    """
-    if connection.vendor == "sqlite":
-        if connection.connection is not None and (connection.errors_occurred and not connection.is_usable()):
-            connection.close()
-        return
-    close_old_connections()
 
 
 def close_db() -> None:

@@ -5,6 +5,10 @@ outside any request, where it never calls ``close_old_connections()``: a
 database connection that broke (a database restart) would stay broken for
 the life of the process. Code of wsapp calls ``db_ready()`` before its
 database work, or ``db_call()`` for both in one thread hop.
+
+Around each call the thread's connection is released the way the
+persistence worker's is (``chat.dbconnection``): a healthy SQLite connection
+is kept from call to call, anything else is closed as Django would.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
+
+from chat.dbconnection import release_connection
 
 T = TypeVar("T")
 
 
 async def db_ready() -> None:
-    await sync_to_async(close_old_connections)()
+    await sync_to_async(release_connection)()
 
 
 class DatabaseStuck(DatabaseError):
@@ -34,7 +40,7 @@ _last_done = float("-inf")  # when a db_call last finished on the ORM's thread (
 def _ready_then(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
     global _last_done
     try:
-        close_old_connections()
+        release_connection()
         return fn(**kwargs)
     finally:
         _last_done = time.monotonic()
@@ -49,7 +55,7 @@ def _consume(future: asyncio.Future[Any]) -> None:
 
 
 async def db_call(fn: Callable[..., T], /, *, stuck_after: float | None = None, **kwargs: Any) -> T:
-    """``fn(**kwargs)`` on the ORM's thread after ``close_old_connections()``: one thread hop for both.
+    """``fn(**kwargs)`` on the ORM's thread after ``release_connection()``: one thread hop for both.
 
     ``stuck_after``: raise ``DatabaseStuck`` once the thread has finished no
     call for that long (a database that hangs), rather than wait behind it.
