@@ -92,7 +92,7 @@ class Config:
             step_s=1.0,
             warmup_s=0.5,
             ramp_max_s=20.0,
-            scenario_timeout_s=180.0,
+            scenario_timeout_s=600.0,  # a slower machine (about half speed) ran the uploads scenario past 180 s
             run_budget_s=150.0,
             quiet_s=0.7,
             drain_max_s=3.0,
