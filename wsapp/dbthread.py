@@ -22,6 +22,7 @@ from asgiref.sync import sync_to_async
 from django.db import DatabaseError
 
 from chat.dbconnection import release_connection
+from wsapp.stalljudge import StallJudge
 
 T = TypeVar("T")
 
@@ -59,22 +60,27 @@ async def db_call(fn: Callable[..., T], /, *, stuck_after: float | None = None, 
 
     ``stuck_after``: raise ``DatabaseStuck`` once the thread has finished no
     call for that long (a database that hangs), rather than wait behind it.
-    A queue of calls that keep finishing (a connect storm) is busy, not stuck.
+    A queue of calls that keep finishing (a connect storm) is busy, not stuck,
+    and so is a thread that could not run because the loop starved it
+    (``wsapp.stalljudge``).
     """
     call = asyncio.ensure_future(_call_on_orm_thread(fn, kwargs))
     if stuck_after is None:
         result: T = await call
         return result
+    judge = StallJudge(stuck_after)
     waiting_since = time.monotonic()
     try:
         while True:
-            idle = time.monotonic() - max(_last_done, waiting_since)
-            if idle >= stuck_after:
-                raise DatabaseStuck(f"the database did not answer within {stuck_after} s")
-            done, _ = await asyncio.wait({call}, timeout=stuck_after - idle)
+            slept_at = time.monotonic()
+            done, _ = await asyncio.wait({call}, timeout=judge.period)
             if done:
                 result = call.result()
                 return result
+            now = time.monotonic()
+            judge.woke(slept_at=slept_at, now=now)
+            if judge.stuck(stuck_for=now - max(_last_done, waiting_since), now=now):
+                raise DatabaseStuck(f"the database did not answer within {stuck_after} s")
     finally:
         if not call.done():
             call.add_done_callback(_consume)

@@ -20,7 +20,7 @@ When the database fails or does not answer within
 next misses do at once, for twice that long) instead of waiting: the caller
 answers "try again later". Cached sessions keep connecting. While the event
 loop itself is starved (a connect storm), the checks are starved with it and
-get up to ``STARVED_LIMIT_FACTOR`` times that limit before the same verdict.
+get more time before the same verdict (``wsapp.stalljudge``).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from chat.authcache import REV_KEY, session_record_key, user_set_key
 from chat.redistopology import make_async_client
 from chat.scriptbatch import ScriptBatch
 from wsapp import sessionrows
+from wsapp.stalljudge import StallJudge
 
 logger = logging.getLogger("kaiwa.auth")
 
@@ -257,33 +258,21 @@ async def _cached(state: _LoopState, key: str) -> tuple[bytes | None, bytes | No
     return await fut
 
 
-STARVED_LIMIT_FACTOR = 10  # on a starved loop, a check counts as stuck after this many times the limit
-
-
 async def _watch(state: _LoopState) -> None:
     global _failed_at
-    limit = settings.KAIWA_AUTH_DB_TIMEOUT_SECONDS
-    period = limit / 4
-    grace_until = float("-inf")
+    judge = StallJudge(settings.KAIWA_AUTH_DB_TIMEOUT_SECONDS)
     try:
         while state.waiters:
             slept_at = time.monotonic()
-            await asyncio.sleep(period)
+            await asyncio.sleep(judge.period)
             now = time.monotonic()
-            if now - slept_at > 2 * period:
-                # This watchdog woke late: the loop was starved, and so were the
-                # check threads (the loop holds the GIL), so "none finished" says
-                # nothing about the database yet. They get a whole limit of
-                # responsive time again before a verdict (a 10,000-client storm
-                # was refused 1013 "database unavailable" by a healthy database).
-                grace_until = now + limit
+            judge.woke(slept_at=slept_at, now=now)
             # Stuck, not busy: a check has run longer than the limit and none
             # finished meanwhile. In a connect storm the threads are slow but
-            # keep finishing checks. However starved the loop, a check running
-            # STARVED_LIMIT_FACTOR times the limit is stuck.
+            # keep finishing checks.
             running = list(_running.values())
             stuck_for = now - max(min(running), _last_done) if running else 0.0
-            if stuck_for > limit and (now >= grace_until or stuck_for > STARVED_LIMIT_FACTOR * limit):
+            if judge.stuck(stuck_for=stuck_for, now=now):
                 _failed_at = now
                 for waiter in list(state.waiters):
                     if not waiter.done():
