@@ -229,3 +229,33 @@ test("ArrowUp edits the last own message with an edit frame; a reply carries rep
   assert.equal(controller.active.lastSeq, 4);
   assert.equal(controller.mentionCandidates().map((u) => u.username).join(), "bob");
 });
+
+test("a join refused as unavailable goes out again after retry_after_ms, and joined clears the refusal; not_found is not retried", (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const { controller, socket, calls } = setup({ firstPage: [stored(1)] });
+  const joins = () => socket.sent.filter((f) => f.type === "join");
+  controller.start();
+  controller.joinAll();
+  assert.equal(joins().length, 1);
+  const refusal = { type: "error", code: "unavailable", message: "The database did not answer.", ref: "join", room: "general" };
+  controller.handleFrame({ ...refusal, retry_after_ms: 1000 });
+  assert.deepEqual(calls.filter((c) => c[0] === "showHistoryError").at(-1), [
+    "showHistoryError",
+    "Could not join this room: The database did not answer. Retrying in 1.0 s.",
+  ]);
+  t.mock.timers.tick(999);
+  assert.equal(joins().length, 1);
+  t.mock.timers.tick(1);
+  assert.deepEqual(joins().at(-1), { type: "join", room: "general", since: 1 });
+  const hides = () => calls.filter((c) => c[0] === "hideHistoryError").length;
+  const hiddenBefore = hides();
+  controller.handleFrame({ type: "joined", room: "general", last_seq: 1, presence: [], reset: false });
+  assert.equal(hides(), hiddenBefore + 1);
+  assert.equal(controller.active.error, null);
+
+  controller.onSocketClosed();
+  controller.joinAll();
+  controller.handleFrame({ ...refusal, code: "not_found", message: "No such room." });
+  t.mock.timers.tick(60_000);
+  assert.equal(joins().length, 3);
+});

@@ -54,6 +54,8 @@ export class RoomController {
     });
     this.lastTypingSentAt = 0;
     this.retryTimers = new Map();
+    // One timer for the joins the server asked us to retry later (error unavailable with retry_after_ms).
+    this.joinRetryTimer = undefined;
     // Direct conversations (roomnav.js): joined with presence even in the background.
     this.dmSlugs = new Set();
     // The composer's context (protocol.md 7.4): null, {kind: "reply", seq} or {kind: "edit", seq}.
@@ -189,6 +191,8 @@ export class RoomController {
   onJoined(room, frame) {
     room.joined = true;
     room.joinSent = false;
+    // The "could not join" shown for this room is over (an error of the history's own stays).
+    if (room.error !== null && room === this.active) this.view.hideHistoryError();
     room.error = null;
     if (Array.isArray(frame.presence)) room.setPresence(frame.presence);
     const lastSeq = Number(frame.last_seq) || 0;
@@ -315,7 +319,14 @@ export class RoomController {
       if (room) {
         room.joinSent = false;
         room.error = frame.message;
-        if (room === this.active) this.view.showHistoryError(`Could not join this room: ${frame.message}`);
+        let text = `Could not join this room: ${frame.message}`;
+        if (frame.code === "unavailable") {
+          // The database or Redis could not answer now (a restart, a storm): the server says when to ask again.
+          const delay = Math.max(Number(frame.retry_after_ms) || 0, 250);
+          text += ` Retrying in ${(delay / 1000).toFixed(1)} s.`;
+          this.retryJoinsIn(delay);
+        }
+        if (room === this.active) this.view.showHistoryError(text);
       }
       return;
     }
@@ -343,6 +354,15 @@ export class RoomController {
       this.joinAll();
     }
     this.view.renderPending(this.pending.get(item.clientId), this.pendingText());
+  }
+
+  /** joinAll() once, after `delay` ms: every room refused meanwhile goes out again in that one pass. */
+  retryJoinsIn(delay) {
+    if (this.joinRetryTimer !== undefined) return;
+    this.joinRetryTimer = setTimeout(() => {
+      this.joinRetryTimer = undefined;
+      if (this.socket && this.socket.isOpen()) this.joinAll();
+    }, delay);
   }
 
   clearRetryTimer(clientId) {
