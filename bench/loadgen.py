@@ -153,20 +153,34 @@ class Fleet:
         )
         member.conn = conn
         sent_since: dict[str, int] = {}
+        frames: dict[str, str] = {}
         try:
             for room in member.rooms:
                 frame: dict[str, Any] = {"type": "join", "room": room}
                 if since and room in member.last_seq:
                     frame["since"] = sent_since[room] = member.last_seq[room]
-                conn.send_text(json.dumps(frame))
+                frames[room] = json.dumps(frame)
+                conn.send_text(frames[room])
             async with asyncio.timeout(open_timeout):
                 for room in member.rooms:
-                    waiter = member.joined_waiters[room]
-                    either: set[asyncio.Future[Any]] = {waiter, conn.closed}
-                    done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-                    if waiter not in done:
-                        raise ConnectionError(f"closed with {conn.close_code} before joined")
-                    joined = waiter.result()
+                    while True:
+                        waiter = member.joined_waiters[room]
+                        either: set[asyncio.Future[Any]] = {waiter, conn.closed}
+                        done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                        if waiter not in done:
+                            raise ConnectionError(f"closed with {conn.close_code} before joined")
+                        joined = waiter.result()
+                        if joined.get("type") != "error":
+                            break
+                        # As the chat page does: unavailable is asked again after retry_after_ms.
+                        code = str(joined.get("code"))
+                        if code != "unavailable":
+                            raise ConnectionError(f"join refused: {code}")
+                        key = "join refused, sent again: unavailable"
+                        self.connect_failures[key] = self.connect_failures.get(key, 0) + 1
+                        await asyncio.sleep(max(250, int(joined.get("retry_after_ms") or 0)) / 1000)
+                        member.joined_waiters[room] = loop.create_future()
+                        conn.send_text(frames[room])
                     last = int(joined.get("last_seq", 0))
                     member.last_seq.setdefault(room, last)
                     if joined.get("reset") and room in sent_since:
@@ -243,6 +257,9 @@ class Fleet:
             if waiter is not None and not waiter.done():
                 waiter.set_result(frame)
         elif kind == "error":
+            waiter = member.joined_waiters.get(frame.get("room")) if frame.get("ref") == "join" else None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(frame)  # open() decides: send the join again, or give up
             self._on_error(member, frame)
         elif kind == "presence":
             self.presence_frames += 1

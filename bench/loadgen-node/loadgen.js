@@ -120,6 +120,10 @@ function onText(member, data) {
   } else if (kind === 'error') {
     const code = String(frame.code);
     if (state.step) bump(state.step.errors, code);
+    if (frame.ref === 'join' && member.joinWaiters.has(frame.room) && member.joinRefused) {
+      member.joinRefused(frame);
+      return;
+    }
     const msg = member.inflight.get(String(frame.ref));
     if (msg) {
       member.inflight.delete(String(frame.ref));
@@ -206,6 +210,19 @@ function openMember(member, { since = false, timeout = 30 } = {}) {
     };
     const timer = setTimeout(() => fail(new Error('timeout before joined')), timeout * 1000);
     let pending = member.rooms.length;
+    const joinFrames = {};
+    // As the chat page does: a join refused as unavailable goes again after retry_after_ms; other refusals end the open.
+    member.joinRefused = (frame) => {
+      const code = String(frame.code);
+      if (code !== 'unavailable') {
+        fail(new Error(`join refused: ${code}`));
+        return;
+      }
+      bump(state.failures, 'join refused, sent again: unavailable');
+      setTimeout(() => {
+        if (!settled && member.ws === ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(joinFrames[frame.room]));
+      }, Math.max(250, frame.retry_after_ms | 0));
+    };
     ws.on('open', () => {
       for (const room of member.rooms) {
         member.joinWaiters.set(room, (frame) => {
@@ -222,6 +239,7 @@ function openMember(member, { since = false, timeout = 30 } = {}) {
         });
         const frame = { type: 'join', room };
         if (since && room in member.lastSeq) frame.since = member.lastSeq[room];
+        joinFrames[room] = frame;
         ws.send(JSON.stringify(frame));
       }
     });
