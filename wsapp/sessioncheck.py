@@ -266,7 +266,7 @@ async def _watch(state: _LoopState) -> None:
             slept_at = time.monotonic()
             await asyncio.sleep(judge.period)
             now = time.monotonic()
-            judge.woke(slept_at=slept_at, now=now)
+            judge.woke(slept_at=slept_at, asked=judge.period, now=now)
             # Stuck, not busy: a check has run longer than the limit and none
             # finished meanwhile. In a connect storm the threads are slow but
             # keep finishing checks.

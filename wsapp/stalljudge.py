@@ -8,8 +8,8 @@ call them stuck when nothing finished for ``KAIWA_AUTH_DB_TIMEOUT_SECONDS``.
 That verdict is only as good as the clock the loop looked at. While the loop
 is starved (a connect storm's iterations, or a garbage collection of a process
 with 10,000 sockets pausing every thread), the workers are starved with it:
-they need the GIL the loop holds. A watchdog that slept a quarter of the limit
-and woke twice that late has learned nothing about the database, so the
+they need the GIL the loop holds. A watchdog that woke more than a quarter of
+the limit later than it asked has learned nothing about the database, so the
 threads get a whole limit of responsive time again before a verdict. Without
 that, a healthy SQLite refused joins of an idle-connection run with
 ``unavailable`` (``DatabaseStuck``) and a 10,000-client storm got 1013.
@@ -24,18 +24,18 @@ STARVED_LIMIT_FACTOR = 10
 
 
 class StallJudge:
-    """One watcher's verdict: call ``woke()`` after each nap of ``period`` s, then ask ``stuck()``."""
+    """One watcher's verdict: call ``woke()`` after each nap, then ask ``stuck()``."""
 
     __slots__ = ("_grace_until", "limit", "period")
 
     def __init__(self, limit: float) -> None:
         self.limit = limit
-        self.period = limit / 4  # how long a watcher naps between looks
+        self.period = limit / 4  # the shortest nap, and how late a nap may end before it counts as starved
         self._grace_until = float("-inf")
 
-    def woke(self, *, slept_at: float, now: float) -> None:
-        """A nap that began at ``slept_at`` ended at ``now``: late means the loop was starved."""
-        if now - slept_at > 2 * self.period:
+    def woke(self, *, slept_at: float, asked: float, now: float) -> None:
+        """A nap of ``asked`` s that began at ``slept_at`` ended at ``now``: late means the loop was starved."""
+        if now - slept_at > asked + self.period:
             self._grace_until = now + self.limit
 
     def stuck(self, *, stuck_for: float, now: float) -> bool:
