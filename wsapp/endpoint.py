@@ -178,8 +178,7 @@ class Endpoint:
             elif isinstance(request, schemas.Join):
                 await self._join(hub, conn, request)
             elif isinstance(request, schemas.Leave):
-                await hub.leave(conn, request.room)
-                conn.put_frame(frames.left(request.room))
+                await hub.leave(conn, request.room, tell=True)
             elif isinstance(request, schemas.Send):
                 await self._send(hub, conn, request)
             elif isinstance(request, schemas.Edit | schemas.Delete):

@@ -255,9 +255,18 @@ class Hub:
         state.members[conn] = held
         return state, held, joined, last
 
-    async def leave(self, conn: Connection, slug: str) -> None:
+    async def leave(self, conn: Connection, slug: str, *, tell: bool = False) -> None:
+        """End ``conn``'s membership of ``slug``; with ``tell``, put its ``left`` frame.
+
+        The ``left`` goes on the queue in the same step as the subscription
+        ends, before the presence update awaits Redis: another task that finds
+        the membership gone (a ``room_removed`` for the same room) puts its
+        frame after ``left``, as protocol.md 7.5 orders them.
+        """
         subscription = conn.subscriptions.get(slug)
         state = self._unregister(conn, slug)
+        if tell:
+            conn.put_frame(frames.left(slug))
         if state is not None and subscription is not None and subscription.present:
             await self._absent_if_last(state, conn)
 

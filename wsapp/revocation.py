@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 
 from chat import selectors
-from wsapp import auth, frames, userevents
+from wsapp import auth, userevents
 from wsapp.connection import Connection
 from wsapp.dbthread import db_ready
 from wsapp.errors import Close
@@ -247,5 +247,4 @@ class Revocation:
                             slug,
                             conn.id,
                         )
-                        await self.hub.leave(conn, slug)
-                        conn.put_frame(frames.left(slug))
+                        await self.hub.leave(conn, slug, tell=True)

@@ -4,7 +4,10 @@
 ``room_updated`` with their audience (user ids, or everyone but some ids);
 each process puts the frame on the local connections of those users. A
 ``room_removed`` first ends the room's subscription on every such connection
-that joined it (an unsolicited ``left``), so ``left`` always comes first.
+that joined it (an unsolicited ``left``), so ``left`` always comes first. The
+access re-check (``wsapp.revocation``) may end the same subscription at the
+same time; ``Hub.leave`` queues ``left`` in the step that ends it, so whichever
+task ends it, its ``left`` precedes this ``room_removed``.
 """
 
 from __future__ import annotations
@@ -58,7 +61,6 @@ async def _remove(hub: Hub, conns: list[Connection], room_id: int, text: str, nb
     for conn in conns:
         for slug, subscription in list(conn.subscriptions.items()):
             if subscription.room_id == room_id and conn.open:
-                await hub.leave(conn, slug)
-                conn.put_frame(frames.left(slug))
+                await hub.leave(conn, slug, tell=True)
         if conn.open:
             conn.put(text, nbytes)

@@ -256,3 +256,40 @@ def test_a_join_waits_for_a_late_subscription_while_the_relay_is_connected(run, 
         relay._live = True
 
     run(scenario)
+
+
+def test_a_membership_ended_by_the_server_says_left_before_any_later_frame(run, monkeypatch):
+    """A revocation's ``left`` is queued as the subscription ends, not after the presence update: a
+    ``room_removed`` handled while that update waits on Redis still comes after ``left`` (protocol.md 7.5)."""
+    from chat import roomevents
+    from wsapp import userevents
+
+    async def scenario(cluster: Cluster, process: Process) -> None:
+        lobby = cluster.room()
+        socket, conn = connection()
+        process.hub.add(conn)  # a room event's audience is the registered connections
+        await process.hub.join(conn, lobby, None)
+        presence = process.hub.presence
+        leaving, gate = asyncio.Event(), asyncio.Event()
+        real_leave = presence.leave
+
+        async def slow_leave(**kwargs: object) -> bool:
+            leaving.set()
+            await gate.wait()
+            return await real_leave(**kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(presence, "leave", slow_leave)
+        revoked = asyncio.ensure_future(process.hub.leave(conn, "lobby", tell=True))
+        async with asyncio.timeout(WAIT):
+            await leaving.wait()
+        event = roomevents.event(roomevents.REMOVED, room_id=lobby.pk, room="lobby", users=[conn.user_id])
+        userevents.on_control(process.hub, event)
+        async with asyncio.timeout(WAIT):  # the removal finds the membership already ended and says so
+            await asyncio.gather(*process.hub._background)
+        gate.set()
+        async with asyncio.timeout(WAIT):
+            await revoked
+        kinds = [f["type"] for f in socket.frames if f["type"] in ("left", "room_removed")]
+        assert kinds == ["left", "room_removed"], socket.frames
+
+    run(scenario)
