@@ -233,13 +233,17 @@ def make_async_client(*, blocking_reads: bool = False, pool_size: int | None = N
     return aioredis.Redis.from_pool(pool)
 
 
+def _sentinel_kwargs(retry: Retry | AsyncRetry) -> dict[str, Any]:
+    # The Sentinels themselves get short timeouts and no retry: a dead one must
+    # not hold up finding the master through the others. redis-py's default
+    # (10 tries, backoff up to 1 s) made each dead Sentinel cost about 3.5 s, so
+    # with all three down every command and the relay's reconnect waited ~11 s
+    # for MasterNotFoundError, and a SIGTERM then took as long.
+    return {"socket_connect_timeout": 1.0, "socket_timeout": 1.0, "retry": retry}
+
+
 def _sentinel() -> Sentinel:
-    # The Sentinels themselves get short timeouts: a dead one must not hold up
-    # finding the master through the others.
-    return Sentinel(
-        settings.KAIWA_REDIS_SENTINELS,
-        sentinel_kwargs={"socket_connect_timeout": 1.0, "socket_timeout": 1.0},
-    )
+    return Sentinel(settings.KAIWA_REDIS_SENTINELS, sentinel_kwargs=_sentinel_kwargs(AsyncRetry(NoBackoff(), 0)))
 
 
 _sync_client: SyncClient | None = None
@@ -251,9 +255,7 @@ def make_sync_client(*, max_connections: int = 4) -> SyncClient:
     mode = settings.KAIWA_REDIS_MODE
     common: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": COMMAND_TIMEOUT}
     if mode == SENTINEL:
-        sentinel = SyncSentinel(
-            settings.KAIWA_REDIS_SENTINELS, sentinel_kwargs={"socket_connect_timeout": 1.0, "socket_timeout": 1.0}
-        )
+        sentinel = SyncSentinel(settings.KAIWA_REDIS_SENTINELS, sentinel_kwargs=_sentinel_kwargs(Retry(NoBackoff(), 0)))
         return sentinel.master_for(
             settings.KAIWA_REDIS_SENTINEL_SERVICE,
             redis_class=SyncSentinelRedis,

@@ -187,3 +187,34 @@ def test_primary_killed_while_two_clients_send_loses_and_duplicates_nothing(
         f"{len(run.acked)} acked, lost {lost}, duplicates {duplicates}, "
         f"{run.unavailable} unavailable answers re-sent, {resets} resets"
     )
+
+
+def test_with_every_sentinel_and_node_gone_sends_are_refused_promptly_and_sigterm_exits(
+    start_server, make_user, aio, fresh_sentinel_topology
+):
+    """With the whole Sentinel deployment down, a send is answered ``unavailable`` within a few seconds (not
+    after redis-py retrying each dead Sentinel ten times, about 11 s) and SIGTERM ends the process within
+    its shutdown grace."""
+    topology = fresh_sentinel_topology
+    user = make_user("ann")
+    cookie = session_cookie(user)
+    Room.objects.create(slug="lobby", name="Lobby")
+    server = start_server(env={**topology.env(), "KAIWA_SHUTDOWN_GRACE_SECONDS": "2"})
+
+    async def joined() -> Peer:
+        peer = await Peer.open(server.ws, cookie)
+        await peer.join("lobby")
+        assert (await peer.send_message("lobby", "before", "c1"))["type"] == "ack"
+        return peer
+
+    peer = aio(joined())
+    topology.topology.close()
+
+    async def refused() -> dict[str, Any]:
+        async with asyncio.timeout(4):
+            return await peer.send_message("lobby", "during", "c2")
+
+    answer = aio(refused())
+    assert answer["type"] == "error" and answer["code"] == "unavailable", answer
+    server.terminate(timeout=2 + 3)  # uvicorn re-raises the SIGTERM it handled: the exit status is -15
+    assert any("Finished server process" in line for line in server.lines), "".join(server.lines)
