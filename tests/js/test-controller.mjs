@@ -259,3 +259,59 @@ test("a join refused as unavailable goes out again after retry_after_ms, and joi
   t.mock.timers.tick(60_000);
   assert.equal(joins().length, 3);
 });
+
+test("sends refused for now go out again together, in the order typed, and a send typed meanwhile waits behind them", (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const { controller, socket, state } = setup();
+  controller.start();
+  controller.handleFrame({ type: "joined", room: "general", last_seq: 0, presence: [], reset: false });
+  const sends = () => socket.sent.filter((f) => f.type === "send").map((f) => f.body);
+  for (const body of ["one", "two", "three"]) {
+    state.composer = body;
+    controller.submit();
+  }
+  const ids = Object.fromEntries(socket.sent.map((f) => [f.body, f.client_id]));
+  const refuse = (body, retryAfter) =>
+    controller.handleFrame({ type: "error", code: "unavailable", message: "Redis is unreachable.", ref: ids[body], room: "general", retry_after_ms: retryAfter });
+  // Redis went away: each is refused, with its own retry_after_ms.
+  refuse("one", 1000);
+  refuse("two", 3000);
+  refuse("three", 500);
+  state.composer = "four";
+  controller.submit();
+  assert.deepEqual(sends(), ["one", "two", "three"], "four waits behind the refused ones");
+  t.mock.timers.tick(999);
+  assert.deepEqual(sends(), ["one", "two", "three"]);
+  t.mock.timers.tick(1); // the first refusal's delay: all of them, in the order typed
+  assert.deepEqual(sends().slice(3), ["one", "two", "three", "four"]);
+  assert.deepEqual(socket.sent.slice(-4).map((f) => f.client_id), [ids.one, ids.two, ids.three, socket.sent.at(-1).client_id]);
+  t.mock.timers.tick(10_000); // no timer of a single message goes off later
+  assert.equal(sends().length, 7);
+});
+
+test("a refused send keeps its re-send window; discarding it lets the sends behind it go", (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const { controller, socket, state, calls, clock } = setup({ limits: { dedup_seconds: 5 } });
+  controller.start();
+  controller.handleFrame({ type: "joined", room: "general", last_seq: 0, presence: [], reset: false });
+  const sends = () => socket.sent.filter((f) => f.type === "send").map((f) => f.body);
+  state.composer = "old";
+  controller.submit();
+  const refusal = { type: "error", code: "unavailable", message: "Redis is unreachable.", room: "general", retry_after_ms: 1000 };
+  controller.handleFrame({ ...refusal, ref: socket.sent.at(-1).client_id });
+  clock.advance(10_000); // past the server's memory of its client_id: a re-send could post it twice
+  t.mock.timers.tick(1000);
+  assert.deepEqual(sends(), ["old"]);
+  const old = calls.filter(([n, item]) => n === "renderPending" && item.body === "old").at(-1)[1];
+  assert.equal(old.code, "expired");
+
+  state.composer = "first";
+  controller.submit();
+  const first = socket.sent.at(-1).client_id;
+  controller.handleFrame({ ...refusal, ref: first });
+  state.composer = "second";
+  controller.submit();
+  assert.deepEqual(sends(), ["old", "first"]);
+  controller.discard(first);
+  assert.deepEqual(sends(), ["old", "first", "second"]);
+});

@@ -6,7 +6,7 @@
 
 import { History } from "./history.js";
 import { RoomInfo } from "./roominfo.js";
-import { RoomState, newClientId, typingText } from "./store.js";
+import { RoomState, TRANSIENT_CODES, newClientId, typingText } from "./store.js";
 
 // Our own pace for "I am typing" frames; never faster than the server accepts them.
 const TYPING_THROTTLE_MS = 3000;
@@ -53,7 +53,10 @@ export class RoomController {
       seed: { mentionable: config.members, moderator: config.canModerate, can_manage: config.canManage },
     });
     this.lastTypingSentAt = 0;
-    this.retryTimers = new Map();
+    // Per room: one timer for its sends the server asked us to re-send later (rate_limited, unavailable).
+    this.resendTimers = new Map();
+    // Sends kept back behind an earlier refused one of their room (transmit), by client_id.
+    this.held = new Set();
     // One timer for the joins the server asked us to retry later (error unavailable with retry_after_ms).
     this.joinRetryTimer = undefined;
     // Direct conversations (roomnav.js): joined with presence even in the background.
@@ -228,8 +231,14 @@ export class RoomController {
    * failed, for the user to decide.
    */
   resendPending(room) {
+    this.clearResendTimer(room.slug);
+    // Refused sends go out again with the others, in the order typed (see onSendRefused).
+    const requeued = new Set(this.pending.requeue(room.slug));
     for (const item of this.pending.expire()) if (item.room === this.active.slug) this.view.renderPending(item, this.pendingText());
-    for (const item of this.pending.dueForResend(room.slug)) this.transmit(item);
+    for (const item of this.pending.dueForResend(room.slug)) {
+      if (requeued.has(item) && item.room === this.active.slug) this.view.renderPending(item, this.pendingText());
+      this.transmit(item);
+    }
   }
 
   onMessage(room, frame) {
@@ -278,7 +287,6 @@ export class RoomController {
     if (this.changes.delete(frame.client_id)) return; // an edit or deletion: its own frame shows it
     const item = this.pending.resolve(frame.client_id);
     if (item === undefined) return; // the message frame settled it first
-    this.clearRetryTimer(item.clientId);
     if (room !== this.active) return;
     this.view.removePending(item.clientId);
     // The ack can overtake message frames of lower seq: store it for display,
@@ -339,14 +347,16 @@ export class RoomController {
 
   onSendRefused(item, frame) {
     const retryAfter = Number(frame.retry_after_ms) || 0;
-    const transient = frame.code === "rate_limited" || frame.code === "unavailable";
+    const transient = TRANSIENT_CODES.has(frame.code);
     let text = frame.message || "The server refused this message.";
     if (transient && retryAfter > 0) text += ` Retrying in ${(retryAfter / 1000).toFixed(1)} s.`;
     this.pending.fail(item.clientId, frame.code, text, retryAfter);
     if (transient) {
-      // The server told us when it will take it: try again then by ourselves.
-      this.clearRetryTimer(item.clientId);
-      this.retryTimers.set(item.clientId, setTimeout(() => this.retry(item.clientId), Math.max(retryAfter, 250)));
+      // The server told us when it will take it: try again then by ourselves,
+      // with every other send of the room refused meanwhile or typed since, in
+      // the order typed. One timer per message let a later message, whose own
+      // retry came after Redis was back, be accepted before earlier ones.
+      this.resendRoomIn(item.room, Math.max(retryAfter, 250));
     } else if (frame.code === "not_joined") {
       // Our join has not been answered yet (or was lost): it is safe to try again.
       const room = this.rooms.get(item.room);
@@ -365,10 +375,24 @@ export class RoomController {
     }, delay);
   }
 
-  clearRetryTimer(clientId) {
-    const timer = this.retryTimers.get(clientId);
+  /** resendPending(room) once, after `delay` ms (a timer already set for the room stands). */
+  resendRoomIn(slug, delay) {
+    if (this.resendTimers.has(slug)) return;
+    this.resendTimers.set(
+      slug,
+      setTimeout(() => {
+        this.resendTimers.delete(slug);
+        const room = this.rooms.get(slug);
+        // Not joined: the next joined re-sends them.
+        if (room && room.joined) this.resendPending(room);
+      }, delay),
+    );
+  }
+
+  clearResendTimer(slug) {
+    const timer = this.resendTimers.get(slug);
     if (timer !== undefined) clearTimeout(timer);
-    this.retryTimers.delete(clientId);
+    this.resendTimers.delete(slug);
   }
 
   // --------------------------------------------------------------- sending
@@ -422,6 +446,12 @@ export class RoomController {
   transmit(item) {
     const room = this.rooms.get(item.room);
     if (!room || !room.joined) return;
+    // An earlier send of the room waits for its re-send: this one goes out after it, with it.
+    if (this.pending.waitsBehind(item)) {
+      this.held.add(item.clientId);
+      return;
+    }
+    this.held.delete(item.clientId);
     const frame = { type: "send", room: item.room, body: item.body, client_id: item.clientId };
     if (item.attachments && item.attachments.length) frame.attachments = item.attachments.map((a) => a.id);
     if (item.replyTo) frame.reply_to = item.replyTo;
@@ -435,18 +465,22 @@ export class RoomController {
     this.socket.send(frame);
   }
 
+  /** The user's Retry: this send restarts its window, and the room's waiting sends go with it, in order. */
   retry(clientId) {
-    this.clearRetryTimer(clientId);
     const item = this.pending.retry(clientId);
     if (item === undefined) return;
     this.view.renderPending(item, this.pendingText());
-    this.transmit(item);
+    const room = this.rooms.get(item.room);
+    if (room && room.joined) this.resendPending(room);
   }
 
   discard(clientId) {
-    this.clearRetryTimer(clientId);
-    this.pending.resolve(clientId);
+    const item = this.pending.resolve(clientId);
     this.view.removePending(clientId);
+    // Sends that waited behind this one go now (unless another refused one still holds them).
+    for (const next of this.pending.forRoom(item ? item.room : null, "pending")) {
+      if (this.held.has(next.clientId)) this.transmit(next);
+    }
   }
 
   // ------------------------------------- edits, deletions, replies (7.4)

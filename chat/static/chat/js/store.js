@@ -19,6 +19,8 @@ const LAST_READ_PREFIX = "kaiwa:lastread:";
 // The server counts its window from when it accepted the send, which is after
 // we created it; the margin covers the re-send's own trip and a busy server.
 const RESEND_SAFETY = 0.9;
+/** Refusals the server answers with retry_after_ms: the same send is accepted later. */
+export const TRANSIENT_CODES = new Set(["rate_limited", "unavailable"]);
 
 /**
  * How long after it was typed a send may still be re-sent automatically:
@@ -316,6 +318,36 @@ export class PendingSends {
     return this.forRoom(room, "pending");
   }
 
+  /**
+   * The room's sends the server refused for now (rate_limited, unavailable)
+   * are pending again; returns them. They keep their re-send window: this is
+   * not a deliberate retry, and an `unavailable` append may have run, so a
+   * re-send is only safe while the server remembers its client_id.
+   */
+  requeue(room) {
+    const requeued = [];
+    for (const item of this.items.values()) {
+      if (item.room === room && item.state === "failed" && TRANSIENT_CODES.has(item.code)) {
+        this.retry(item.clientId, { restart: false });
+        requeued.push(item);
+      }
+    }
+    return requeued;
+  }
+
+  /**
+   * Whether a send of the same room typed before ``item`` waits to be sent
+   * again (refused for now): ``item`` then waits too, and they go out together
+   * in the order typed, so a later message is never accepted before an earlier one.
+   */
+  waitsBehind(item) {
+    for (const other of this.items.values()) {
+      if (other === item) return false;
+      if (other.room === item.room && other.state === "failed" && TRANSIENT_CODES.has(other.code)) return true;
+    }
+    return false;
+  }
+
   /** ``attachments``: the uploaded attachment objects (protocol 7.3) the message carries. */
   add(room, body, attachments = [], { replyTo = null } = {}) {
     const item = {
@@ -359,15 +391,15 @@ export class PendingSends {
     return item;
   }
 
-  retry(clientId) {
+  retry(clientId, { restart = true } = {}) {
     const item = this.items.get(clientId);
     if (item === undefined) return undefined;
     item.state = "pending";
     item.code = null;
     item.error = null;
     item.retryAt = 0;
-    // A deliberate retry restarts the window from now.
-    item.createdAt = this.now();
+    // A deliberate retry restarts the window from now; a requeue keeps it.
+    if (restart) item.createdAt = this.now();
     this.save();
     return item;
   }
