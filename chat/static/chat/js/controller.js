@@ -477,6 +477,7 @@ export class RoomController {
   discard(clientId) {
     const item = this.pending.resolve(clientId);
     this.view.removePending(clientId);
+    this.held.delete(clientId);
     // Sends that waited behind this one go now (unless another refused one still holds them).
     for (const next of this.pending.forRoom(item ? item.room : null, "pending")) {
       if (this.held.has(next.clientId)) this.transmit(next);

@@ -22,6 +22,14 @@ const RESEND_SAFETY = 0.9;
 /** Refusals the server answers with retry_after_ms: the same send is accepted later. */
 export const TRANSIENT_CODES = new Set(["rate_limited", "unavailable"]);
 
+/** A failed send pending again, its refusal forgotten (its window is the caller's business). */
+function markPending(item) {
+  item.state = "pending";
+  item.code = null;
+  item.error = null;
+  item.retryAt = 0;
+}
+
 /**
  * How long after it was typed a send may still be re-sent automatically:
  * a little less than the server's de-duplication window (KAIWA_DEDUP_SECONDS,
@@ -328,10 +336,11 @@ export class PendingSends {
     const requeued = [];
     for (const item of this.items.values()) {
       if (item.room === room && item.state === "failed" && TRANSIENT_CODES.has(item.code)) {
-        this.retry(item.clientId, { restart: false });
+        markPending(item);
         requeued.push(item);
       }
     }
+    if (requeued.length) this.save();
     return requeued;
   }
 
@@ -391,15 +400,12 @@ export class PendingSends {
     return item;
   }
 
-  retry(clientId, { restart = true } = {}) {
+  /** The user's Retry: pending again, and a deliberate retry restarts the window from now. */
+  retry(clientId) {
     const item = this.items.get(clientId);
     if (item === undefined) return undefined;
-    item.state = "pending";
-    item.code = null;
-    item.error = null;
-    item.retryAt = 0;
-    // A deliberate retry restarts the window from now; a requeue keeps it.
-    if (restart) item.createdAt = this.now();
+    markPending(item);
+    item.createdAt = this.now();
     this.save();
     return item;
   }
